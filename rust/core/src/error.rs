@@ -1,0 +1,52 @@
+//! The one error type of the engine. Every failure a caller can cause is a variant here, so the
+//! Python binding can turn it into an exception with a readable message instead of a panic.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Error {
+    /// A handle from an earlier step (the arena was reset since it was made).
+    StaleHandle { handle_generation: u64, arena_generation: u64 },
+    /// A handle that belongs to another graph, or an index that was never issued.
+    ForeignHandle(String),
+    /// Shapes that do not fit the operation.
+    Shape(String),
+    /// A token id outside the vocabulary (or table rows).
+    TokenOutOfRange { id: i64, limit: usize },
+    /// Any other argument that makes no sense (zero sizes, bad config, wrong lengths...).
+    Invalid(String),
+    /// A name that no parameter has.
+    UnknownParam(String),
+    /// NaN or infinity in the loss or the gradients.
+    NonFinite(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::StaleHandle { handle_generation, arena_generation } => write!(
+                f,
+                "stale tensor handle: it was made in arena generation {handle_generation}, \
+                 but the arena has been reset since (now generation {arena_generation})"
+            ),
+            Error::ForeignHandle(msg) => write!(f, "invalid tensor handle: {msg}"),
+            Error::Shape(msg) => write!(f, "shape error: {msg}"),
+            Error::TokenOutOfRange { id, limit } => {
+                write!(f, "token id {id} is out of range: ids must be in [0, {limit})")
+            }
+            Error::Invalid(msg) => write!(f, "invalid argument: {msg}"),
+            Error::UnknownParam(name) => write!(f, "no parameter named {name:?}"),
+            Error::NonFinite(msg) => write!(f, "non-finite value: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Shorthand for returning a shape error with a formatted message.
+macro_rules! shape_err {
+    ($($arg:tt)*) => { Err($crate::error::Error::Shape(format!($($arg)*))) };
+}
+pub(crate) use shape_err;

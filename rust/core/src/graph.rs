@@ -1,0 +1,136 @@
+//! `Graph`: the tape. Every op computes its forward result immediately (eager) and records one
+//! `Op` naming its tensors by handle. `backward` walks the tape in reverse through one
+//! exhaustive `match`, so an op cannot exist without its backward rule.
+
+use crate::error::{Error, Result};
+use crate::ops::{attention, cross_entropy, dropout, embedding, gelu, layernorm, linear, residual};
+use crate::real::Real;
+use crate::rng::Rng;
+use crate::store::{Shape, Store, Var};
+
+/// One recorded operation. Inputs first, then `out`, then tensors the op saved for backward.
+#[derive(Debug, Clone, Copy)]
+pub enum Op {
+    Embedding { ids: Var, table: Var, out: Var },
+    Add { a: Var, b: Var, out: Var },
+    Linear { x: Var, w: Var, b: Option<Var>, out: Var },
+    LayerNorm { x: Var, gamma: Var, beta: Var, out: Var, stats: Var },
+    Gelu { x: Var, out: Var },
+    Attention { qkv: Var, n_head: usize, out: Var, probs: Var, scratch: Var },
+    CrossEntropy { logits: Var, targets: Var, out: Var, lse: Var },
+    Dropout { x: Var, out: Var, mask: Var },
+}
+
+pub struct Graph<F: Real> {
+    pub store: Store<F>,
+    pub(crate) tape: Vec<Op>,
+    /// Drives dropout masks; its state is part of a checkpoint.
+    pub rng: Rng,
+}
+
+impl<F: Real> Default for Graph<F> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<F: Real> Graph<F> {
+    pub fn new() -> Self {
+        Graph { store: Store::new(), tape: Vec::new(), rng: Rng::new(0) }
+    }
+
+    /// Start a new step: forget the tape and rewind the arena (old handles become stale).
+    pub fn reset(&mut self) {
+        self.tape.clear();
+        self.store.reset();
+    }
+
+    pub fn tape_len(&self) -> usize {
+        self.tape.len()
+    }
+
+    /// A leaf float tensor (an input) holding `data`.
+    pub fn input(&mut self, dims: &[usize], data: &[F]) -> Result<Var> {
+        let shape = Shape::new(dims)?;
+        self.store.alloc_from(shape, data)
+    }
+
+    /// A leaf integer tensor; every id must be below `limit`.
+    pub fn input_ids(&mut self, dims: &[usize], ids: impl ExactSizeIterator<Item = i64>, limit: usize) -> Result<Var> {
+        let shape = Shape::new(dims)?;
+        self.store.alloc_ids(shape, ids, limit)
+    }
+
+    pub fn value(&self, v: Var) -> Result<&[F]> {
+        self.store.float_shape(v)?;
+        Ok(self.store.values(v))
+    }
+
+    pub fn grad(&self, v: Var) -> Result<&[F]> {
+        self.store.float_shape(v)?;
+        Ok(self.store.grads(v))
+    }
+
+    pub fn shape(&self, v: Var) -> Result<Shape> {
+        self.store.shape(v)
+    }
+
+    /// Backpropagate from a scalar: d(out)/d(every tensor) lands in the gradient buffers.
+    pub fn backward(&mut self, out: Var) -> Result<()> {
+        let shape = self.store.float_shape(out)?;
+        if shape.numel() != 1 {
+            return Err(Error::Invalid(format!(
+                "backward() needs a scalar (one element), got shape {:?}; use backward_with to pass its gradient",
+                shape.dims()
+            )));
+        }
+        self.backward_seeded(out, |g| g.fill(F::ONE))
+    }
+
+    /// Backpropagate from any tensor, given the gradient of some scalar with respect to it.
+    pub fn backward_with(&mut self, out: Var, grad: &[F]) -> Result<()> {
+        let shape = self.store.float_shape(out)?;
+        if grad.len() != shape.numel() {
+            return Err(Error::Shape(format!(
+                "gradient has {} elements, the tensor {:?} has {}",
+                grad.len(),
+                shape.dims(),
+                shape.numel()
+            )));
+        }
+        self.backward_seeded(out, |g| g.copy_from_slice(grad))
+    }
+
+    fn backward_seeded(&mut self, out: Var, seed: impl FnOnce(&mut [F])) -> Result<()> {
+        self.store.zero_param_grads();
+        self.store.zero_activation_grads();
+        seed(self.store.grads_mut(out));
+        for i in (0..self.tape.len()).rev() {
+            let op = self.tape[i];
+            let s = &mut self.store;
+            match op {
+                Op::Embedding { ids, table, out } => embedding::backward(s, ids, table, out),
+                Op::Add { a, b, out } => residual::backward(s, a, b, out),
+                Op::Linear { x, w, b, out } => linear::backward(s, x, w, b, out),
+                Op::LayerNorm { x, gamma, beta, out, stats } => layernorm::backward(s, x, gamma, beta, out, stats),
+                Op::Gelu { x, out } => gelu::backward(s, x, out),
+                Op::Attention { qkv, n_head, out, probs, scratch } => {
+                    attention::backward(s, qkv, n_head, out, probs, scratch)
+                }
+                Op::CrossEntropy { logits, targets, out, lse } => cross_entropy::backward(s, logits, targets, out, lse),
+                Op::Dropout { x, out, mask } => dropout::backward(s, x, out, mask),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Ops whose backward writes several input gradients at once need distinct inputs.
+pub(crate) fn require_distinct(vars: &[Var], op: &str) -> Result<()> {
+    for (i, a) in vars.iter().enumerate() {
+        if vars[i + 1..].contains(a) {
+            return Err(Error::Invalid(format!("{op}: the same tensor is passed as two different inputs")));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! lmcore-core: a small, memory-safe engine for training GPT-style models on a CPU.
+//!
+//! Data flow of one training step:
+//! `Store::reset` rewinds the activation arena -> ops record `Node`s on the tape while computing
+//! forward -> `Graph::backward` walks the tape in reverse -> `AdamW` updates the flat parameter
+//! buffers. Handles (`Var`) are indices plus a generation, never pointers, so a handle kept past
+//! a reset is a clear `Error::StaleHandle`, never a read of reused memory.
+//!
+//! Shape legend used throughout: B batch, T time, C channels, H heads, hs head size (C / H),
+//! V vocabulary, N rows (B * T).
+
+// Link the system OpenBLAS chosen through blas-src.
+extern crate blas_src;
+
+pub mod adamw;
+pub mod blas;
+pub mod error;
+pub mod gpt;
+pub mod graph;
+pub mod ops;
+pub mod real;
+pub mod rng;
+pub mod store;
+pub mod trainer;
+
+pub use adamw::AdamWConfig;
+pub use error::{Error, Result};
+pub use gpt::{Gpt, GptConfig};
+pub use graph::Graph;
+pub use real::Real;
+pub use rng::Rng;
+pub use store::{Shape, Var};
+pub use trainer::{StepStats, Trainer};

@@ -1,0 +1,46 @@
+//! Embedding lookup: out[i] = table[ids[i]]. Used for token and position embeddings.
+//! Shapes: ids (...), table (V, C), out (..., C).
+
+use crate::error::{shape_err, Error, Result};
+use crate::graph::{Graph, Op};
+use crate::real::Real;
+use crate::store::{Store, Var};
+
+impl<F: Real> Graph<F> {
+    pub fn embedding(&mut self, ids: Var, table: Var) -> Result<Var> {
+        let ids_shape = self.store.ids_shape(ids)?;
+        let table_shape = self.store.float_shape(table)?;
+        if table_shape.ndim() != 2 {
+            return shape_err!("embedding table must be 2-D (rows, channels), got {:?}", table_shape.dims());
+        }
+        let rows = table_shape.dims()[0];
+        if let Some(&bad) = self.store.id_values(ids).iter().find(|&&id| id as usize >= rows) {
+            return Err(Error::TokenOutOfRange { id: bad as i64, limit: rows });
+        }
+        let out = self.store.alloc(ids_shape.appended(table_shape.last())?);
+        let (r, mut w) = self.store.forward_io(out);
+        forward(r.ids(ids), r.f(table), w.one(out), table_shape.last());
+        self.tape.push(Op::Embedding { ids, table, out });
+        Ok(out)
+    }
+}
+
+fn forward<F: Real>(ids: &[u32], table: &[F], out: &mut [F], c: usize) {
+    for (row, &id) in out.chunks_exact_mut(c).zip(ids) {
+        let id = id as usize;
+        row.copy_from_slice(&table[id * c..(id + 1) * c]);
+    }
+}
+
+pub(crate) fn backward<F: Real>(s: &mut Store<F>, ids: Var, table: Var, out: Var) {
+    let (r, mut inputs, mut own) = s.backward_io(out);
+    let dout = own.one(out);
+    let dtable = inputs.one(table);
+    let c = dout.len() / r.ids(ids).len().max(1);
+    for (drow, &id) in dout.chunks_exact(c).zip(r.ids(ids)) {
+        let id = id as usize;
+        for (dt, &d) in dtable[id * c..(id + 1) * c].iter_mut().zip(drow) {
+            *dt += d;
+        }
+    }
+}

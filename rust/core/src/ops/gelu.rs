@@ -1,0 +1,38 @@
+//! GELU, tanh approximation (as in GPT-2): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+
+use crate::error::Result;
+use crate::graph::{Graph, Op};
+use crate::real::Real;
+use crate::store::{Store, Var};
+
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+const CUBIC: f64 = 0.044_715;
+
+impl<F: Real> Graph<F> {
+    pub fn gelu(&mut self, x: Var) -> Result<Var> {
+        let shape = self.store.float_shape(x)?;
+        let out = self.store.alloc(shape);
+        let (r, mut w) = self.store.forward_io(out);
+        forward(r.f(x), w.one(out));
+        self.tape.push(Op::Gelu { x, out });
+        Ok(out)
+    }
+}
+
+fn forward<F: Real>(x: &[F], out: &mut [F]) {
+    let (s, c, half) = (F::from_f64(SQRT_2_OVER_PI), F::from_f64(CUBIC), F::from_f64(0.5));
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = half * v * (F::ONE + (s * (v + c * v * v * v)).tanh());
+    }
+}
+
+pub(crate) fn backward<F: Real>(s: &mut Store<F>, x: Var, out: Var) {
+    let (r, mut inputs, mut own) = s.backward_io(out);
+    let (k, c, half) = (F::from_f64(SQRT_2_OVER_PI), F::from_f64(CUBIC), F::from_f64(0.5));
+    let three_c = F::from_f64(3.0 * CUBIC);
+    for ((g, &d), &v) in inputs.one(x).iter_mut().zip(own.one(out).iter()).zip(r.f(x)) {
+        let t = (k * (v + c * v * v * v)).tanh();
+        let dt = k * (F::ONE + three_c * v * v) * (F::ONE - t * t);
+        *g += d * (half * (F::ONE + t) + half * v * dt);
+    }
+}

@@ -1,0 +1,79 @@
+//! Layer normalisation over the last dimension: out = (x - mean) * rstd * gamma + beta.
+//! Shapes: x (..., C), gamma (C), beta (C), out like x, stats (N, 2) = (mean, rstd) per row,
+//! saved so backward need not recompute them.
+
+use crate::error::{shape_err, Result};
+use crate::graph::{require_distinct, Graph, Op};
+use crate::real::Real;
+use crate::store::{Shape, Store, Var};
+
+pub const EPS: f64 = 1e-5;
+
+impl<F: Real> Graph<F> {
+    pub fn layernorm(&mut self, x: Var, gamma: Var, beta: Var) -> Result<Var> {
+        let xs = self.store.float_shape(x)?;
+        let c = xs.last();
+        for (name, v) in [("gamma", gamma), ("beta", beta)] {
+            let s = self.store.float_shape(v)?;
+            if s.dims() != [c] {
+                return shape_err!("layernorm {name} must have shape [{c}] to match input {:?}, got {:?}", xs.dims(), s.dims());
+            }
+        }
+        if xs.ndim() == 0 || c == 0 {
+            return shape_err!("layernorm needs a non-empty last dimension, got {:?}", xs.dims());
+        }
+        require_distinct(&[x, gamma, beta], "layernorm")?;
+        let out = self.store.alloc(xs);
+        let stats = self.store.alloc(Shape::new(&[xs.rows(), 2])?);
+        let (r, mut w) = self.store.forward_io(out);
+        let [o, st] = w.many([out, stats]);
+        forward(r.f(x), r.f(gamma), r.f(beta), o, st, c);
+        self.tape.push(Op::LayerNorm { x, gamma, beta, out, stats });
+        Ok(out)
+    }
+}
+
+fn forward<F: Real>(x: &[F], gamma: &[F], beta: &[F], out: &mut [F], stats: &mut [F], c: usize) {
+    let inv_c = F::from_f64(1.0 / c as f64);
+    let eps = F::from_f64(EPS);
+    for ((xr, or), st) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)).zip(stats.chunks_exact_mut(2)) {
+        let mean = xr.iter().copied().sum::<F>() * inv_c;
+        let var = xr.iter().map(|&v| (v - mean) * (v - mean)).sum::<F>() * inv_c;
+        let rstd = F::ONE / (var + eps).sqrt();
+        for (((o, &v), &g), &b) in or.iter_mut().zip(xr).zip(gamma).zip(beta) {
+            *o = (v - mean) * rstd * g + b;
+        }
+        st[0] = mean;
+        st[1] = rstd;
+    }
+}
+
+pub(crate) fn backward<F: Real>(s: &mut Store<F>, x: Var, gamma: Var, beta: Var, out: Var, stats: Var) {
+    let c = s.shape_of(gamma).numel();
+    let (r, mut inputs, mut own) = s.backward_io(out);
+    let dout = own.one(out);
+    let [dx, dgamma, dbeta] = inputs.many([x, gamma, beta]);
+    let (xv, gv) = (r.f(x), r.f(gamma));
+    let inv_c = F::from_f64(1.0 / c as f64);
+    let rows = xv.chunks_exact(c).zip(dout.chunks_exact(c)).zip(dx.chunks_exact_mut(c));
+    for (((xr, dr), dxr), st) in rows.zip(r.f(stats).chunks_exact(2)) {
+        let (mean, rstd) = (st[0], st[1]);
+        // With n = normalised x and dn = dout * gamma:
+        // dx = rstd * (dn - mean(dn) - n * mean(dn * n)).
+        let mut mean_dn = F::ZERO;
+        let mut mean_dn_n = F::ZERO;
+        for ((&v, &d), &g) in xr.iter().zip(dr).zip(gv) {
+            let n = (v - mean) * rstd;
+            mean_dn += d * g;
+            mean_dn_n += d * g * n;
+        }
+        mean_dn *= inv_c;
+        mean_dn_n *= inv_c;
+        for (i, ((&v, &d), g)) in xr.iter().zip(dr).zip(dxr.iter_mut()).enumerate() {
+            let n = (v - mean) * rstd;
+            dgamma[i] += d * n;
+            dbeta[i] += d;
+            *g += rstd * (d * gv[i] - mean_dn - n * mean_dn_n);
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Linear layer: out = x W^T + b, through BLAS with a transpose flag (no copy of W).
+//! Shapes: x (..., K), W (M, K) as in PyTorch, b (M) or none, out (..., M). With no bias and W
+//! the token embedding this is the tied output projection.
+
+use crate::blas::gemm;
+use crate::error::{shape_err, Result};
+use crate::graph::{require_distinct, Graph, Op};
+use crate::real::Real;
+use crate::store::{Store, Var};
+
+impl<F: Real> Graph<F> {
+    pub fn linear(&mut self, x: Var, w: Var, b: Option<Var>) -> Result<Var> {
+        let xs = self.store.float_shape(x)?;
+        let ws = self.store.float_shape(w)?;
+        if ws.ndim() != 2 {
+            return shape_err!("linear weight must be 2-D (out, in), got {:?}", ws.dims());
+        }
+        let (m, k) = (ws.dims()[0], ws.dims()[1]);
+        if xs.ndim() == 0 || xs.last() != k {
+            return shape_err!("linear: input {:?} does not end in the weight's in-features {k}", xs.dims());
+        }
+        if let Some(b) = b {
+            let bs = self.store.float_shape(b)?;
+            if bs.dims() != [m] {
+                return shape_err!("linear bias must have shape [{m}], got {:?}", bs.dims());
+            }
+            require_distinct(&[x, w, b], "linear")?;
+        } else {
+            require_distinct(&[x, w], "linear")?;
+        }
+        let n = xs.rows();
+        let out = self.store.alloc(xs.with_last(m));
+        let (r, mut wr) = self.store.forward_io(out);
+        let o = wr.one(out); // (N, M)
+        let beta = match b {
+            Some(b) => {
+                for row in o.chunks_exact_mut(m) {
+                    row.copy_from_slice(r.f(b));
+                }
+                F::ONE
+            }
+            None => F::ZERO,
+        };
+        gemm(false, true, n, m, k, F::ONE, r.f(x), k, r.f(w), k, beta, o, m);
+        self.tape.push(Op::Linear { x, w, b, out });
+        Ok(out)
+    }
+}
+
+pub(crate) fn backward<F: Real>(s: &mut Store<F>, x: Var, w: Var, b: Option<Var>, out: Var) {
+    let (m, k) = (s.shape_of(w).dims()[0], s.shape_of(w).dims()[1]);
+    let n = s.shape_of(x).rows();
+    let (r, mut inputs, mut own) = s.backward_io(out);
+    let (wv, xv) = (r.f(w), r.f(x));
+    let dout = own.one(out); // (N, M)
+    let [dx, dw] = inputs.many([x, w]);
+    // dx (N, K) += dout (N, M) W (M, K)
+    gemm(false, false, n, k, m, F::ONE, dout, m, wv, k, F::ONE, dx, k);
+    // dW (M, K) += dout^T (M, N) x (N, K)
+    gemm(true, false, m, k, n, F::ONE, dout, m, xv, k, F::ONE, dw, k);
+    if let Some(b) = b {
+        let db = inputs.one(b);
+        for row in dout.chunks_exact(m) {
+            for (g, &d) in db.iter_mut().zip(row) {
+                *g += d;
+            }
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! Elementwise addition, the residual connection: out = a + b (same shapes).
+
+use crate::error::{shape_err, Result};
+use crate::graph::{Graph, Op};
+use crate::real::Real;
+use crate::store::{Store, Var};
+
+impl<F: Real> Graph<F> {
+    pub fn add(&mut self, a: Var, b: Var) -> Result<Var> {
+        let sa = self.store.float_shape(a)?;
+        let sb = self.store.float_shape(b)?;
+        if sa != sb {
+            return shape_err!("add needs equal shapes, got {:?} and {:?}", sa.dims(), sb.dims());
+        }
+        let out = self.store.alloc(sa);
+        let (r, mut w) = self.store.forward_io(out);
+        for ((o, &x), &y) in w.one(out).iter_mut().zip(r.f(a)).zip(r.f(b)) {
+            *o = x + y;
+        }
+        self.tape.push(Op::Add { a, b, out });
+        Ok(out)
+    }
+}
+
+pub(crate) fn backward<F: Real>(s: &mut Store<F>, a: Var, b: Var, out: Var) {
+    let (_, mut inputs, mut own) = s.backward_io(out);
+    let dout = own.one(out);
+    // One input at a time, so add(x, x) is fine: both contributions accumulate.
+    for input in [a, b] {
+        for (g, &d) in inputs.one(input).iter_mut().zip(dout.iter()) {
+            *g += d;
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! `Store`: where every tensor of a graph lives, addressed by `Var` handles.
+//!
+//! One `values` buffer and one `grads` buffer of equal length hold all floats. Parameters sit at
+//! the front, `[0, param_len)`, and persist; activations follow and form the per-step arena that
+//! `reset` rewinds. Integer tensors (token ids, targets) live in `ids`, also rewound. The buffers
+//! only grow while the first step reaches its high-water mark; after that a step allocates
+//! nothing. Because activations are laid out in creation order, an op's output always lies above
+//! all of its inputs, which lets kernels borrow inputs and output disjointly without `unsafe`.
+
+use crate::error::{shape_err, Error, Result};
+use crate::real::Real;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Up to 4 dimensions; enough for (B, H, T, T).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Shape {
+    dims: [usize; 4],
+    ndim: u8,
+}
+
+impl Shape {
+    pub fn new(dims: &[usize]) -> Result<Shape> {
+        if dims.len() > 4 {
+            return shape_err!("at most 4 dimensions are supported, got {}", dims.len());
+        }
+        let mut s = Shape { dims: [0; 4], ndim: dims.len() as u8 };
+        s.dims[..dims.len()].copy_from_slice(dims);
+        s.checked_numel().ok_or_else(|| Error::Shape(format!("{dims:?} has too many elements")))?;
+        Ok(s)
+    }
+    pub fn dims(&self) -> &[usize] {
+        &self.dims[..self.ndim as usize]
+    }
+    pub fn ndim(&self) -> usize {
+        self.ndim as usize
+    }
+    fn checked_numel(&self) -> Option<usize> {
+        self.dims().iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+    }
+    pub fn numel(&self) -> usize {
+        self.dims().iter().product()
+    }
+    /// Size of the last dimension (1 for a scalar).
+    pub fn last(&self) -> usize {
+        self.dims().last().copied().unwrap_or(1)
+    }
+    /// Product of all but the last dimension: the number of rows when seen as a matrix.
+    pub fn rows(&self) -> usize {
+        self.dims().split_last().map_or(1, |(_, rest)| rest.iter().product())
+    }
+    /// The shape with one more dimension at the end.
+    pub fn appended(&self, last: usize) -> Result<Shape> {
+        if self.ndim == 4 {
+            return shape_err!("cannot add a dimension to {:?}: at most 4 are supported", self.dims());
+        }
+        let mut s = *self;
+        s.dims[s.ndim as usize] = last;
+        s.ndim += 1;
+        Ok(s)
+    }
+    /// The same shape with the last dimension replaced.
+    pub fn with_last(&self, last: usize) -> Shape {
+        let mut s = *self;
+        if s.ndim == 0 {
+            s.ndim = 1;
+        }
+        s.dims[s.ndim as usize - 1] = last;
+        s
+    }
+}
+
+/// A typed handle to a tensor: an index into the store's table, the store it belongs to, and the
+/// arena generation it was made in. `Copy`, no lifetimes, no pointers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Var {
+    index: u32,
+    store: u32,
+    generation: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    Float,
+    Ids,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    offset: usize,
+    shape: Shape,
+    dtype: Dtype,
+}
+
+/// A named parameter: its place in the persistent front of the buffers.
+#[derive(Debug, Clone)]
+pub struct ParamInfo {
+    pub name: String,
+    pub var: Var,
+    pub offset: usize,
+    pub shape: Shape,
+    /// Whether AdamW applies weight decay to it (2-D weights only).
+    pub decay: bool,
+}
+
+static NEXT_STORE_ID: AtomicU32 = AtomicU32::new(1);
+
+pub struct Store<F: Real> {
+    id: u32,
+    pub(crate) values: Vec<F>,
+    pub(crate) grads: Vec<F>,
+    pub(crate) ids: Vec<u32>,
+    entries: Vec<Entry>,
+    params: Vec<ParamInfo>,
+    param_len: usize,
+    used: usize,
+    ids_used: usize,
+    generation: u64,
+    high_water: usize,
+}
+
+impl<F: Real> Default for Store<F> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<F: Real> Store<F> {
+    pub fn new() -> Self {
+        Store {
+            id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
+            values: Vec::new(),
+            grads: Vec::new(),
+            ids: Vec::new(),
+            entries: Vec::new(),
+            params: Vec::new(),
+            param_len: 0,
+            used: 0,
+            ids_used: 0,
+            generation: 0,
+            high_water: 0,
+        }
+    }
+
+    /// Rewind the arena: every activation handle made so far becomes stale.
+    pub fn reset(&mut self) {
+        self.entries.truncate(self.params.len());
+        self.used = self.param_len;
+        self.ids_used = 0;
+        self.generation += 1;
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Bytes the arena (activations, their gradients, ids) has ever needed at once.
+    pub fn high_water_bytes(&self) -> usize {
+        self.high_water
+    }
+
+    /// Bytes reserved by all buffers (parameters included).
+    pub fn capacity_bytes(&self) -> usize {
+        (self.values.capacity() + self.grads.capacity()) * std::mem::size_of::<F>()
+            + self.ids.capacity() * 4
+            + self.entries.capacity() * std::mem::size_of::<Entry>()
+    }
+
+    fn note_high_water(&mut self) {
+        let bytes = (self.used - self.param_len) * 2 * std::mem::size_of::<F>() + self.ids_used * 4;
+        self.high_water = self.high_water.max(bytes);
+    }
+
+    fn push_entry(&mut self, offset: usize, shape: Shape, dtype: Dtype) -> Var {
+        self.entries.push(Entry { offset, shape, dtype });
+        Var { index: (self.entries.len() - 1) as u32, store: self.id, generation: self.generation }
+    }
+
+    /// A new float tensor in the arena. Its values are unspecified until a kernel writes them.
+    pub fn alloc(&mut self, shape: Shape) -> Var {
+        let offset = self.used;
+        self.used += shape.numel();
+        if self.values.len() < self.used {
+            // Grow both buffers together; the gradient buffer mirrors the value buffer.
+            self.values.resize(self.used, F::ZERO);
+            self.grads.resize(self.used, F::ZERO);
+        }
+        self.note_high_water();
+        self.push_entry(offset, shape, Dtype::Float)
+    }
+
+    /// A new float tensor in the arena holding `data`.
+    pub fn alloc_from(&mut self, shape: Shape, data: &[F]) -> Result<Var> {
+        if data.len() != shape.numel() {
+            return shape_err!("{} values given for shape {:?}", data.len(), shape.dims());
+        }
+        let v = self.alloc(shape);
+        self.values_mut(v).copy_from_slice(data);
+        Ok(v)
+    }
+
+    /// A new integer tensor (token ids) in the arena; every id must be below `limit`.
+    pub fn alloc_ids(&mut self, shape: Shape, data: impl ExactSizeIterator<Item = i64>, limit: usize) -> Result<Var> {
+        if data.len() != shape.numel() {
+            return shape_err!("{} ids given for shape {:?}", data.len(), shape.dims());
+        }
+        let offset = self.ids_used;
+        let end = offset + shape.numel();
+        if self.ids.len() < end {
+            self.ids.resize(end, 0);
+        }
+        for (slot, id) in self.ids[offset..end].iter_mut().zip(data) {
+            if id < 0 || id >= limit as i64 {
+                return Err(Error::TokenOutOfRange { id, limit });
+            }
+            *slot = id as u32;
+        }
+        self.ids_used = end;
+        self.note_high_water();
+        Ok(self.push_entry(offset, shape, Dtype::Ids))
+    }
+
+    /// Register a persistent parameter. Only allowed before any activation exists.
+    pub fn add_param(&mut self, name: &str, shape: Shape, decay: bool) -> Result<Var> {
+        if self.entries.len() != self.params.len() || self.used != self.param_len {
+            return Err(Error::Invalid("parameters must be added before any activation".into()));
+        }
+        if self.params.iter().any(|p| p.name == name) {
+            return Err(Error::Invalid(format!("duplicate parameter name {name:?}")));
+        }
+        let var = self.alloc(shape);
+        let offset = self.param_len;
+        self.param_len = self.used;
+        self.high_water = 0;
+        self.params.push(ParamInfo { name: name.to_string(), var, offset, shape, decay });
+        Ok(var)
+    }
+
+    pub fn params(&self) -> &[ParamInfo] {
+        &self.params
+    }
+
+    pub fn param_len(&self) -> usize {
+        self.param_len
+    }
+
+    pub fn param(&self, name: &str) -> Result<&ParamInfo> {
+        self.params.iter().find(|p| p.name == name).ok_or_else(|| Error::UnknownParam(name.to_string()))
+    }
+
+    fn entry(&self, v: Var) -> Result<&Entry> {
+        if v.store != self.id {
+            return Err(Error::ForeignHandle("it belongs to another graph".into()));
+        }
+        let persistent = (v.index as usize) < self.params.len();
+        if !persistent && v.generation != self.generation {
+            return Err(Error::StaleHandle { handle_generation: v.generation, arena_generation: self.generation });
+        }
+        self.entries.get(v.index as usize).ok_or_else(|| Error::ForeignHandle("unknown index".into()))
+    }
+
+    /// Check a handle and return its shape.
+    pub fn shape(&self, v: Var) -> Result<Shape> {
+        self.entry(v).map(|e| e.shape)
+    }
+
+    /// Check a handle is a float tensor and return its shape.
+    pub fn float_shape(&self, v: Var) -> Result<Shape> {
+        let e = self.entry(v)?;
+        match e.dtype {
+            Dtype::Float => Ok(e.shape),
+            Dtype::Ids => Err(Error::Invalid("expected a float tensor, got an integer (ids) tensor".into())),
+        }
+    }
+
+    /// Check a handle is an ids tensor and return its shape.
+    pub fn ids_shape(&self, v: Var) -> Result<Shape> {
+        let e = self.entry(v)?;
+        match e.dtype {
+            Dtype::Ids => Ok(e.shape),
+            Dtype::Float => Err(Error::Invalid("expected an integer (ids) tensor, got a float tensor".into())),
+        }
+    }
+
+    pub fn dtype(&self, v: Var) -> Result<Dtype> {
+        self.entry(v).map(|e| e.dtype)
+    }
+
+    // The accessors below take handles that the graph already validated; an invalid one here is
+    // an engine bug, so they index directly.
+    fn range(&self, v: Var) -> std::ops::Range<usize> {
+        let e = &self.entries[v.index as usize];
+        e.offset..e.offset + e.shape.numel()
+    }
+
+    pub(crate) fn shape_of(&self, v: Var) -> Shape {
+        self.entries[v.index as usize].shape
+    }
+    pub fn values(&self, v: Var) -> &[F] {
+        &self.values[self.range(v)]
+    }
+    pub fn values_mut(&mut self, v: Var) -> &mut [F] {
+        let r = self.range(v);
+        &mut self.values[r]
+    }
+    pub fn grads(&self, v: Var) -> &[F] {
+        &self.grads[self.range(v)]
+    }
+    pub fn grads_mut(&mut self, v: Var) -> &mut [F] {
+        let r = self.range(v);
+        &mut self.grads[r]
+    }
+    pub fn id_values(&self, v: Var) -> &[u32] {
+        &self.ids[self.range(v)]
+    }
+
+    /// For a forward kernel: read access to everything below `out`, and write access to `out`
+    /// and whatever the op allocated after it (its saved statistics). Ops allocate `out` first.
+    pub fn forward_io(&mut self, out: Var) -> (Reader<'_, F>, Writer<'_, F>) {
+        let split = self.range(out).start;
+        let (below, above) = self.values.split_at_mut(split);
+        let reader = Reader { floats: below, ids: &self.ids, entries: &self.entries };
+        (reader, Writer { buf: above, base: split, entries: &self.entries })
+    }
+
+    /// For a backward kernel: read access to all values, write access to the gradients below
+    /// `out` (the op's inputs) and from `out` on (its output gradient and scratch space).
+    pub fn backward_io(&mut self, out: Var) -> (Reader<'_, F>, Writer<'_, F>, Writer<'_, F>) {
+        let split = self.range(out).start;
+        let (below, above) = self.grads.split_at_mut(split);
+        let reader = Reader { floats: &self.values, ids: &self.ids, entries: &self.entries };
+        let inputs = Writer { buf: below, base: 0, entries: &self.entries };
+        (reader, inputs, Writer { buf: above, base: split, entries: &self.entries })
+    }
+
+    /// Zero the gradients of the activations (the arena part).
+    pub fn zero_activation_grads(&mut self) {
+        let (p, u) = (self.param_len, self.used);
+        self.grads[p..u].fill(F::ZERO);
+    }
+
+    /// Zero the gradients of the parameters.
+    pub fn zero_param_grads(&mut self) {
+        self.grads[..self.param_len].fill(F::ZERO);
+    }
+
+    /// Flat views of every parameter and its gradient, in registration order.
+    pub fn param_buffers_mut(&mut self) -> (&mut [F], &[F]) {
+        let p = self.param_len;
+        (&mut self.values[..p], &self.grads[..p])
+    }
+}
+
+/// Read access to tensors lying below an output (forward) or to all values (backward).
+pub struct Reader<'a, F> {
+    floats: &'a [F],
+    ids: &'a [u32],
+    entries: &'a [Entry],
+}
+
+impl<'a, F> Reader<'a, F> {
+    fn range(&self, v: Var) -> std::ops::Range<usize> {
+        let e = &self.entries[v.index as usize];
+        e.offset..e.offset + e.shape.numel()
+    }
+    pub fn f(&self, v: Var) -> &'a [F] {
+        &self.floats[self.range(v)]
+    }
+    pub fn ids(&self, v: Var) -> &'a [u32] {
+        &self.ids[self.range(v)]
+    }
+}
+
+/// Write access to the part of a buffer that starts at `base`. Several tensors at once must be
+/// distinct; `Graph` checks that when it records an op, so `many` cannot fail at run time.
+pub struct Writer<'a, F> {
+    buf: &'a mut [F],
+    base: usize,
+    entries: &'a [Entry],
+}
+
+impl<'a, F> Writer<'a, F> {
+    fn range(&self, v: Var) -> std::ops::Range<usize> {
+        let e = &self.entries[v.index as usize];
+        e.offset - self.base..e.offset - self.base + e.shape.numel()
+    }
+    pub fn one(&mut self, v: Var) -> &mut [F] {
+        let r = self.range(v);
+        &mut self.buf[r]
+    }
+    pub fn many<const N: usize>(&mut self, vars: [Var; N]) -> [&mut [F]; N] {
+        let ranges = vars.map(|v| self.range(v));
+        self.buf.get_disjoint_mut(ranges).expect("an op's tensors were checked to be distinct when recorded")
+    }
+}

@@ -1,0 +1,81 @@
+//! `Trainer`: a GPT, its graph and its AdamW, driven one step at a time. This is what the
+//! Python binding wraps. A step rewinds the arena, runs forward and backward, then updates the
+//! parameters; once the first step has sized the arena, a step allocates nothing.
+
+use crate::adamw::{AdamW, AdamWConfig};
+use crate::error::{Error, Result};
+use crate::gpt::{Gpt, GptConfig};
+use crate::graph::Graph;
+use crate::real::Real;
+use crate::rng::Rng;
+use crate::store::Var;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+pub struct Trainer<F: Real> {
+    pub graph: Graph<F>,
+    pub gpt: Gpt,
+    pub opt: AdamW<F>,
+}
+
+impl<F: Real> Trainer<F> {
+    /// A freshly initialised model. `seed` drives the initial weights and the dropout stream.
+    pub fn new(config: GptConfig, seed: u64, opt: AdamWConfig) -> Result<Self> {
+        let mut graph = Graph::new();
+        let gpt = Gpt::new(&mut graph, config, seed)?;
+        // A stream of its own for dropout, distinct from the one that drew the weights.
+        graph.rng = Rng::new(seed ^ 0xD1B5_4A32_D192_ED03);
+        let opt = AdamW::new(opt, graph.store.param_len())?;
+        Ok(Trainer { graph, gpt, opt })
+    }
+
+    /// Rewind the arena and load one batch: ids and optional targets, both (B, T) row-major.
+    fn load_batch(&mut self, idx: &[i64], targets: Option<&[i64]>, b: usize, t: usize) -> Result<(Var, Option<Var>)> {
+        if b.checked_mul(t) != Some(idx.len()) {
+            return Err(Error::Shape(format!("{} token ids do not form a ({b}, {t}) batch", idx.len())));
+        }
+        self.graph.reset();
+        let v = self.gpt.config.vocab_size;
+        let ids = self.graph.input_ids(&[b, t], idx.iter().copied(), v)?;
+        let tg = match targets {
+            Some(tg) if tg.len() != idx.len() => {
+                return Err(Error::Shape(format!("targets have {} ids, inputs have {}", tg.len(), idx.len())));
+            }
+            Some(tg) => Some(self.graph.input_ids(&[b, t], tg.iter().copied(), v)?),
+            None => None,
+        };
+        Ok((ids, tg))
+    }
+
+    /// One AdamW step on a batch at learning rate `lr`. Returns the loss before the update.
+    /// A non-finite loss or gradient is an error and changes nothing.
+    pub fn train_step(&mut self, idx: &[i64], targets: &[i64], b: usize, t: usize, lr: f64) -> Result<StepStats> {
+        let (ids, tg) = self.load_batch(idx, Some(targets), b, t)?;
+        let (_, loss) = self.gpt.forward(&mut self.graph, ids, tg, true)?;
+        let loss = loss.expect("targets were given");
+        let loss_value = self.graph.value(loss)?[0].to_f64();
+        if !loss_value.is_finite() {
+            return Err(Error::NonFinite(format!("loss is {loss_value}")));
+        }
+        self.graph.backward(loss)?;
+        let grad_norm = self.opt.update(&mut self.graph.store, lr)?;
+        Ok(StepStats { loss: loss_value, grad_norm })
+    }
+
+    /// Forward without dropout and without a backward pass. Returns the logits (B, T, V) and the
+    /// loss when targets are given. Does not touch the dropout stream.
+    pub fn forward(&mut self, idx: &[i64], targets: Option<&[i64]>, b: usize, t: usize) -> Result<(&[F], Option<f64>)> {
+        let (ids, tg) = self.load_batch(idx, targets, b, t)?;
+        let (logits, loss) = self.gpt.forward(&mut self.graph, ids, tg, false)?;
+        let loss = match loss {
+            Some(l) => Some(self.graph.value(l)?[0].to_f64()),
+            None => None,
+        };
+        Ok((self.graph.value(logits)?, loss))
+    }
+}

@@ -1,0 +1,41 @@
+//! BLAS gemm (every transpose combination, strided operands) against the naive reference.
+
+use lmcore_core::blas::{gemm, gemm_reference};
+use lmcore_core::Rng;
+
+fn check<F: lmcore_core::Real>(tol: f64) {
+    let mut rng = Rng::new(7);
+    for &(m, n, k) in &[(1, 1, 1), (3, 5, 7), (17, 9, 33), (64, 65, 128)] {
+        for ta in [false, true] {
+            for tb in [false, true] {
+                let pad = 3; // leading dimensions larger than the rows: strided views
+                let (ar, ac) = if ta { (k, m) } else { (m, k) };
+                let (br, bc) = if tb { (n, k) } else { (k, n) };
+                let (lda, ldb, ldc) = (ac + pad, bc + pad, n + pad);
+                let mut fill = |len: usize| (0..len).map(|_| F::from_f64(rng.normal())).collect::<Vec<F>>();
+                let a = fill(ar * lda);
+                let b = fill(br * ldb);
+                let c0 = fill(m * ldc);
+                let (alpha, beta) = (F::from_f64(0.7), F::from_f64(-1.3));
+                let mut c1 = c0.clone();
+                let mut c2 = c0.clone();
+                gemm(ta, tb, m, n, k, alpha, &a, lda, &b, ldb, beta, &mut c1, ldc);
+                gemm_reference(ta, tb, m, n, k, alpha, &a, lda, &b, ldb, beta, &mut c2, ldc);
+                for (x, y) in c1.iter().zip(&c2) {
+                    let (x, y) = (x.to_f64(), y.to_f64());
+                    assert!((x - y).abs() <= tol * (1.0 + y.abs()), "m{m} n{n} k{k} ta{ta} tb{tb}: {x} vs {y}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn sgemm_matches_reference() {
+    check::<f32>(1e-4);
+}
+
+#[test]
+fn dgemm_matches_reference() {
+    check::<f64>(1e-12);
+}
