@@ -1,1 +1,32 @@
-// placeholder
+//! `lmcore._core`: the thin PyO3 layer over lmcore-core. Everything here converts numpy arrays
+//! in and out and turns engine errors into Python exceptions; no math lives here.
+
+use pyo3::prelude::*;
+
+mod arrays;
+mod blas;
+mod graph;
+mod model;
+
+pyo3::create_exception!(
+    _core,
+    LmcoreError,
+    pyo3::exceptions::PyValueError,
+    "An error reported by the lmcore engine (bad shape, stale handle, out-of-range id, ...)."
+);
+
+/// Turn an engine error into a Python exception: a `LmcoreError` (a `ValueError`) with its message.
+pub(crate) fn to_py(e: lmcore_core::Error) -> PyErr {
+    LmcoreError::new_err(e.to_string())
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("LmcoreError", m.py().get_type::<LmcoreError>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<model::Model>()?;
+    m.add_class::<graph::Graph>()?;
+    m.add_class::<graph::Tensor>()?;
+    blas::register(m)?;
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! numpy <-> Rust conversions with clear errors for wrong dtypes, empty arrays and bad values.
+
+use lmcore_core::Real;
+use numpy::{Element, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+
+/// The numpy dtype name of `obj`, or its Python type name if it is not an array.
+fn dtype_name(obj: &Bound<'_, PyAny>) -> String {
+    match obj.getattr("dtype") {
+        Ok(d) => d.str().map(|s| s.to_string()).unwrap_or_else(|_| "unknown".into()),
+        Err(_) => obj.get_type().name().map(|s| s.to_string()).unwrap_or_else(|_| "unknown".into()),
+    }
+}
+
+/// Copy a float array of exactly dtype `F` into `out` (cleared first); returns its shape.
+pub fn read_floats_into<F: Real + Element>(obj: &Bound<'_, PyAny>, what: &str, out: &mut Vec<F>) -> PyResult<Vec<usize>> {
+    let arr = obj.downcast::<PyArrayDyn<F>>().map_err(|_| {
+        PyTypeError::new_err(format!("{what} must be a numpy array of dtype {}, got {}", F::NAME, dtype_name(obj)))
+    })?;
+    let ro = arr.try_readonly().map_err(|e| PyValueError::new_err(format!("{what}: {e}")))?;
+    out.clear();
+    match ro.as_slice() {
+        Ok(s) => out.extend_from_slice(s),
+        Err(_) => out.extend(ro.as_array().iter().copied()),
+    }
+    Ok(arr.shape().to_vec())
+}
+
+pub fn read_floats<F: Real + Element>(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<(Vec<usize>, Vec<F>)> {
+    let mut v = Vec::new();
+    let shape = read_floats_into(obj, what, &mut v)?;
+    Ok((shape, v))
+}
+
+/// Reject NaN and infinities (for values that are stored, such as parameters).
+pub fn require_finite<F: Real>(data: &[F], what: &str) -> PyResult<()> {
+    match data.iter().position(|x| !x.is_finite()) {
+        Some(i) => Err(PyValueError::new_err(format!("{what} contains a non-finite value ({:?}) at flat index {i}", data[i]))),
+        None => Ok(()),
+    }
+}
+
+macro_rules! try_int_dtype {
+    ($obj:expr, $out:expr, $($t:ty),*) => {
+        $(
+            if let Ok(arr) = $obj.downcast::<PyArrayDyn<$t>>() {
+                let ro = arr.readonly();
+                $out.clear();
+                $out.extend(ro.as_array().iter().map(|&x| x as i64));
+                return Ok(arr.shape().to_vec());
+            }
+        )*
+    };
+}
+
+/// Copy an integer array (int64, int32, int16, uint8/16/32) into `out` as i64; returns its shape.
+/// Range checks against the vocabulary happen in the engine, which reports the offending id.
+pub fn read_ids_into(obj: &Bound<'_, PyAny>, what: &str, out: &mut Vec<i64>) -> PyResult<Vec<usize>> {
+    try_int_dtype!(obj, out, i64, i32, i16, u32, u16, u8);
+    if let Ok(arr) = obj.downcast::<PyArrayDyn<u64>>() {
+        let ro = arr.readonly();
+        out.clear();
+        for &x in ro.as_array().iter() {
+            out.push(i64::try_from(x).map_err(|_| PyValueError::new_err(format!("{what}: id {x} is out of range")))?);
+        }
+        return Ok(arr.shape().to_vec());
+    }
+    Err(PyTypeError::new_err(format!("{what} must be a numpy integer array, got {}", dtype_name(obj))))
+}
+
+/// Shape check for a (B, T) batch of ids.
+pub fn batch_dims(shape: &[usize], what: &str) -> PyResult<(usize, usize)> {
+    match shape {
+        [b, t] if *b > 0 && *t > 0 => Ok((*b, *t)),
+        [_, _] => Err(PyValueError::new_err(format!("{what} is empty (shape {shape:?})"))),
+        _ => Err(PyValueError::new_err(format!("{what} must be 2-D (batch, time), got shape {shape:?}"))),
+    }
+}
+
+/// A new numpy array of the given shape holding `data`.
+pub fn to_numpy<'py, F: Real + Element>(py: Python<'py>, data: &[F], shape: &[usize]) -> PyResult<Bound<'py, PyAny>> {
+    let flat = numpy::PyArray1::<F>::from_slice(py, data);
+    Ok(flat.reshape(shape.to_vec())?.into_any())
+}

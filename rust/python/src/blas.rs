@@ -1,0 +1,90 @@
+//! Python access to the BLAS layer: matmul through sgemm/dgemm and the naive reference, so
+//! tests can check every transpose combination, and the thread count.
+
+use crate::arrays::{read_floats, to_numpy};
+use lmcore_core::blas::{gemm, gemm_reference};
+use lmcore_core::Real;
+use numpy::Element;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+fn matmul_generic<'py, F: Real + Element>(
+    py: Python<'py>,
+    a: &Bound<'py, PyAny>,
+    b: &Bound<'py, PyAny>,
+    trans_a: bool,
+    trans_b: bool,
+    reference: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (sa, av) = read_floats::<F>(a, "a")?;
+    let (sb, bv) = read_floats::<F>(b, "b")?;
+    let (&[ar, ac], &[br, bc]) = (sa.as_slice(), sb.as_slice()) else {
+        return Err(PyValueError::new_err(format!("matmul needs 2-D arrays, got shapes {sa:?} and {sb:?}")));
+    };
+    let (m, k) = if trans_a { (ac, ar) } else { (ar, ac) };
+    let (k2, n) = if trans_b { (bc, br) } else { (br, bc) };
+    if k != k2 {
+        return Err(PyValueError::new_err(format!("matmul: inner dimensions differ ({k} vs {k2}) for shapes {sa:?}, {sb:?}")));
+    }
+    if m.max(n).max(k) > i32::MAX as usize {
+        return Err(PyValueError::new_err("matmul: dimensions exceed what BLAS can index"));
+    }
+    let mut c = vec![F::ZERO; m * n];
+    let f = if reference { gemm_reference::<F> } else { gemm::<F> };
+    let run = || f(trans_a, trans_b, m, n, k, F::ONE, &av, ac.max(1), &bv, bc.max(1), F::ZERO, &mut c, n.max(1));
+    py.allow_threads(run);
+    to_numpy(py, &c, &[m, n])
+}
+
+fn matmul_dispatch<'py>(
+    py: Python<'py>,
+    a: &Bound<'py, PyAny>,
+    b: &Bound<'py, PyAny>,
+    trans_a: bool,
+    trans_b: bool,
+    reference: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    if a.downcast::<numpy::PyArrayDyn<f64>>().is_ok() {
+        matmul_generic::<f64>(py, a, b, trans_a, trans_b, reference)
+    } else {
+        matmul_generic::<f32>(py, a, b, trans_a, trans_b, reference)
+    }
+}
+
+/// op(a) @ op(b) through BLAS (sgemm for float32, dgemm for float64), op = transpose if asked.
+#[pyfunction]
+#[pyo3(signature = (a, b, trans_a=false, trans_b=false))]
+fn matmul<'py>(py: Python<'py>, a: &Bound<'py, PyAny>, b: &Bound<'py, PyAny>, trans_a: bool, trans_b: bool) -> PyResult<Bound<'py, PyAny>> {
+    matmul_dispatch(py, a, b, trans_a, trans_b, false)
+}
+
+/// The same product by the naive triple loop the engine's tests trust.
+#[pyfunction]
+#[pyo3(signature = (a, b, trans_a=false, trans_b=false))]
+fn matmul_reference<'py>(py: Python<'py>, a: &Bound<'py, PyAny>, b: &Bound<'py, PyAny>, trans_a: bool, trans_b: bool) -> PyResult<Bound<'py, PyAny>> {
+    matmul_dispatch(py, a, b, trans_a, trans_b, true)
+}
+
+/// Set the number of threads BLAS uses (the engine's one threading knob).
+#[pyfunction]
+fn set_num_threads(n: usize) -> PyResult<()> {
+    if n == 0 {
+        return Err(PyValueError::new_err("thread count must be at least 1"));
+    }
+    lmcore_core::blas::set_num_threads(n);
+    Ok(())
+}
+
+/// The number of threads BLAS uses.
+#[pyfunction]
+fn num_threads() -> usize {
+    lmcore_core::blas::num_threads()
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(matmul, m)?)?;
+    m.add_function(wrap_pyfunction!(matmul_reference, m)?)?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+    Ok(())
+}

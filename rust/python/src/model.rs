@@ -1,0 +1,246 @@
+//! `Model` for Python: a GPT with its AdamW state. One training step releases the GIL; every
+//! parameter, gradient and optimizer moment can be read and written by name as numpy arrays
+//! (that is all a checkpoint needs, with `step` and `rng_state`).
+
+use crate::arrays::{batch_dims, read_floats, read_ids_into, require_finite, to_numpy};
+use crate::to_py;
+use lmcore_core::{AdamWConfig, GptConfig, Real, Trainer};
+use numpy::Element;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+enum Inner {
+    F32(Trainer<f32>),
+    F64(Trainer<f64>),
+}
+
+macro_rules! with_trainer {
+    ($inner:expr, $t:ident => $body:expr) => {
+        match $inner {
+            Inner::F32($t) => $body,
+            Inner::F64($t) => $body,
+        }
+    };
+}
+
+/// Which per-parameter buffer to read or write.
+#[derive(Clone, Copy)]
+enum Buffer {
+    Value,
+    Grad,
+    AdamM,
+    AdamV,
+}
+
+fn read_buffer<'py, F: Real + Element>(py: Python<'py>, t: &Trainer<F>, name: &str, which: Buffer) -> PyResult<Bound<'py, PyAny>> {
+    let info = t.graph.store.param(name).map_err(to_py)?;
+    let r = info.offset..info.offset + info.shape.numel();
+    let data = match which {
+        Buffer::Value => t.graph.store.values(info.var),
+        Buffer::Grad => t.graph.store.grads(info.var),
+        Buffer::AdamM => &t.opt.m[r],
+        Buffer::AdamV => &t.opt.v[r],
+    };
+    to_numpy(py, data, info.shape.dims())
+}
+
+fn write_buffer<F: Real + Element>(t: &mut Trainer<F>, name: &str, which: Buffer, array: &Bound<'_, PyAny>) -> PyResult<()> {
+    let info = t.graph.store.param(name).map_err(to_py)?.clone();
+    let (shape, data) = read_floats::<F>(array, name)?;
+    if shape != info.shape.dims() {
+        return Err(PyValueError::new_err(format!("{name}: expected shape {:?}, got {shape:?}", info.shape.dims())));
+    }
+    require_finite(&data, name)?;
+    let r = info.offset..info.offset + info.shape.numel();
+    match which {
+        Buffer::Value => t.graph.store.values_mut(info.var).copy_from_slice(&data),
+        Buffer::AdamM => t.opt.m[r].copy_from_slice(&data),
+        Buffer::AdamV => {
+            if data.iter().any(|&x| x < F::ZERO) {
+                return Err(PyValueError::new_err(format!("{name}: AdamW's v must be non-negative")));
+            }
+            t.opt.v[r].copy_from_slice(&data)
+        }
+        Buffer::Grad => return Err(PyValueError::new_err("gradients are computed, not set")),
+    }
+    Ok(())
+}
+
+/// A GPT language model and its AdamW optimizer state.
+#[pyclass(module = "lmcore._core")]
+pub struct Model {
+    inner: Inner,
+    // Reused for every batch so a step allocates nothing once warm.
+    idx_buf: Vec<i64>,
+    tgt_buf: Vec<i64>,
+}
+
+#[pymethods]
+impl Model {
+    #[new]
+    #[pyo3(signature = (vocab_size, d_model, n_head, n_layer, block_size, dropout=0.0, seed=0,
+                        dtype="float32", beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, grad_clip=0.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        vocab_size: usize,
+        d_model: usize,
+        n_head: usize,
+        n_layer: usize,
+        block_size: usize,
+        dropout: f64,
+        seed: u64,
+        dtype: &str,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+        grad_clip: f64,
+    ) -> PyResult<Self> {
+        let config = GptConfig { vocab_size, d_model, n_head, n_layer, block_size, dropout };
+        let opt = AdamWConfig { beta1, beta2, eps, weight_decay, grad_clip };
+        let inner = match dtype {
+            "float32" => Inner::F32(Trainer::new(config, seed, opt).map_err(to_py)?),
+            "float64" => Inner::F64(Trainer::new(config, seed, opt).map_err(to_py)?),
+            other => return Err(PyValueError::new_err(format!("dtype must be 'float32' or 'float64', got {other:?}"))),
+        };
+        Ok(Model { inner, idx_buf: Vec::new(), tgt_buf: Vec::new() })
+    }
+
+    /// One AdamW step on a batch; returns (loss, gradient norm before clipping). Releases the GIL.
+    fn train_step(&mut self, py: Python<'_>, idx: &Bound<'_, PyAny>, targets: &Bound<'_, PyAny>, lr: f64) -> PyResult<(f64, f64)> {
+        let shape = read_ids_into(idx, "idx", &mut self.idx_buf)?;
+        let (b, t) = batch_dims(&shape, "idx")?;
+        let tshape = read_ids_into(targets, "targets", &mut self.tgt_buf)?;
+        if tshape != shape {
+            return Err(PyValueError::new_err(format!("targets shape {tshape:?} differs from idx shape {shape:?}")));
+        }
+        let (x, y) = (&self.idx_buf, &self.tgt_buf);
+        let stats = with_trainer!(&mut self.inner, tr => py.allow_threads(|| tr.train_step(x, y, b, t, lr))).map_err(to_py)?;
+        Ok((stats.loss, stats.grad_norm))
+    }
+
+    /// Logits (B, T, V) for ids (B, T), and the mean loss if targets are given. No dropout,
+    /// no gradient, no change to any state but the arena.
+    #[pyo3(signature = (idx, targets=None))]
+    fn forward<'py>(&mut self, py: Python<'py>, idx: &Bound<'py, PyAny>, targets: Option<&Bound<'py, PyAny>>) -> PyResult<(Bound<'py, PyAny>, Option<f64>)> {
+        let shape = read_ids_into(idx, "idx", &mut self.idx_buf)?;
+        let (b, t) = batch_dims(&shape, "idx")?;
+        if let Some(tg) = targets {
+            let tshape = read_ids_into(tg, "targets", &mut self.tgt_buf)?;
+            if tshape != shape {
+                return Err(PyValueError::new_err(format!("targets shape {tshape:?} differs from idx shape {shape:?}")));
+            }
+        }
+        let (x, y) = (&self.idx_buf, targets.map(|_| self.tgt_buf.as_slice()));
+        with_trainer!(&mut self.inner, tr => {
+            let v = tr.gpt.config.vocab_size;
+            let (logits, loss) = py.allow_threads(|| tr.forward(x, y, b, t)).map_err(to_py)?;
+            Ok((to_numpy(py, logits, &[b, t, v])?, loss))
+        })
+    }
+
+    /// Parameter names in a fixed order.
+    fn param_names(&self) -> Vec<String> {
+        with_trainer!(&self.inner, t => t.graph.store.params().iter().map(|p| p.name.clone()).collect())
+    }
+
+    fn get_param<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+        with_trainer!(&self.inner, t => read_buffer(py, t, name, Buffer::Value))
+    }
+
+    fn set_param(&mut self, name: &str, array: &Bound<'_, PyAny>) -> PyResult<()> {
+        with_trainer!(&mut self.inner, t => write_buffer(t, name, Buffer::Value, array))
+    }
+
+    /// The gradient from the last training step.
+    fn get_grad<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+        with_trainer!(&self.inner, t => read_buffer(py, t, name, Buffer::Grad))
+    }
+
+    /// AdamW's first and second moments (m, v) for a parameter.
+    fn get_adam_state<'py>(&self, py: Python<'py>, name: &str) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+        with_trainer!(&self.inner, t => Ok((read_buffer(py, t, name, Buffer::AdamM)?, read_buffer(py, t, name, Buffer::AdamV)?)))
+    }
+
+    fn set_adam_state(&mut self, name: &str, m: &Bound<'_, PyAny>, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        with_trainer!(&mut self.inner, t => {
+            write_buffer(t, name, Buffer::AdamM, m)?;
+            write_buffer(t, name, Buffer::AdamV, v)
+        })
+    }
+
+    /// AdamW updates done so far (bias correction's t).
+    #[getter]
+    fn get_step(&self) -> u64 {
+        with_trainer!(&self.inner, t => t.opt.step)
+    }
+
+    #[setter]
+    fn set_step(&mut self, step: u64) {
+        with_trainer!(&mut self.inner, t => t.opt.step = step)
+    }
+
+    /// State of the dropout generator (one 64-bit integer).
+    #[getter]
+    fn get_rng_state(&self) -> u64 {
+        with_trainer!(&self.inner, t => t.graph.rng.state)
+    }
+
+    #[setter]
+    fn set_rng_state(&mut self, state: u64) {
+        with_trainer!(&mut self.inner, t => t.graph.rng.state = state)
+    }
+
+    #[getter]
+    fn num_params(&self) -> usize {
+        with_trainer!(&self.inner, t => t.graph.store.param_len())
+    }
+
+    /// Bytes the activation arena has needed at most (values, gradients and ids).
+    #[getter]
+    fn arena_high_water_bytes(&self) -> usize {
+        with_trainer!(&self.inner, t => t.graph.store.high_water_bytes())
+    }
+
+    /// Bytes reserved by all of the engine's buffers for this model (parameters included).
+    #[getter]
+    fn arena_capacity_bytes(&self) -> usize {
+        with_trainer!(&self.inner, t => t.graph.store.capacity_bytes() + (t.opt.m.capacity() + t.opt.v.capacity()) * std::mem::size_of_val(&t.opt.m.first().copied().unwrap_or_default()))
+    }
+
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        match self.inner {
+            Inner::F32(_) => "float32",
+            Inner::F64(_) => "float64",
+        }
+    }
+
+    /// The model's configuration as a dict.
+    #[getter]
+    fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = with_trainer!(&self.inner, t => t.gpt.config);
+        let d = PyDict::new(py);
+        d.set_item("vocab_size", c.vocab_size)?;
+        d.set_item("d_model", c.d_model)?;
+        d.set_item("n_head", c.n_head)?;
+        d.set_item("n_layer", c.n_layer)?;
+        d.set_item("block_size", c.block_size)?;
+        d.set_item("dropout", c.dropout)?;
+        Ok(d)
+    }
+
+    /// The optimizer's configuration as a dict.
+    #[getter]
+    fn optimizer_config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = with_trainer!(&self.inner, t => t.opt.config);
+        let d = PyDict::new(py);
+        d.set_item("beta1", c.beta1)?;
+        d.set_item("beta2", c.beta2)?;
+        d.set_item("eps", c.eps)?;
+        d.set_item("weight_decay", c.weight_decay)?;
+        d.set_item("grad_clip", c.grad_clip)?;
+        Ok(d)
+    }
+}

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up (scripts/setup.sh), then run every test: the Rust core's tests and the Python suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+# Tests find the corpus through LMCORE_DATA_DIR, in ../shared/data unless the caller says otherwise.
+export LMCORE_DATA_DIR="${LMCORE_DATA_DIR:-$(cd .. && pwd)/shared/data}"
+cargo test --release -p lmcore-core
+.venv/bin/python -m pytest -q "$@"

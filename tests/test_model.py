@@ -1,0 +1,163 @@
+"""The GPT and its AdamW through `lmcore.Model`: whole-model gradients against finite
+differences, one AdamW step against a numpy float64 reference, determinism, and state access."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lmcore
+from gradcheck import assert_grad_close, numeric_grad
+
+TINY = dict(vocab_size=11, d_model=8, n_head=2, n_layer=2, block_size=6)
+
+
+def batch(rng, b=2, t=5, vocab=11):
+    return rng.integers(0, vocab, size=(b, t)), rng.integers(0, vocab, size=(b, t))
+
+
+def test_small_model_has_the_documented_parameter_count():
+    m = lmcore.Model(vocab_size=65, d_model=128, n_head=4, n_layer=2, block_size=128)
+    assert m.num_params == 421_504
+    assert m.param_names()[0] == "transformer.wte.weight"
+    assert sum(m.get_param(n).size for n in m.param_names()) == m.num_params
+
+
+def test_whole_model_gradient_matches_finite_differences():
+    rng = np.random.default_rng(0)
+    m = lmcore.Model(**TINY, seed=3, dtype="float64", weight_decay=0.0)
+    # Weights larger than the 0.02 init so every path carries a visible gradient.
+    for name in m.param_names():
+        p = m.get_param(name)
+        m.set_param(name, p + 0.3 * rng.normal(size=p.shape))
+    x, y = batch(rng)
+    loss, _ = m.train_step(x, y, lr=0.0)  # lr 0: gradients computed, weights unchanged
+    assert np.isclose(loss, m.forward(x, y)[1], rtol=1e-14)
+    for name in m.param_names():
+        p = m.get_param(name)
+
+        def f() -> float:
+            m.set_param(name, p)
+            return m.forward(x, y)[1]
+
+        numeric = numeric_grad(f, p)
+        m.set_param(name, p)
+        assert_grad_close(m.get_grad(name), numeric, name)
+
+
+def adamw_reference(params, grads, ms, vs, t, lr, beta1, beta2, eps, wd, clip):
+    """AdamW with bias correction and decoupled decay on 2-D weights, global-norm clipping."""
+    norm = np.sqrt(sum(np.sum(g * g) for g in grads.values()))
+    scale = clip / (norm + 1e-6) if clip > 0 and norm > clip else 1.0
+    out = {}
+    for name, p in params.items():
+        g = grads[name] * scale
+        p = p * (1 - lr * wd) if p.ndim == 2 else p.copy()
+        m = beta1 * ms[name] + (1 - beta1) * g
+        v = beta2 * vs[name] + (1 - beta2) * g * g
+        m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)
+        out[name] = (p - lr * m_hat / (np.sqrt(v_hat) + eps), m, v)
+    return out, norm
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    lr=st.floats(1e-5, 1e-1),
+    beta1=st.floats(0.0, 0.99),
+    beta2=st.floats(0.5, 0.9999),
+    wd=st.floats(0.0, 0.5),
+    clip=st.sampled_from([0.0, 0.01, 1.0, 100.0]),
+    step=st.integers(0, 1000),
+)
+def test_adamw_step_matches_numpy_reference(seed, lr, beta1, beta2, wd, clip, step):
+    rng = np.random.default_rng(seed)
+    m = lmcore.Model(**TINY, seed=seed % 1000, dtype="float64", beta1=beta1, beta2=beta2, eps=1e-8, weight_decay=wd, grad_clip=clip)
+    names = m.param_names()
+    for name in names:  # arbitrary moments and step count, as after a resume
+        shape = m.get_param(name).shape
+        m.set_adam_state(name, rng.normal(scale=1e-3, size=shape), rng.random(size=shape) * 1e-6)
+    m.step = step
+    params = {n: m.get_param(n) for n in names}
+    ms = {n: m.get_adam_state(n)[0] for n in names}
+    vs = {n: m.get_adam_state(n)[1] for n in names}
+    x, y = batch(rng)
+    _, grad_norm = m.train_step(x, y, lr)
+    grads = {n: m.get_grad(n) for n in names}
+    expected, norm = adamw_reference(params, grads, ms, vs, step + 1, lr, beta1, beta2, 1e-8, wd, clip)
+    assert m.step == step + 1
+    assert np.isclose(grad_norm, norm, rtol=1e-12)
+    for name in names:
+        p, mm, vv = expected[name]
+        np.testing.assert_allclose(m.get_param(name), p, rtol=1e-6, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(m.get_adam_state(name)[0], mm, rtol=1e-6, atol=1e-15, err_msg=name)
+        np.testing.assert_allclose(m.get_adam_state(name)[1], vv, rtol=1e-6, atol=1e-18, err_msg=name)
+
+
+def test_training_is_deterministic_and_learns():
+    rng = np.random.default_rng(1)
+    batches = [batch(rng, 4, 6) for _ in range(40)]
+    runs = []
+    for _ in range(2):
+        m = lmcore.Model(**TINY, seed=7, dropout=0.1, beta2=0.99, weight_decay=0.1, grad_clip=1.0)
+        losses = [m.train_step(x, y, 3e-3)[0] for x, y in batches[:1] * 40]
+        runs.append((losses, [m.get_param(n) for n in m.param_names()], m.rng_state))
+    assert runs[0][0] == runs[1][0]
+    assert all(np.array_equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+    assert runs[0][0][-1] < runs[0][0][0] - 0.5  # memorises one batch
+
+
+def test_float32_and_float64_agree():
+    rng = np.random.default_rng(2)
+    m32 = lmcore.Model(**TINY, seed=1, dtype="float32")
+    m64 = lmcore.Model(**TINY, seed=1, dtype="float64")
+    x, y = batch(rng)
+    logits32, loss32 = m32.forward(x, y)
+    logits64, loss64 = m64.forward(x, y)
+    assert logits32.dtype == np.float32 and logits64.dtype == np.float64
+    np.testing.assert_allclose(logits32, logits64, rtol=1e-4, atol=1e-5)
+    assert abs(loss32 - loss64) < 1e-5
+
+
+def test_state_round_trips_through_numpy():
+    rng = np.random.default_rng(3)
+    a = lmcore.Model(**TINY, seed=1, dropout=0.2)
+    for x, y in [batch(rng) for _ in range(3)]:
+        a.train_step(x, y, 1e-3)
+    b = lmcore.Model(**TINY, seed=99, dropout=0.2)
+    for name in a.param_names():
+        b.set_param(name, a.get_param(name))
+        b.set_adam_state(name, *a.get_adam_state(name))
+    b.step, b.rng_state = a.step, a.rng_state
+    x, y = batch(rng)
+    assert a.train_step(x, y, 1e-3) == b.train_step(x, y, 1e-3)
+    assert all(np.array_equal(a.get_param(n), b.get_param(n)) for n in a.param_names())
+
+
+def test_forward_does_not_disturb_training_state():
+    rng = np.random.default_rng(4)
+    m = lmcore.Model(**TINY, seed=2, dropout=0.3)
+    state = m.rng_state
+    before = m.get_param("transformer.wte.weight")
+    m.forward(*batch(rng))
+    assert m.rng_state == state and m.step == 0
+    assert np.array_equal(before, m.get_param("transformer.wte.weight"))
+
+
+def test_arena_is_flat_after_first_step():
+    rng = np.random.default_rng(5)
+    m = lmcore.Model(**TINY, seed=0)
+    x, y = batch(rng)
+    m.train_step(x, y, 1e-3)
+    hw, cap = m.arena_high_water_bytes, m.arena_capacity_bytes
+    for _ in range(50):
+        m.train_step(*batch(rng), 1e-3)
+    assert (m.arena_high_water_bytes, m.arena_capacity_bytes) == (hw, cap)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_thread_count_is_settable(threads):
+    lmcore.set_num_threads(threads)
+    assert lmcore.num_threads() == threads
