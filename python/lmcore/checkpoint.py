@@ -94,6 +94,8 @@ def _read_validated(path: Path) -> tuple[bytes, dict[str, Any]]:
         raise CheckpointError(f"checkpoint not found: {path}") from None
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint ({e.strerror}): {path}") from None
+    if not raw:
+        raise CheckpointError(f"checkpoint is empty (0 bytes, truncated): {path}")
     if len(raw) < _HEADER_LEN_BYTES:
         raise CheckpointError(f"checkpoint is truncated ({len(raw)} bytes, no header): {path}")
     header_len = int.from_bytes(raw[:_HEADER_LEN_BYTES], "little")

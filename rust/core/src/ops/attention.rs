@@ -54,7 +54,7 @@ fn forward<F: Real>(qkv: &[F], out: &mut [F], probs: &mut [F], b: usize, t: usiz
 }
 
 /// Softmax over row[..=i]; entries after i (the future) become exactly zero.
-fn causal_softmax_row<F: Real>(row: &mut [F], i: usize) {
+pub(crate) fn causal_softmax_row<F: Real>(row: &mut [F], i: usize) {
     let (past, future) = row.split_at_mut(i + 1);
     let max = past.iter().copied().fold(F::NEG_INFINITY, F::max);
     let mut sum = F::ZERO;

@@ -25,7 +25,7 @@ impl<F: Real> Graph<F> {
     }
 }
 
-fn forward<F: Real>(ids: &[u32], table: &[F], out: &mut [F], c: usize) {
+pub(crate) fn forward<F: Real>(ids: &[u32], table: &[F], out: &mut [F], c: usize) {
     for (row, &id) in out.chunks_exact_mut(c).zip(ids) {
         let id = id as usize;
         row.copy_from_slice(&table[id * c..(id + 1) * c]);

@@ -33,7 +33,7 @@ impl<F: Real> Graph<F> {
     }
 }
 
-fn forward<F: Real>(x: &[F], gamma: &[F], beta: &[F], out: &mut [F], stats: &mut [F], c: usize) {
+pub(crate) fn forward<F: Real>(x: &[F], gamma: &[F], beta: &[F], out: &mut [F], stats: &mut [F], c: usize) {
     let inv_c = F::from_f64(1.0 / c as f64);
     let eps = F::from_f64(EPS);
     for ((xr, or), st) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)).zip(stats.chunks_exact_mut(2)) {

@@ -31,20 +31,24 @@ impl<F: Real> Graph<F> {
         let n = xs.rows();
         let out = self.store.alloc(xs.with_last(m));
         let (r, mut wr) = self.store.forward_io(out);
-        let o = wr.one(out); // (N, M)
-        let beta = match b {
-            Some(b) => {
-                for row in o.chunks_exact_mut(m) {
-                    row.copy_from_slice(r.f(b));
-                }
-                F::ONE
-            }
-            None => F::ZERO,
-        };
-        gemm(false, true, n, m, k, F::ONE, r.f(x), k, r.f(w), k, beta, o, m);
+        forward(r.f(x), r.f(w), b.map(|b| r.f(b)), wr.one(out), n, m, k);
         self.tape.push(Op::Linear { x, w, b, out });
         Ok(out)
     }
+}
+
+/// out (N, M) = x (N, K) W^T + b, W (M, K).
+pub(crate) fn forward<F: Real>(x: &[F], w: &[F], b: Option<&[F]>, out: &mut [F], n: usize, m: usize, k: usize) {
+    let beta = match b {
+        Some(b) => {
+            for row in out.chunks_exact_mut(m) {
+                row.copy_from_slice(b);
+            }
+            F::ONE
+        }
+        None => F::ZERO,
+    };
+    gemm(false, true, n, m, k, F::ONE, x, k, w, k, beta, out, m);
 }
 
 pub(crate) fn backward<F: Real>(s: &mut Store<F>, x: Var, w: Var, b: Option<Var>, out: Var) {

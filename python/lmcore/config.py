@@ -1,0 +1,92 @@
+"""Run configuration: the presets, every field a flag can override, and the learning-rate schedule.
+
+A `RunConfig` is the whole recipe of a training run. It is stored in the checkpoint, so a resumed
+run trains with exactly the recipe it started with (only ``max_iters`` may grow).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+# Model shape and batch per preset; the training recipe below is shared by all of them.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(d_model=32, n_head=2, n_layer=1, block_size=32, batch_size=8, max_iters=1000),
+    "small": dict(d_model=128, n_head=4, n_layer=2, block_size=128, batch_size=16, max_iters=10_000),
+    "medium": dict(d_model=256, n_head=8, n_layer=4, block_size=128, batch_size=16, max_iters=10_000),
+}
+
+
+@dataclass
+class RunConfig:
+    # model
+    d_model: int = 128
+    n_head: int = 4
+    n_layer: int = 2
+    block_size: int = 128
+    dropout: float = 0.0
+    # optimisation: AdamW, linear warmup then cosine to min_lr at lr_decay_iters
+    batch_size: int = 16
+    max_iters: int = 10_000
+    lr_decay_iters: int | None = None  # None: max_iters when the run starts
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    beta1: float = 0.9
+    beta2: float = 0.99
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    # bookkeeping
+    eval_interval: int = 500
+    eval_iters: int = 100
+    ckpt_interval: int = 500
+    log_interval: int = 10
+    seed: int = 1337
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown run settings: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first setting that makes no sense."""
+        positive = ["d_model", "n_head", "n_layer", "block_size", "batch_size", "eval_interval",
+                    "eval_iters", "ckpt_interval", "log_interval"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.max_iters < 0 or self.warmup_iters < 0:
+            raise ValueError("--max-iters and --warmup-iters must not be negative")
+        if self.d_model % self.n_head:
+            raise ValueError(f"--n-head {self.n_head} does not divide --d-model {self.d_model}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
+        for name in ("lr", "min_lr", "eps", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+        if self.lr <= 0 or self.eps <= 0:
+            raise ValueError("--lr and --eps must be greater than 0")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"--beta1 and --beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.lr_decay_iters is not None and self.lr_decay_iters < 1:
+            raise ValueError(f"--lr-decay-iters must be at least 1, got {self.lr_decay_iters}")
+
+
+def lr_at(it: int, cfg: RunConfig) -> float:
+    """Learning rate for iteration ``it`` (0-based): warmup, cosine, then flat at min_lr."""
+    decay_iters = cfg.lr_decay_iters if cfg.lr_decay_iters is not None else cfg.max_iters
+    if it < cfg.warmup_iters:
+        return cfg.lr * (it + 1) / (cfg.warmup_iters + 1)
+    if it >= decay_iters:
+        return cfg.min_lr
+    ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)

