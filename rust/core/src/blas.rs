@@ -78,18 +78,11 @@ pub fn gemm_reference<F: Real>(
 
 extern "C" {
     fn openblas_set_num_threads(num_threads: std::os::raw::c_int);
-    fn openblas_get_num_threads() -> std::os::raw::c_int;
 }
 
-/// Set how many threads OpenBLAS uses for one GEMM (the engine's only source of threads).
-pub fn set_num_threads(n: usize) {
-    let n = n.clamp(1, 1024) as std::os::raw::c_int;
+/// Threads OpenBLAS uses inside one call. `parallel` keeps this at 1: the engine splits work
+/// itself, so BLAS threads never nest inside its threads.
+pub(crate) fn set_blas_threads(n: usize) {
     // SAFETY: a plain setter in OpenBLAS; it takes effect for the next call.
-    unsafe { openblas_set_num_threads(n) }
-}
-
-/// How many threads OpenBLAS will use.
-pub fn num_threads() -> usize {
-    // SAFETY: a plain getter in OpenBLAS.
-    unsafe { openblas_get_num_threads() as usize }
+    unsafe { openblas_set_num_threads(n.clamp(1, 1024) as std::os::raw::c_int) }
 }

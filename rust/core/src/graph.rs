@@ -14,7 +14,7 @@ pub enum Op {
     Embedding { ids: Var, table: Var, out: Var },
     Add { a: Var, b: Var, out: Var },
     Linear { x: Var, w: Var, b: Option<Var>, out: Var },
-    LayerNorm { x: Var, gamma: Var, beta: Var, out: Var, stats: Var },
+    LayerNorm { x: Var, gamma: Var, beta: Var, out: Var, stats: Var, partials: Var },
     Gelu { x: Var, out: Var },
     Attention { qkv: Var, n_head: usize, out: Var, probs: Var, scratch: Var },
     CrossEntropy { logits: Var, targets: Var, out: Var, lse: Var },
@@ -36,6 +36,8 @@ impl<F: Real> Default for Graph<F> {
 
 impl<F: Real> Graph<F> {
     pub fn new() -> Self {
+        // Start the thread pool now: it also puts BLAS in single-threaded mode (see `parallel`).
+        crate::parallel::num_threads();
         Graph { store: Store::new(), tape: Vec::new(), rng: Rng::new(0) }
     }
 
@@ -112,7 +114,9 @@ impl<F: Real> Graph<F> {
                 Op::Embedding { ids, table, out } => embedding::backward(s, ids, table, out),
                 Op::Add { a, b, out } => residual::backward(s, a, b, out),
                 Op::Linear { x, w, b, out } => linear::backward(s, x, w, b, out),
-                Op::LayerNorm { x, gamma, beta, out, stats } => layernorm::backward(s, x, gamma, beta, out, stats),
+                Op::LayerNorm { x, gamma, beta, out, stats, partials } => {
+                    layernorm::backward(s, x, gamma, beta, out, stats, partials)
+                }
                 Op::Gelu { x, out } => gelu::backward(s, x, out),
                 Op::Attention { qkv, n_head, out, probs, scratch } => {
                     attention::backward(s, qkv, n_head, out, probs, scratch)

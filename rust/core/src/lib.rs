@@ -19,6 +19,7 @@ pub mod gpt;
 pub mod graph;
 pub mod kv_cache;
 pub mod ops;
+pub mod parallel;
 pub mod real;
 pub mod rng;
 pub mod store;

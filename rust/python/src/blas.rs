@@ -2,7 +2,8 @@
 //! tests can check every transpose combination, and the thread count.
 
 use crate::arrays::{read_floats, to_numpy};
-use lmcore_core::blas::{gemm, gemm_reference};
+use lmcore_core::blas::gemm_reference;
+use lmcore_core::parallel::{self, gemm_rows};
 use lmcore_core::Real;
 use numpy::Element;
 use pyo3::exceptions::PyValueError;
@@ -30,7 +31,7 @@ fn matmul_generic<'py, F: Real + Element>(
         return Err(PyValueError::new_err("matmul: dimensions exceed what BLAS can index"));
     }
     let mut c = vec![F::ZERO; m * n];
-    let f = if reference { gemm_reference::<F> } else { gemm::<F> };
+    let f = if reference { gemm_reference::<F> } else { gemm_rows::<F> };
     let run = || f(trans_a, trans_b, m, n, k, F::ONE, &av, ac.max(1), &bv, bc.max(1), F::ZERO, &mut c, n.max(1));
     py.allow_threads(run);
     to_numpy(py, &c, &[m, n])
@@ -65,20 +66,20 @@ fn matmul_reference<'py>(py: Python<'py>, a: &Bound<'py, PyAny>, b: &Bound<'py, 
     matmul_dispatch(py, a, b, trans_a, trans_b, true)
 }
 
-/// Set the number of threads BLAS uses (the engine's one threading knob).
+/// Set the number of threads the engine uses (BLAS itself always runs single-threaded inside them).
 #[pyfunction]
 fn set_num_threads(n: usize) -> PyResult<()> {
     if n == 0 {
         return Err(PyValueError::new_err("thread count must be at least 1"));
     }
-    lmcore_core::blas::set_num_threads(n);
+    parallel::set_num_threads(n);
     Ok(())
 }
 
-/// The number of threads BLAS uses.
+/// The number of threads the engine uses.
 #[pyfunction]
 fn num_threads() -> usize {
-    lmcore_core::blas::num_threads()
+    parallel::num_threads()
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

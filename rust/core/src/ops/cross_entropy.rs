@@ -1,9 +1,11 @@
 //! Cross-entropy of logits against integer targets, averaged over rows, with the log-softmax
-//! fused in. Shapes: logits (..., V), targets (...), out a scalar, lse (N) the per-row
-//! log-sum-exp saved for backward, where d logits = (softmax - onehot) / N.
+//! fused in. Shapes: logits (..., V), targets (...), out a scalar, rows (N, 2) = per-row
+//! (log-sum-exp, loss); backward uses the log-sum-exp: d logits = (softmax - onehot) / N.
+//! Rows run in parallel; the mean adds the per-row losses in order, so it is deterministic.
 
 use crate::error::{shape_err, Error, Result};
 use crate::graph::{Graph, Op};
+use crate::parallel::{for_each_chunk, rows_per_task};
 use crate::real::Real;
 use crate::store::{Shape, Store, Var};
 
@@ -22,7 +24,7 @@ impl<F: Real> Graph<F> {
             return Err(Error::TokenOutOfRange { id: bad as i64, limit: v });
         }
         let out = self.store.alloc(Shape::new(&[])?);
-        let lse = self.store.alloc(Shape::new(&[ls.rows()])?);
+        let lse = self.store.alloc(Shape::new(&[ls.rows(), 2])?);
         let (r, mut w) = self.store.forward_io(out);
         let [o, lse_out] = w.many([out, lse]);
         o[0] = forward(r.f(logits), r.ids(targets), lse_out, v);
@@ -31,15 +33,20 @@ impl<F: Real> Graph<F> {
     }
 }
 
-/// Mean negative log-likelihood; fills `lse` with each row's log-sum-exp.
-fn forward<F: Real>(logits: &[F], targets: &[u32], lse: &mut [F], v: usize) -> F {
-    let mut total = 0.0f64; // accumulate in f64 so the mean does not depend on N's size
-    for ((row, &t), l) in logits.chunks_exact(v).zip(targets).zip(lse.iter_mut()) {
-        let max = row.iter().copied().fold(F::NEG_INFINITY, F::max);
-        let sum: F = row.iter().map(|&x| (x - max).exp()).sum();
-        *l = max + sum.ln();
-        total += (*l - row[t as usize]).to_f64();
-    }
+/// Mean negative log-likelihood; fills `rows` with each row's (log-sum-exp, loss).
+fn forward<F: Real>(logits: &[F], targets: &[u32], rows: &mut [F], v: usize) -> F {
+    let per_task = rows_per_task(targets.len());
+    for_each_chunk(rows, per_task * 2, |i, rows| {
+        let (logits, targets) = (&logits[i * per_task * v..], &targets[i * per_task..]);
+        for ((row, &t), out) in logits.chunks_exact(v).zip(targets).zip(rows.chunks_exact_mut(2)) {
+            let max = row.iter().copied().fold(F::NEG_INFINITY, F::max);
+            let sum: F = row.iter().map(|&x| (x - max).exp()).sum();
+            out[0] = max + sum.ln();
+            out[1] = out[0] - row[t as usize];
+        }
+    });
+    // Accumulate in f64 so the mean does not depend on N's size.
+    let total: f64 = rows.chunks_exact(2).map(|r| r[1].to_f64()).sum();
     F::from_f64(total / targets.len() as f64)
 }
 
@@ -49,11 +56,15 @@ pub(crate) fn backward<F: Real>(s: &mut Store<F>, logits: Var, targets: Var, out
     let targets = r.ids(targets);
     let scale = own.one(out)[0] / F::from_f64(targets.len() as f64);
     let dlogits = inputs.one(logits);
-    let rows = r.f(logits).chunks_exact(v).zip(dlogits.chunks_exact_mut(v));
-    for (((row, drow), &t), &l) in rows.zip(targets).zip(r.f(lse)) {
-        for (g, &x) in drow.iter_mut().zip(row) {
-            *g += (x - l).exp() * scale;
+    let per_task = rows_per_task(targets.len());
+    let (logits, lse) = (r.f(logits), r.f(lse));
+    for_each_chunk(dlogits, per_task * v, |i, dlogits| {
+        let (logits, targets, rows) = (&logits[i * per_task * v..], &targets[i * per_task..], &lse[i * per_task * 2..]);
+        for (((row, drow), &t), st) in logits.chunks_exact(v).zip(dlogits.chunks_exact_mut(v)).zip(targets).zip(rows.chunks_exact(2)) {
+            for (g, &x) in drow.iter_mut().zip(row) {
+                *g += (x - st[0]).exp() * scale;
+            }
+            drow[t as usize] -= scale;
         }
-        drow[t as usize] -= scale;
-    }
+    });
 }

@@ -2,6 +2,7 @@
 
 use crate::error::Result;
 use crate::graph::{Graph, Op};
+use crate::parallel::{for_each_chunk, rows_per_task};
 use crate::real::Real;
 use crate::store::{Store, Var};
 
@@ -21,18 +22,25 @@ impl<F: Real> Graph<F> {
 
 pub(crate) fn forward<F: Real>(x: &[F], out: &mut [F]) {
     let (s, c, half) = (F::from_f64(SQRT_2_OVER_PI), F::from_f64(CUBIC), F::from_f64(0.5));
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = half * v * (F::ONE + (s * (v + c * v * v * v)).tanh());
-    }
+    let chunk = rows_per_task(x.len()).max(4096);
+    for_each_chunk(out, chunk, |i, out| {
+        for (o, &v) in out.iter_mut().zip(&x[i * chunk..]) {
+            *o = half * v * (F::ONE + (s * (v + c * v * v * v)).tanh());
+        }
+    });
 }
 
 pub(crate) fn backward<F: Real>(s: &mut Store<F>, x: Var, out: Var) {
     let (r, mut inputs, mut own) = s.backward_io(out);
     let (k, c, half) = (F::from_f64(SQRT_2_OVER_PI), F::from_f64(CUBIC), F::from_f64(0.5));
     let three_c = F::from_f64(3.0 * CUBIC);
-    for ((g, &d), &v) in inputs.one(x).iter_mut().zip(own.one(out).iter()).zip(r.f(x)) {
-        let t = (k * (v + c * v * v * v)).tanh();
-        let dt = k * (F::ONE + three_c * v * v) * (F::ONE - t * t);
-        *g += d * (half * (F::ONE + t) + half * v * dt);
-    }
+    let (dx, dout, xv) = (inputs.one(x), &*own.one(out), r.f(x));
+    let chunk = rows_per_task(xv.len()).max(4096);
+    for_each_chunk(dx, chunk, |i, dx| {
+        for ((g, &d), &v) in dx.iter_mut().zip(&dout[i * chunk..]).zip(&xv[i * chunk..]) {
+            let t = (k * (v + c * v * v * v)).tanh();
+            let dt = k * (F::ONE + three_c * v * v) * (F::ONE - t * t);
+            *g += d * (half * (F::ONE + t) + half * v * dt);
+        }
+    });
 }

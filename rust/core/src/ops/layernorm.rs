@@ -1,13 +1,18 @@
 //! Layer normalisation over the last dimension: out = (x - mean) * rstd * gamma + beta.
 //! Shapes: x (..., C), gamma (C), beta (C), out like x, stats (N, 2) = (mean, rstd) per row,
-//! saved so backward need not recompute them.
+//! saved so backward need not recompute them; partials (GROUPS, 2C) is backward's scratch (in
+//! its gradient slot) for per-group sums of dgamma and dbeta. Rows run in parallel; the fixed
+//! number of groups makes those sums independent of the thread count.
 
 use crate::error::{shape_err, Result};
 use crate::graph::{require_distinct, Graph, Op};
+use crate::parallel::{for_each_chunk2, rows_per_task};
 use crate::real::Real;
 use crate::store::{Shape, Store, Var};
 
 pub const EPS: f64 = 1e-5;
+/// Row groups whose dgamma/dbeta partial sums backward adds up in a fixed order.
+const GROUPS: usize = 16;
 
 impl<F: Real> Graph<F> {
     pub fn layernorm(&mut self, x: Var, gamma: Var, beta: Var) -> Result<Var> {
@@ -25,10 +30,11 @@ impl<F: Real> Graph<F> {
         require_distinct(&[x, gamma, beta], "layernorm")?;
         let out = self.store.alloc(xs);
         let stats = self.store.alloc(Shape::new(&[xs.rows(), 2])?);
+        let partials = self.store.alloc(Shape::new(&[GROUPS, 2 * c])?);
         let (r, mut w) = self.store.forward_io(out);
         let [o, st] = w.many([out, stats]);
         forward(r.f(x), r.f(gamma), r.f(beta), o, st, c);
-        self.tape.push(Op::LayerNorm { x, gamma, beta, out, stats });
+        self.tape.push(Op::LayerNorm { x, gamma, beta, out, stats, partials });
         Ok(out)
     }
 }
@@ -36,44 +42,61 @@ impl<F: Real> Graph<F> {
 pub(crate) fn forward<F: Real>(x: &[F], gamma: &[F], beta: &[F], out: &mut [F], stats: &mut [F], c: usize) {
     let inv_c = F::from_f64(1.0 / c as f64);
     let eps = F::from_f64(EPS);
-    for ((xr, or), st) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)).zip(stats.chunks_exact_mut(2)) {
-        let mean = xr.iter().copied().sum::<F>() * inv_c;
-        let var = xr.iter().map(|&v| (v - mean) * (v - mean)).sum::<F>() * inv_c;
-        let rstd = F::ONE / (var + eps).sqrt();
-        for (((o, &v), &g), &b) in or.iter_mut().zip(xr).zip(gamma).zip(beta) {
-            *o = (v - mean) * rstd * g + b;
+    let rows = rows_per_task(stats.len() / 2);
+    for_each_chunk2(out, rows * c, stats, rows * 2, |i, out, stats| {
+        let x = &x[i * rows * c..];
+        for ((xr, or), st) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)).zip(stats.chunks_exact_mut(2)) {
+            let mean = xr.iter().copied().sum::<F>() * inv_c;
+            let var = xr.iter().map(|&v| (v - mean) * (v - mean)).sum::<F>() * inv_c;
+            let rstd = F::ONE / (var + eps).sqrt();
+            for (((o, &v), &g), &b) in or.iter_mut().zip(xr).zip(gamma).zip(beta) {
+                *o = (v - mean) * rstd * g + b;
+            }
+            st[0] = mean;
+            st[1] = rstd;
         }
-        st[0] = mean;
-        st[1] = rstd;
-    }
+    });
 }
 
-pub(crate) fn backward<F: Real>(s: &mut Store<F>, x: Var, gamma: Var, beta: Var, out: Var, stats: Var) {
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward<F: Real>(s: &mut Store<F>, x: Var, gamma: Var, beta: Var, out: Var, stats: Var, partials: Var) {
     let c = s.shape_of(gamma).numel();
+    let n = s.shape_of(stats).dims()[0];
     let (r, mut inputs, mut own) = s.backward_io(out);
-    let dout = own.one(out);
+    let [dout, partials] = own.many([out, partials]);
     let [dx, dgamma, dbeta] = inputs.many([x, gamma, beta]);
-    let (xv, gv) = (r.f(x), r.f(gamma));
+    let (xv, gv, st) = (r.f(x), r.f(gamma), r.f(stats));
     let inv_c = F::from_f64(1.0 / c as f64);
-    let rows = xv.chunks_exact(c).zip(dout.chunks_exact(c)).zip(dx.chunks_exact_mut(c));
-    for (((xr, dr), dxr), st) in rows.zip(r.f(stats).chunks_exact(2)) {
-        let (mean, rstd) = (st[0], st[1]);
-        // With n = normalised x and dn = dout * gamma:
-        // dx = rstd * (dn - mean(dn) - n * mean(dn * n)).
-        let mut mean_dn = F::ZERO;
-        let mut mean_dn_n = F::ZERO;
-        for ((&v, &d), &g) in xr.iter().zip(dr).zip(gv) {
-            let n = (v - mean) * rstd;
-            mean_dn += d * g;
-            mean_dn_n += d * g * n;
+    let rows = n.div_ceil(GROUPS).max(1);
+    partials.fill(F::ZERO);
+    let dout = &*dout;
+    for_each_chunk2(dx, rows * c, partials, 2 * c, |i, dx, part| {
+        let (dout, xv, st) = (&dout[i * rows * c..], &xv[i * rows * c..], &st[i * rows * 2..]);
+        let (pg, pb) = part.split_at_mut(c);
+        for (((xr, dr), dxr), st) in xv.chunks_exact(c).zip(dout.chunks_exact(c)).zip(dx.chunks_exact_mut(c)).zip(st.chunks_exact(2)) {
+            let (mean, rstd) = (st[0], st[1]);
+            // With n = normalised x and dn = dout * gamma:
+            // dx = rstd * (dn - mean(dn) - n * mean(dn * n)).
+            let mut mean_dn = F::ZERO;
+            let mut mean_dn_n = F::ZERO;
+            for ((&v, &d), &g) in xr.iter().zip(dr).zip(gv) {
+                let nv = (v - mean) * rstd;
+                mean_dn += d * g;
+                mean_dn_n += d * g * nv;
+            }
+            mean_dn *= inv_c;
+            mean_dn_n *= inv_c;
+            for (i, ((&v, &d), g)) in xr.iter().zip(dr).zip(dxr.iter_mut()).enumerate() {
+                let nv = (v - mean) * rstd;
+                pg[i] += d * nv;
+                pb[i] += d;
+                *g += rstd * (d * gv[i] - mean_dn - nv * mean_dn_n);
+            }
         }
-        mean_dn *= inv_c;
-        mean_dn_n *= inv_c;
-        for (i, ((&v, &d), g)) in xr.iter().zip(dr).zip(dxr.iter_mut()).enumerate() {
-            let n = (v - mean) * rstd;
-            dgamma[i] += d * n;
-            dbeta[i] += d;
-            *g += rstd * (d * gv[i] - mean_dn - n * mean_dn_n);
-        }
+    });
+    for part in partials.chunks_exact(2 * c) {
+        let (pg, pb) = part.split_at(c);
+        dgamma.iter_mut().zip(pg).for_each(|(g, &p)| *g += p);
+        dbeta.iter_mut().zip(pb).for_each(|(g, &p)| *g += p);
     }
 }

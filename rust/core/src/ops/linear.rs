@@ -2,7 +2,7 @@
 //! Shapes: x (..., K), W (M, K) as in PyTorch, b (M) or none, out (..., M). With no bias and W
 //! the token embedding this is the tied output projection.
 
-use crate::blas::gemm;
+use crate::parallel::gemm_rows;
 use crate::error::{shape_err, Result};
 use crate::graph::{require_distinct, Graph, Op};
 use crate::real::Real;
@@ -48,7 +48,7 @@ pub(crate) fn forward<F: Real>(x: &[F], w: &[F], b: Option<&[F]>, out: &mut [F],
         }
         None => F::ZERO,
     };
-    gemm(false, true, n, m, k, F::ONE, x, k, w, k, beta, out, m);
+    gemm_rows(false, true, n, m, k, F::ONE, x, k, w, k, beta, out, m);
 }
 
 pub(crate) fn backward<F: Real>(s: &mut Store<F>, x: Var, w: Var, b: Option<Var>, out: Var) {
@@ -59,9 +59,9 @@ pub(crate) fn backward<F: Real>(s: &mut Store<F>, x: Var, w: Var, b: Option<Var>
     let dout = own.one(out); // (N, M)
     let [dx, dw] = inputs.many([x, w]);
     // dx (N, K) += dout (N, M) W (M, K)
-    gemm(false, false, n, k, m, F::ONE, dout, m, wv, k, F::ONE, dx, k);
+    gemm_rows(false, false, n, k, m, F::ONE, dout, m, wv, k, F::ONE, dx, k);
     // dW (M, K) += dout^T (M, N) x (N, K)
-    gemm(true, false, m, k, n, F::ONE, dout, m, xv, k, F::ONE, dw, k);
+    gemm_rows(true, false, m, k, n, F::ONE, dout, m, xv, k, F::ONE, dw, k);
     if let Some(b) = b {
         let db = inputs.one(b);
         for row in dout.chunks_exact(m) {

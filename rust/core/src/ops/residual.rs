@@ -2,6 +2,7 @@
 
 use crate::error::{shape_err, Result};
 use crate::graph::{Graph, Op};
+use crate::parallel::{for_each_chunk, rows_per_task};
 use crate::real::Real;
 use crate::store::{Store, Var};
 
@@ -14,9 +15,11 @@ impl<F: Real> Graph<F> {
         }
         let out = self.store.alloc(sa);
         let (r, mut w) = self.store.forward_io(out);
-        for ((o, &x), &y) in w.one(out).iter_mut().zip(r.f(a)).zip(r.f(b)) {
-            *o = x + y;
-        }
+        let chunk = rows_per_task(sa.numel()).max(4096);
+        let (o, av, bv) = (w.one(out), r.f(a), r.f(b));
+        for_each_chunk(o, chunk, |i, o| {
+            o.iter_mut().zip(&av[i * chunk..]).zip(&bv[i * chunk..]).for_each(|((o, &x), &y)| *o = x + y);
+        });
         self.tape.push(Op::Add { a, b, out });
         Ok(out)
     }

@@ -1,0 +1,254 @@
+//! The engine's one threading policy: a small fixed pool of worker threads splits work by rows
+//! (GEMM output rows, batch elements, normalisation rows), and every BLAS call inside runs
+//! single-threaded, so BLAS threads never nest inside the engine's threads.
+//!
+//! Why not rayon: its work-stealing deques grow and shrink, so a step would allocate now and
+//! then; this pool hands out task indices with one atomic counter and allocates nothing after
+//! it starts. Splits never change what a row computes, and reductions across rows use a fixed
+//! partition, so results do not depend on thread timing.
+
+use crate::blas::{gemm, set_blas_threads};
+use crate::real::Real;
+use std::cell::Cell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+/// A borrowed task function with its lifetime erased. `parallel_for` does not return before every
+/// worker has finished with it, which is what makes the erasure sound.
+#[derive(Clone, Copy)]
+struct TaskPtr(*const (dyn Fn(usize) + Sync));
+// SAFETY: the pointee is `Sync`, and it outlives every use (see `parallel_for`).
+unsafe impl Send for TaskPtr {}
+
+struct State {
+    generation: u64,
+    job: Option<(TaskPtr, usize)>,
+    active: usize,
+    shutdown: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    start: Condvar,
+    finished: Condvar,
+    next: AtomicUsize,
+    panicked: AtomicBool,
+}
+
+struct Pool {
+    shared: Arc<Shared>,
+    threads: usize,
+    /// One job at a time: callers on different threads take turns.
+    run_lock: Mutex<()>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+thread_local! {
+    /// Set on pool workers and on a caller while it runs tasks: nested parallel loops run inline.
+    static IN_POOL: Cell<bool> = const { Cell::new(false) };
+}
+
+fn run_tasks(shared: &Shared, task: TaskPtr, n: usize) {
+    // SAFETY: the caller of `parallel_for` keeps the task alive until all workers are done.
+    let f = unsafe { &*task.0 };
+    loop {
+        let i = shared.next.fetch_add(1, Ordering::Relaxed);
+        if i >= n {
+            break;
+        }
+        if catch_unwind(AssertUnwindSafe(|| f(i))).is_err() {
+            shared.panicked.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+fn worker(shared: Arc<Shared>) {
+    IN_POOL.with(|c| c.set(true));
+    let mut seen = 0;
+    loop {
+        let (task, n) = {
+            let mut st = shared.state.lock().expect("pool state");
+            while st.generation == seen && !st.shutdown {
+                st = shared.start.wait(st).expect("pool state");
+            }
+            if st.shutdown {
+                return;
+            }
+            seen = st.generation;
+            st.job.expect("a new generation carries a job")
+        };
+        run_tasks(&shared, task, n);
+        let mut st = shared.state.lock().expect("pool state");
+        st.active -= 1;
+        if st.active == 0 {
+            shared.finished.notify_all();
+        }
+    }
+}
+
+impl Pool {
+    fn new(threads: usize) -> Pool {
+        set_blas_threads(1);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State { generation: 0, job: None, active: 0, shutdown: false }),
+            start: Condvar::new(),
+            finished: Condvar::new(),
+            next: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+        });
+        let workers = (1..threads)
+            .map(|i| {
+                let s = Arc::clone(&shared);
+                std::thread::Builder::new().name(format!("lmcore-{i}")).spawn(move || worker(s)).expect("spawning a worker thread")
+            })
+            .collect();
+        Pool { shared, threads, run_lock: Mutex::new(()), workers }
+    }
+
+    fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        let _turn = self.run_lock.lock().expect("pool run lock");
+        let s = &*self.shared;
+        // SAFETY: only the lifetime is erased; we wait below until no worker uses the pointer.
+        let task = TaskPtr(unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(f) });
+        s.next.store(0, Ordering::Relaxed);
+        {
+            let mut st = s.state.lock().expect("pool state");
+            st.job = Some((task, n));
+            st.active = self.threads - 1;
+            st.generation += 1;
+            s.start.notify_all();
+        }
+        IN_POOL.with(|c| c.set(true));
+        run_tasks(s, task, n);
+        IN_POOL.with(|c| c.set(false));
+        let mut st = s.state.lock().expect("pool state");
+        while st.active > 0 {
+            st = s.finished.wait(st).expect("pool state");
+        }
+        st.job = None;
+        drop(st);
+        if s.panicked.swap(false, Ordering::Relaxed) {
+            panic!("a parallel task panicked");
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.state.lock().expect("pool state").shutdown = true;
+        self.shared.start.notify_all();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+static POOL: RwLock<Option<Arc<Pool>>> = RwLock::new(None);
+
+fn pool() -> Arc<Pool> {
+    if let Some(p) = POOL.read().expect("pool lock").as_ref() {
+        return Arc::clone(p);
+    }
+    let mut slot = POOL.write().expect("pool lock");
+    let default = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Arc::clone(slot.get_or_insert_with(|| Arc::new(Pool::new(default))))
+}
+
+/// Use `n` threads from now on (at least 1).
+pub fn set_num_threads(n: usize) {
+    let new = Arc::new(Pool::new(n.clamp(1, 1024)));
+    *POOL.write().expect("pool lock") = Some(new);
+}
+
+/// Threads the engine uses.
+pub fn num_threads() -> usize {
+    pool().threads
+}
+
+/// Call `f(i)` for every i in 0..n, spread over the pool; returns when all calls are done.
+pub fn parallel_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
+    if n == 0 {
+        return;
+    }
+    let pool = pool();
+    if n == 1 || pool.threads == 1 || IN_POOL.with(|c| c.get()) {
+        (0..n).for_each(f);
+    } else {
+        pool.run(n, f);
+    }
+}
+
+/// Rows per task when `rows` rows are split among the engine's threads.
+pub fn rows_per_task(rows: usize) -> usize {
+    rows.div_ceil(pool().threads).max(1)
+}
+
+/// A raw pointer that may cross threads; used only to hand out disjoint chunks.
+struct SendPtr<T>(*mut T);
+// SAFETY: each task reconstructs a chunk no other task touches.
+unsafe impl<T: Send> Send for SendPtr<T> {}
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    /// Chunk `i` of `len` elements split into chunks of `size`.
+    ///
+    /// # Safety
+    /// `i` must be a valid chunk index of the slice this pointer came from, and no other live
+    /// reference may cover that chunk.
+    unsafe fn chunk<'a>(&self, i: usize, size: usize, len: usize) -> &'a mut [T] {
+        let start = i * size;
+        std::slice::from_raw_parts_mut(self.0.add(start), size.min(len - start))
+    }
+}
+
+/// Split `data` into chunks of `size` elements and run `f(index, chunk)` on them in parallel.
+pub fn for_each_chunk<T: Send>(data: &mut [T], size: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    let (len, size) = (data.len(), size.max(1));
+    let p = SendPtr(data.as_mut_ptr());
+    // SAFETY: i < ceil(len / size), and distinct i give disjoint chunks of `data`.
+    parallel_for(len.div_ceil(size), &|i| f(i, unsafe { p.chunk(i, size, len) }));
+}
+
+/// Like `for_each_chunk` over two buffers in lockstep: chunk i of `a` goes with chunk i of `b`.
+/// `b` must have at least as many chunks as `a`.
+pub fn for_each_chunk2<T: Send, U: Send>(a: &mut [T], size_a: usize, b: &mut [U], size_b: usize, f: impl Fn(usize, &mut [T], &mut [U]) + Sync) {
+    let (len_a, len_b, size_a, size_b) = (a.len(), b.len(), size_a.max(1), size_b.max(1));
+    let n = len_a.div_ceil(size_a);
+    assert!(len_b.div_ceil(size_b) >= n, "for_each_chunk2: second buffer has too few chunks");
+    let (pa, pb) = (SendPtr(a.as_mut_ptr()), SendPtr(b.as_mut_ptr()));
+    // SAFETY: as in `for_each_chunk`, for each buffer separately.
+    parallel_for(n, &|i| f(i, unsafe { pa.chunk(i, size_a, len_a) }, unsafe { pb.chunk(i, size_b, len_b) }));
+}
+
+/// `gemm` with its output rows split among the threads; same arguments and result.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_rows<F: Real>(
+    trans_a: bool,
+    trans_b: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: F,
+    a: &[F],
+    lda: usize,
+    b: &[F],
+    ldb: usize,
+    beta: F,
+    c: &mut [F],
+    ldc: usize,
+) {
+    let rows = rows_per_task(m);
+    if rows >= m || n == 0 {
+        return gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    }
+    let c = &mut c[..(m - 1) * ldc + n];
+    for_each_chunk(c, rows * ldc, |i, c_part| {
+        let r0 = i * rows;
+        let mr = rows.min(m - r0);
+        // Row r0 of op(A) starts at row r0 of A, or at column r0 when A is transposed.
+        let a_part = if trans_a { &a[r0..] } else { &a[r0 * lda..] };
+        gemm(trans_a, trans_b, mr, n, k, alpha, a_part, lda, b, ldb, beta, c_part, ldc);
+    });
+}
