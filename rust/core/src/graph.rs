@@ -16,7 +16,7 @@ pub enum Op {
     Linear { x: Var, w: Var, b: Option<Var>, out: Var },
     LayerNorm { x: Var, gamma: Var, beta: Var, out: Var, stats: Var, partials: Var },
     Gelu { x: Var, out: Var },
-    Attention { qkv: Var, n_head: usize, out: Var, probs: Var, scratch: Var },
+    Attention { qkv: Var, n_head: usize, out: Var, lse: Var, bwd_tiles: Var },
     CrossEntropy { logits: Var, targets: Var, out: Var, lse: Var },
     Dropout { x: Var, out: Var, mask: Var },
 }
@@ -69,7 +69,7 @@ impl<F: Real> Graph<F> {
     }
 
     pub fn grad(&self, v: Var) -> Result<&[F]> {
-        self.store.float_shape(v)?;
+        self.store.grad_shape(v)?;
         Ok(self.store.grads(v))
     }
 
@@ -79,7 +79,7 @@ impl<F: Real> Graph<F> {
 
     /// Backpropagate from a scalar: d(out)/d(every tensor) lands in the gradient buffers.
     pub fn backward(&mut self, out: Var) -> Result<()> {
-        let shape = self.store.float_shape(out)?;
+        let shape = self.store.grad_shape(out)?;
         if shape.numel() != 1 {
             return Err(Error::Invalid(format!(
                 "backward() needs a scalar (one element), got shape {:?}; use backward_with to pass its gradient",
@@ -91,7 +91,7 @@ impl<F: Real> Graph<F> {
 
     /// Backpropagate from any tensor, given the gradient of some scalar with respect to it.
     pub fn backward_with(&mut self, out: Var, grad: &[F]) -> Result<()> {
-        let shape = self.store.float_shape(out)?;
+        let shape = self.store.grad_shape(out)?;
         if grad.len() != shape.numel() {
             return Err(Error::Shape(format!(
                 "gradient has {} elements, the tensor {:?} has {}",
@@ -118,9 +118,7 @@ impl<F: Real> Graph<F> {
                     layernorm::backward(s, x, gamma, beta, out, stats, partials)
                 }
                 Op::Gelu { x, out } => gelu::backward(s, x, out),
-                Op::Attention { qkv, n_head, out, probs, scratch } => {
-                    attention::backward(s, qkv, n_head, out, probs, scratch)
-                }
+                Op::Attention { qkv, n_head, out, lse, bwd_tiles } => attention::backward(s, qkv, n_head, out, lse, bwd_tiles),
                 Op::CrossEntropy { logits, targets, out, lse } => cross_entropy::backward(s, logits, targets, out, lse),
                 Op::Dropout { x, out, mask } => dropout::backward(s, x, out, mask),
             }

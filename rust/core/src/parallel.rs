@@ -187,39 +187,62 @@ pub fn rows_per_task(rows: usize) -> usize {
 
 /// A raw pointer that may cross threads; used only to hand out disjoint chunks.
 struct SendPtr<T>(*mut T);
-// SAFETY: each task reconstructs a chunk no other task touches.
+// SAFETY: each task reconstructs a chunk no other task touches (see `Chunks`).
 unsafe impl<T: Send> Send for SendPtr<T> {}
 unsafe impl<T: Send> Sync for SendPtr<T> {}
 
-impl<T> SendPtr<T> {
-    /// Chunk `i` of `len` elements split into chunks of `size`.
-    ///
-    /// # Safety
-    /// `i` must be a valid chunk index of the slice this pointer came from, and no other live
-    /// reference may cover that chunk.
-    unsafe fn chunk<'a>(&self, i: usize, size: usize, len: usize) -> &'a mut [T] {
-        let start = i * size;
-        std::slice::from_raw_parts_mut(self.0.add(start), size.min(len - start))
-    }
-}
-
 /// Split `data` into chunks of `size` elements and run `f(index, chunk)` on them in parallel.
 pub fn for_each_chunk<T: Send>(data: &mut [T], size: usize, f: impl Fn(usize, &mut [T]) + Sync) {
-    let (len, size) = (data.len(), size.max(1));
-    let p = SendPtr(data.as_mut_ptr());
-    // SAFETY: i < ceil(len / size), and distinct i give disjoint chunks of `data`.
-    parallel_for(len.div_ceil(size), &|i| f(i, unsafe { p.chunk(i, size, len) }));
+    let n = data.len().div_ceil(size.max(1));
+    let chunks = Chunks::new(data, size);
+    // SAFETY: distinct i give disjoint chunks of `data`.
+    parallel_for(n, &|i| f(i, unsafe { chunks.get(i) }));
 }
 
 /// Like `for_each_chunk` over two buffers in lockstep: chunk i of `a` goes with chunk i of `b`.
 /// `b` must have at least as many chunks as `a`.
 pub fn for_each_chunk2<T: Send, U: Send>(a: &mut [T], size_a: usize, b: &mut [U], size_b: usize, f: impl Fn(usize, &mut [T], &mut [U]) + Sync) {
-    let (len_a, len_b, size_a, size_b) = (a.len(), b.len(), size_a.max(1), size_b.max(1));
-    let n = len_a.div_ceil(size_a);
-    assert!(len_b.div_ceil(size_b) >= n, "for_each_chunk2: second buffer has too few chunks");
-    let (pa, pb) = (SendPtr(a.as_mut_ptr()), SendPtr(b.as_mut_ptr()));
-    // SAFETY: as in `for_each_chunk`, for each buffer separately.
-    parallel_for(n, &|i| f(i, unsafe { pa.chunk(i, size_a, len_a) }, unsafe { pb.chunk(i, size_b, len_b) }));
+    let mut none: [u8; 0] = [];
+    for_each_chunk3(a, size_a, b, size_b, &mut none, 1, |i, a, b, _| f(i, a, b));
+}
+
+/// Like `for_each_chunk` over three buffers in lockstep. Chunk i of a buffer with fewer chunks
+/// than `a` is empty.
+pub fn for_each_chunk3<T: Send, U: Send, V: Send>(
+    a: &mut [T],
+    size_a: usize,
+    b: &mut [U],
+    size_b: usize,
+    c: &mut [V],
+    size_c: usize,
+    f: impl Fn(usize, &mut [T], &mut [U], &mut [V]) + Sync,
+) {
+    let n = a.len().div_ceil(size_a.max(1));
+    let bufs = (Chunks::new(a, size_a), Chunks::new(b, size_b), Chunks::new(c, size_c));
+    // SAFETY: distinct i give disjoint chunks of each buffer (see `Chunks::get`).
+    parallel_for(n, &|i| unsafe { f(i, bufs.0.get(i), bufs.1.get(i), bufs.2.get(i)) });
+}
+
+/// A buffer to be handed out in disjoint chunks, one per task index.
+struct Chunks<T> {
+    ptr: SendPtr<T>,
+    size: usize,
+    len: usize,
+}
+
+impl<T> Chunks<T> {
+    fn new(data: &mut [T], size: usize) -> Self {
+        Chunks { ptr: SendPtr(data.as_mut_ptr()), size: size.max(1), len: data.len() }
+    }
+
+    /// Chunk `i` (empty past the end).
+    ///
+    /// # Safety
+    /// No other live reference may cover chunk `i` of this buffer.
+    unsafe fn get<'a>(&self, i: usize) -> &'a mut [T] {
+        let start = (i * self.size).min(self.len);
+        std::slice::from_raw_parts_mut(self.ptr.0.add(start), self.size.min(self.len - start))
+    }
 }
 
 /// `gemm` with its output rows split among the threads; same arguments and result.

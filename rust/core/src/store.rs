@@ -1,11 +1,13 @@
 //! `Store`: where every tensor of a graph lives, addressed by `Var` handles.
 //!
-//! One `values` buffer and one `grads` buffer of equal length hold all floats. Parameters sit at
-//! the front, `[0, param_len)`, and persist; activations follow and form the per-step arena that
-//! `reset` rewinds. Integer tensors (token ids, targets) live in `ids`, also rewound. The buffers
-//! only grow while the first step reaches its high-water mark; after that a step allocates
-//! nothing. Because activations are laid out in creation order, an op's output always lies above
-//! all of its inputs, which lets kernels borrow inputs and output disjointly without `unsafe`.
+//! Floats live in two buffers: `values` and `grads`. Parameters sit at the front of both,
+//! `[0, param_len)`, and persist; activations follow and form the per-step arena that `reset`
+//! rewinds. A tensor has a value slot, a gradient slot, or both: what an op saves only for its
+//! backward pass (statistics, masks) has no gradient, and backward's scratch space has no value.
+//! Integer tensors (token ids, targets) live in `ids`, also rewound. The buffers only grow while
+//! the first step reaches its high-water mark; after that a step allocates nothing. Because each
+//! buffer is filled in creation order, an op's output always lies above all of its inputs, which
+//! lets kernels borrow inputs and output disjointly without `unsafe`.
 
 use crate::error::{shape_err, Error, Result};
 use crate::real::Real;
@@ -84,11 +86,28 @@ pub enum Dtype {
     Ids,
 }
 
+/// Marks a tensor without a value or without a gradient slot.
+const NONE: usize = usize::MAX;
+
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    offset: usize,
+    /// Offset in `values` (or `ids` for an ids tensor), or NONE.
+    value: usize,
+    /// Offset in `grads`, or NONE.
+    grad: usize,
     shape: Shape,
     dtype: Dtype,
+}
+
+/// Which slots a new float tensor gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slots {
+    /// An activation: a value and its gradient.
+    Both,
+    /// Saved for backward only (statistics, masks): no gradient.
+    ValueOnly,
+    /// Backward's scratch space: a gradient-sized slot and no value.
+    GradOnly,
 }
 
 /// A named parameter: its place in the persistent front of the buffers.
@@ -112,7 +131,8 @@ pub struct Store<F: Real> {
     entries: Vec<Entry>,
     params: Vec<ParamInfo>,
     param_len: usize,
-    used: usize,
+    values_used: usize,
+    grads_used: usize,
     ids_used: usize,
     generation: u64,
     high_water: usize,
@@ -134,7 +154,8 @@ impl<F: Real> Store<F> {
             entries: Vec::new(),
             params: Vec::new(),
             param_len: 0,
-            used: 0,
+            values_used: 0,
+            grads_used: 0,
             ids_used: 0,
             generation: 0,
             high_water: 0,
@@ -144,7 +165,8 @@ impl<F: Real> Store<F> {
     /// Rewind the arena: every activation handle made so far becomes stale.
     pub fn reset(&mut self) {
         self.entries.truncate(self.params.len());
-        self.used = self.param_len;
+        self.values_used = self.param_len;
+        self.grads_used = self.param_len;
         self.ids_used = 0;
         self.generation += 1;
     }
@@ -166,26 +188,38 @@ impl<F: Real> Store<F> {
     }
 
     fn note_high_water(&mut self) {
-        let bytes = (self.used - self.param_len) * 2 * std::mem::size_of::<F>() + self.ids_used * 4;
+        let floats = self.values_used + self.grads_used - 2 * self.param_len;
+        let bytes = floats * std::mem::size_of::<F>() + self.ids_used * 4;
         self.high_water = self.high_water.max(bytes);
     }
 
-    fn push_entry(&mut self, offset: usize, shape: Shape, dtype: Dtype) -> Var {
-        self.entries.push(Entry { offset, shape, dtype });
+    fn push_entry(&mut self, entry: Entry) -> Var {
+        self.entries.push(entry);
         Var { index: (self.entries.len() - 1) as u32, store: self.id, generation: self.generation }
     }
 
-    /// A new float tensor in the arena. Its values are unspecified until a kernel writes them.
-    pub fn alloc(&mut self, shape: Shape) -> Var {
-        let offset = self.used;
-        self.used += shape.numel();
-        if self.values.len() < self.used {
-            // Grow both buffers together; the gradient buffer mirrors the value buffer.
-            self.values.resize(self.used, F::ZERO);
-            self.grads.resize(self.used, F::ZERO);
+    /// Bump-allocate `n` floats at the end of `buf`, growing it only past its high-water mark.
+    fn bump(buf: &mut Vec<F>, used: &mut usize, n: usize) -> usize {
+        let offset = *used;
+        *used += n;
+        if buf.len() < *used {
+            buf.resize(*used, F::ZERO);
         }
+        offset
+    }
+
+    /// A new activation (value and gradient). Its values are unspecified until a kernel writes them.
+    pub fn alloc(&mut self, shape: Shape) -> Var {
+        self.alloc_slots(shape, Slots::Both)
+    }
+
+    /// A new float tensor with the given slots.
+    pub fn alloc_slots(&mut self, shape: Shape, slots: Slots) -> Var {
+        let n = shape.numel();
+        let value = if slots == Slots::GradOnly { NONE } else { Self::bump(&mut self.values, &mut self.values_used, n) };
+        let grad = if slots == Slots::ValueOnly { NONE } else { Self::bump(&mut self.grads, &mut self.grads_used, n) };
         self.note_high_water();
-        self.push_entry(offset, shape, Dtype::Float)
+        self.push_entry(Entry { value, grad, shape, dtype: Dtype::Float })
     }
 
     /// A new float tensor in the arena holding `data`.
@@ -216,12 +250,12 @@ impl<F: Real> Store<F> {
         }
         self.ids_used = end;
         self.note_high_water();
-        Ok(self.push_entry(offset, shape, Dtype::Ids))
+        Ok(self.push_entry(Entry { value: offset, grad: NONE, shape, dtype: Dtype::Ids }))
     }
 
     /// Register a persistent parameter. Only allowed before any activation exists.
     pub fn add_param(&mut self, name: &str, shape: Shape, decay: bool) -> Result<Var> {
-        if self.entries.len() != self.params.len() || self.used != self.param_len {
+        if self.entries.len() != self.params.len() || self.values_used != self.param_len {
             return Err(Error::Invalid("parameters must be added before any activation".into()));
         }
         if self.params.iter().any(|p| p.name == name) {
@@ -229,7 +263,7 @@ impl<F: Real> Store<F> {
         }
         let var = self.alloc(shape);
         let offset = self.param_len;
-        self.param_len = self.used;
+        self.param_len = self.values_used;
         self.high_water = 0;
         self.params.push(ParamInfo { name: name.to_string(), var, offset, shape, decay });
         Ok(var)
@@ -263,12 +297,22 @@ impl<F: Real> Store<F> {
         self.entry(v).map(|e| e.shape)
     }
 
-    /// Check a handle is a float tensor and return its shape.
+    /// Check a handle is a float tensor with a value and return its shape.
     pub fn float_shape(&self, v: Var) -> Result<Shape> {
         let e = self.entry(v)?;
         match e.dtype {
-            Dtype::Float => Ok(e.shape),
+            Dtype::Float if e.value != NONE => Ok(e.shape),
+            Dtype::Float => Err(Error::Invalid("this tensor is scratch space and has no value".into())),
             Dtype::Ids => Err(Error::Invalid("expected a float tensor, got an integer (ids) tensor".into())),
+        }
+    }
+
+    /// Check a handle is a float tensor with a gradient slot and return its shape.
+    pub fn grad_shape(&self, v: Var) -> Result<Shape> {
+        let shape = self.float_shape(v)?;
+        match self.entry(v)?.grad {
+            NONE => Err(Error::Invalid("this tensor was saved for backward and has no gradient".into())),
+            _ => Ok(shape),
         }
     }
 
@@ -287,54 +331,55 @@ impl<F: Real> Store<F> {
 
     // The accessors below take handles that the graph already validated; an invalid one here is
     // an engine bug, so they index directly.
-    fn range(&self, v: Var) -> std::ops::Range<usize> {
-        let e = &self.entries[v.index as usize];
-        e.offset..e.offset + e.shape.numel()
-    }
-
     pub(crate) fn shape_of(&self, v: Var) -> Shape {
         self.entries[v.index as usize].shape
     }
+    fn value_range(&self, v: Var) -> std::ops::Range<usize> {
+        slot_range(&self.entries, v, Slot::Value, 0)
+    }
+    fn grad_range(&self, v: Var) -> std::ops::Range<usize> {
+        slot_range(&self.entries, v, Slot::Grad, 0)
+    }
     pub fn values(&self, v: Var) -> &[F] {
-        &self.values[self.range(v)]
+        &self.values[self.value_range(v)]
     }
     pub fn values_mut(&mut self, v: Var) -> &mut [F] {
-        let r = self.range(v);
+        let r = self.value_range(v);
         &mut self.values[r]
     }
     pub fn grads(&self, v: Var) -> &[F] {
-        &self.grads[self.range(v)]
+        &self.grads[self.grad_range(v)]
     }
     pub fn grads_mut(&mut self, v: Var) -> &mut [F] {
-        let r = self.range(v);
+        let r = self.grad_range(v);
         &mut self.grads[r]
     }
     pub fn id_values(&self, v: Var) -> &[u32] {
-        &self.ids[self.range(v)]
+        &self.ids[self.value_range(v)]
     }
 
     /// For a forward kernel: read access to everything below `out`, and write access to `out`
     /// and whatever the op allocated after it (its saved statistics). Ops allocate `out` first.
     pub fn forward_io(&mut self, out: Var) -> (Reader<'_, F>, Writer<'_, F>) {
-        let split = self.range(out).start;
+        let split = self.value_range(out).start;
         let (below, above) = self.values.split_at_mut(split);
         let reader = Reader { floats: below, ids: &self.ids, entries: &self.entries };
-        (reader, Writer { buf: above, base: split, entries: &self.entries })
+        (reader, Writer { buf: above, base: split, slot: Slot::Value, entries: &self.entries })
     }
 
     /// For a backward kernel: read access to all values, write access to the gradients below
     /// `out` (the op's inputs) and from `out` on (its output gradient and scratch space).
     pub fn backward_io(&mut self, out: Var) -> (Reader<'_, F>, Writer<'_, F>, Writer<'_, F>) {
-        let split = self.range(out).start;
+        let split = self.grad_range(out).start;
         let (below, above) = self.grads.split_at_mut(split);
         let reader = Reader { floats: &self.values, ids: &self.ids, entries: &self.entries };
-        let inputs = Writer { buf: below, base: 0, entries: &self.entries };
-        (reader, inputs, Writer { buf: above, base: split, entries: &self.entries })
+        let inputs = Writer { buf: below, base: 0, slot: Slot::Grad, entries: &self.entries };
+        (reader, inputs, Writer { buf: above, base: split, slot: Slot::Grad, entries: &self.entries })
     }
 
     /// Zero the gradients of the activations (the arena part).
     pub fn zero_activation_grads(&mut self) {
-        let (p, u) = (self.param_len, self.used);
+        let (p, u) = (self.param_len, self.grads_used);
         self.grads[p..u].fill(F::ZERO);
     }
 
@@ -350,7 +395,24 @@ impl<F: Real> Store<F> {
     }
 }
 
-/// Read access to tensors lying below an output (forward) or to all values (backward).
+#[derive(Clone, Copy)]
+enum Slot {
+    Value,
+    Grad,
+}
+
+/// Where tensor `v`'s slot lies in its buffer, relative to `base`.
+fn slot_range(entries: &[Entry], v: Var, slot: Slot, base: usize) -> std::ops::Range<usize> {
+    let e = &entries[v.index as usize];
+    let start = match slot {
+        Slot::Value => e.value,
+        Slot::Grad => e.grad,
+    };
+    debug_assert!(start != NONE, "tensor has no such slot");
+    start - base..start - base + e.shape.numel()
+}
+
+/// Read access to values lying below an output (forward) or to all values (backward).
 pub struct Reader<'a, F> {
     floats: &'a [F],
     ids: &'a [u32],
@@ -358,15 +420,11 @@ pub struct Reader<'a, F> {
 }
 
 impl<'a, F> Reader<'a, F> {
-    fn range(&self, v: Var) -> std::ops::Range<usize> {
-        let e = &self.entries[v.index as usize];
-        e.offset..e.offset + e.shape.numel()
-    }
     pub fn f(&self, v: Var) -> &'a [F] {
-        &self.floats[self.range(v)]
+        &self.floats[slot_range(self.entries, v, Slot::Value, 0)]
     }
     pub fn ids(&self, v: Var) -> &'a [u32] {
-        &self.ids[self.range(v)]
+        &self.ids[slot_range(self.entries, v, Slot::Value, 0)]
     }
 }
 
@@ -375,20 +433,17 @@ impl<'a, F> Reader<'a, F> {
 pub struct Writer<'a, F> {
     buf: &'a mut [F],
     base: usize,
+    slot: Slot,
     entries: &'a [Entry],
 }
 
 impl<'a, F> Writer<'a, F> {
-    fn range(&self, v: Var) -> std::ops::Range<usize> {
-        let e = &self.entries[v.index as usize];
-        e.offset - self.base..e.offset - self.base + e.shape.numel()
-    }
     pub fn one(&mut self, v: Var) -> &mut [F] {
-        let r = self.range(v);
+        let r = slot_range(self.entries, v, self.slot, self.base);
         &mut self.buf[r]
     }
     pub fn many<const N: usize>(&mut self, vars: [Var; N]) -> [&mut [F]; N] {
-        let ranges = vars.map(|v| self.range(v));
+        let ranges = vars.map(|v| slot_range(self.entries, v, self.slot, self.base));
         self.buf.get_disjoint_mut(ranges).expect("an op's tensors were checked to be distinct when recorded")
     }
 }

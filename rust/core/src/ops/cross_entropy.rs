@@ -7,7 +7,7 @@ use crate::error::{shape_err, Error, Result};
 use crate::graph::{Graph, Op};
 use crate::parallel::{for_each_chunk, rows_per_task};
 use crate::real::Real;
-use crate::store::{Shape, Store, Var};
+use crate::store::{Shape, Slots, Store, Var};
 
 impl<F: Real> Graph<F> {
     pub fn cross_entropy(&mut self, logits: Var, targets: Var) -> Result<Var> {
@@ -24,7 +24,7 @@ impl<F: Real> Graph<F> {
             return Err(Error::TokenOutOfRange { id: bad as i64, limit: v });
         }
         let out = self.store.alloc(Shape::new(&[])?);
-        let lse = self.store.alloc(Shape::new(&[ls.rows(), 2])?);
+        let lse = self.store.alloc_slots(Shape::new(&[ls.rows(), 2])?, Slots::ValueOnly);
         let (r, mut w) = self.store.forward_io(out);
         let [o, lse_out] = w.many([out, lse]);
         o[0] = forward(r.f(logits), r.ids(targets), lse_out, v);

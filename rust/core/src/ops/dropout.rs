@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::graph::{Graph, Op};
 use crate::real::Real;
-use crate::store::{Store, Var};
+use crate::store::{Slots, Store, Var};
 
 impl<F: Real> Graph<F> {
     /// Identity (nothing recorded) when `p == 0`.
@@ -17,7 +17,7 @@ impl<F: Real> Graph<F> {
             return Ok(x);
         }
         let out = self.store.alloc(shape);
-        let mask = self.store.alloc(shape);
+        let mask = self.store.alloc_slots(shape, Slots::ValueOnly);
         let (r, mut w) = self.store.forward_io(out);
         let [o, m] = w.many([out, mask]);
         let keep = F::from_f64(1.0 / (1.0 - p));

@@ -8,7 +8,7 @@ use crate::error::{shape_err, Result};
 use crate::graph::{require_distinct, Graph, Op};
 use crate::parallel::{for_each_chunk2, rows_per_task};
 use crate::real::Real;
-use crate::store::{Shape, Store, Var};
+use crate::store::{Shape, Slots, Store, Var};
 
 pub const EPS: f64 = 1e-5;
 /// Row groups whose dgamma/dbeta partial sums backward adds up in a fixed order.
@@ -29,8 +29,8 @@ impl<F: Real> Graph<F> {
         }
         require_distinct(&[x, gamma, beta], "layernorm")?;
         let out = self.store.alloc(xs);
-        let stats = self.store.alloc(Shape::new(&[xs.rows(), 2])?);
-        let partials = self.store.alloc(Shape::new(&[GROUPS, 2 * c])?);
+        let stats = self.store.alloc_slots(Shape::new(&[xs.rows(), 2])?, Slots::ValueOnly);
+        let partials = self.store.alloc_slots(Shape::new(&[GROUPS, 2 * c])?, Slots::GradOnly);
         let (r, mut w) = self.store.forward_io(out);
         let [o, st] = w.many([out, stats]);
         forward(r.f(x), r.f(gamma), r.f(beta), o, st, c);
