@@ -2,31 +2,51 @@
 //!
 //! Measures, for the small model (d_model 128, 4 heads, 2 layers, block 128, batch 16, vocab 65,
 //! so N = B*T = 2048 rows):
-//!   (a) sgemm GFLOP/s through `lmcore_core::blas::gemm::<f32>` on every linear layer's forward
-//!       GEMM (Y = X W^T) and backward GEMMs (dX = dY W, dW = dY^T X), plus one per-head
-//!       attention GEMM and a 1024^3 square GEMM as a reference point;
+//!   (a) f32 GEMM GFLOP/s on every linear layer's forward GEMM (Y = X W^T) and backward GEMMs
+//!       (dX = dY W, dW = dY^T X), plus one per-head attention GEMM and a 1024^3 square as a
+//!       reference point, two ways in the same run: the engine's path (`parallel::gemm_rows`
+//!       in the engine's pool: output rows split over the engine's threads, one BLAS
+//!       thread each) and, as the peer, one `blas::gemm::<f32>` call that OpenBLAS splits over
+//!       as many threads of its own; with their ratio (engine / OpenBLAS);
 //!   (b) one full f32 training step (forward, backward, AdamW beta2 0.99, wd 0.1, clip 1.0)
 //!       on random ids: median ms/step and tokens/s;
-//!   (c) the BLAS thread count and the OpenBLAS kernel (core name) in use.
+//!   (c) the engine's thread count, OpenBLAS's per call, and the OpenBLAS kernel (core name).
 //! Each figure is the median of several timed repetitions after warm-up. No timed assertions:
-//! it prints numbers (a table, then one `JSON: ` line) to compare against a peer run.
+//! it prints numbers (a table, then one `JSON: ` line).
 //!
 //! Run: `cargo bench -p lmcore-core --bench core`   (threads: `LMCORE_THREADS=1 cargo bench ...`,
-//! default 2). `--quick` (after `--`) takes fewer repetitions.
+//! default 2). `cargo bench -p lmcore-core --bench core -- --quick` takes fewer repetitions.
 
-use lmcore_core::blas::{gemm, num_threads, set_num_threads};
+use lmcore_core::blas::gemm;
+use lmcore_core::parallel::{gemm_rows, num_threads, set_num_threads};
 use lmcore_core::{AdamWConfig, GptConfig, Rng, Trainer};
 use std::hint::black_box;
-use std::time::Instant;
+use std::os::raw::{c_char, c_int};
+use std::time::{Duration, Instant};
 
 extern "C" {
-    fn openblas_get_corename() -> *const std::os::raw::c_char;
-    fn openblas_get_config() -> *const std::os::raw::c_char;
+    fn openblas_set_num_threads(n: c_int);
+    fn openblas_get_num_threads() -> c_int;
+    fn openblas_get_corename() -> *const c_char;
+    fn openblas_get_config() -> *const c_char;
 }
 
-fn c_str(p: *const std::os::raw::c_char) -> String {
+fn c_str(p: *const c_char) -> String {
     // SAFETY: OpenBLAS returns a pointer to a static NUL-terminated string.
     unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().trim().to_string()
+}
+
+/// Set OpenBLAS's threads per call, then pause so idle OpenBLAS threads stop spinning.
+fn blas_threads(n: usize) {
+    // SAFETY: a plain OpenBLAS setter; it takes effect for the next call.
+    unsafe { openblas_set_num_threads(n as c_int) };
+    std::thread::sleep(Duration::from_millis(150));
+}
+
+/// The 1, 5 and 15 minute load averages, or "" off Linux.
+fn load_average() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
 /// Median seconds of `reps` timed calls of `f`, after `warm` untimed ones.
@@ -47,7 +67,7 @@ fn median_secs(warm: usize, reps: usize, mut f: impl FnMut()) -> f64 {
 
 /// One GEMM to time: C (m, n) = op(A) op(B), op(A) (m, k), op(B) (k, n), operands dense.
 struct Case {
-    name: &'static str,
+    name: String,
     ta: bool,
     tb: bool,
     m: usize,
@@ -59,65 +79,82 @@ struct Case {
 /// dX gemm(N, N) of (N,out)x(out,in), dW gemm(T, N) of (N,out)^T x (N,in), as in ops/linear.rs.
 fn cases(n: usize, c: usize, v: usize, t: usize, hs: usize) -> Vec<Case> {
     let layers = [("attn.c_attn", c, 3 * c), ("attn.c_proj", c, c), ("mlp.c_fc", c, 4 * c), ("mlp.c_proj", 4 * c, c), ("lm_head", c, v)];
-    let names = [
-        ["attn.c_attn fwd", "attn.c_attn dX", "attn.c_attn dW"],
-        ["attn.c_proj fwd", "attn.c_proj dX", "attn.c_proj dW"],
-        ["mlp.c_fc fwd", "mlp.c_fc dX", "mlp.c_fc dW"],
-        ["mlp.c_proj fwd", "mlp.c_proj dX", "mlp.c_proj dW"],
-        ["lm_head fwd", "lm_head dX", "lm_head dW"],
-    ];
     let mut out = Vec::new();
-    for ((_, fin, fout), nm) in layers.iter().zip(names) {
-        out.push(Case { name: nm[0], ta: false, tb: true, m: n, n: *fout, k: *fin });
-        out.push(Case { name: nm[1], ta: false, tb: false, m: n, n: *fin, k: *fout });
-        out.push(Case { name: nm[2], ta: true, tb: false, m: *fout, n: *fin, k: n });
+    for (layer, fin, fout) in layers {
+        let case = |what: &str, ta, tb, m, n, k| Case { name: format!("{layer} {what}"), ta, tb, m, n, k };
+        out.push(case("fwd", false, true, n, fout, fin));
+        out.push(case("dX", false, false, n, fin, fout));
+        out.push(case("dW", true, false, fout, fin, n));
     }
-    out.push(Case { name: "attn q@k^T (1 head)", ta: false, tb: true, m: t, n: t, k: hs });
-    out.push(Case { name: "square 1024^3", ta: false, tb: false, m: 1024, n: 1024, k: 1024 });
+    out.push(Case { name: "attn q@k^T (1 head)".into(), ta: false, tb: true, m: t, n: t, k: hs });
+    out.push(Case { name: "square 1024^3".into(), ta: false, tb: false, m: 1024, n: 1024, k: 1024 });
     out
 }
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let threads: usize = std::env::var("LMCORE_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
-    set_num_threads(threads);
+    set_num_threads(threads); // the engine's pool; it also sets OpenBLAS to one thread per call
     let (b, t, c, h, l, v) = (16usize, 128usize, 128usize, 4usize, 2usize, 65usize);
     let n = b * t;
-    // SAFETY: plain OpenBLAS getters returning static strings.
-    let (core, config) = unsafe { (c_str(openblas_get_corename()), c_str(openblas_get_config())) };
-    println!("lmcore core bench: BLAS threads {} (LMCORE_THREADS={threads}), OpenBLAS core {core}", num_threads());
+    // SAFETY: plain OpenBLAS getters (static strings, an int).
+    let (core, config, per_call) = unsafe { (c_str(openblas_get_corename()), c_str(openblas_get_config()), openblas_get_num_threads()) };
+    println!("lmcore core bench: engine threads {} (LMCORE_THREADS={threads}), BLAS threads per call {per_call}, OpenBLAS core {core}", num_threads());
     println!("OpenBLAS config: {config}");
     for var in ["OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS"] {
         println!("  {var}={}", std::env::var(var).unwrap_or_else(|_| "(unset)".into()));
     }
+    // A shared machine: a load near the core count around the run means the figures are low.
+    println!("  load average before the run: {}", load_average());
 
-    // (a) GEMM throughput.
+    // (a) GEMM throughput: the engine's path against OpenBLAS's own threading.
     let mut rng = Rng::new(1);
     let (warm, reps) = if quick { (1, 5) } else { (3, 15) };
-    println!("\n{:<22} {:>2}{:>2} {:>6} {:>6} {:>6} {:>10} {:>9}", "gemm (f32)", "tA", "tB", "m", "n", "k", "ms", "GFLOP/s");
+    println!("\n{:<22} {:>4} {:>5} {:>5} {:>5} {:>9} {:>9} {:>9} {:>6}", "gemm (f32)", "tAtB", "m", "n", "k", "engine", "engine", "openblas", "ratio");
+    println!("{:<22} {:>4} {:>17} {:>9} {:>9} {:>9} {:>6}", "", "", "", "ms", "GFLOP/s", "GFLOP/s", "e/ob");
     let mut json_gemm = Vec::new();
-    for cs in cases(n, c, v, t, c / h) {
-        let (a_rows, a_cols) = if cs.ta { (cs.k, cs.m) } else { (cs.m, cs.k) };
-        let (b_rows, b_cols) = if cs.tb { (cs.n, cs.k) } else { (cs.k, cs.n) };
+    for (i, cs) in cases(n, c, v, t, c / h).iter().enumerate() {
+        let Case { ta, tb, m, n: nn, k, .. } = *cs;
+        let (a_rows, a_cols) = if ta { (k, m) } else { (m, k) };
+        let (b_rows, b_cols) = if tb { (nn, k) } else { (k, nn) };
         let a: Vec<f32> = (0..a_rows * a_cols).map(|_| rng.normal() as f32).collect();
         let bm: Vec<f32> = (0..b_rows * b_cols).map(|_| rng.normal() as f32).collect();
-        let mut cm = vec![0f32; cs.m * cs.n];
-        let flop = 2.0 * (cs.m * cs.n * cs.k) as f64;
+        let mut cm = vec![0f32; m * nn];
+        let flop = 2.0 * (m * nn * k) as f64;
         // Small GEMMs get more calls per timed repetition so the timer's resolution is not an issue.
         let inner = ((2e8 / flop) as usize).clamp(1, 1000);
-        let secs = median_secs(warm, reps, || {
-            for _ in 0..inner {
-                gemm(cs.ta, cs.tb, cs.m, cs.n, cs.k, 1.0f32, &a, a_cols, &bm, b_cols, 0.0, &mut cm, cs.n);
-            }
-            black_box(&mut cm);
-        }) / inner as f64;
-        let gflops = flop / secs / 1e9;
-        println!("{:<22} {:>2}{:>2} {:>6} {:>6} {:>6} {:>10.3} {:>9.1}", cs.name, cs.ta as u8, cs.tb as u8, cs.m, cs.n, cs.k, secs * 1e3, gflops);
+        let engine = |cm: &mut [f32]| {
+            blas_threads(1);
+            let s = median_secs(warm, reps, || {
+                (0..inner).for_each(|_| gemm_rows(ta, tb, m, nn, k, 1.0f32, &a, a_cols, &bm, b_cols, 0.0, &mut *cm, nn));
+                black_box(&mut *cm);
+            });
+            s / inner as f64
+        };
+        let peer = |cm: &mut [f32]| {
+            blas_threads(threads);
+            let s = median_secs(warm, reps, || {
+                (0..inner).for_each(|_| gemm(ta, tb, m, nn, k, 1.0f32, &a, a_cols, &bm, b_cols, 0.0, &mut *cm, nn));
+                black_box(&mut *cm);
+            });
+            s / inner as f64
+        };
+        // Alternate which goes first, so drift on a shared machine favours neither side.
+        let (e, p) = if i % 2 == 0 {
+            let e = engine(&mut cm);
+            (e, peer(&mut cm))
+        } else {
+            let p = peer(&mut cm);
+            (engine(&mut cm), p)
+        };
+        let (ge, gp) = (flop / e / 1e9, flop / p / 1e9);
+        println!("{:<22} {:>2}{:>2} {:>5} {:>5} {:>5} {:>9.3} {:>9.1} {:>9.1} {:>6.2}", cs.name, ta as u8, tb as u8, m, nn, k, e * 1e3, ge, gp, ge / gp);
         json_gemm.push(format!(
-            "{{\"name\":\"{}\",\"trans_a\":{},\"trans_b\":{},\"m\":{},\"n\":{},\"k\":{},\"ms\":{:.4},\"gflops\":{:.2}}}",
-            cs.name, cs.ta, cs.tb, cs.m, cs.n, cs.k, secs * 1e3, gflops
+            "{{\"name\":\"{}\",\"trans_a\":{ta},\"trans_b\":{tb},\"m\":{m},\"n\":{nn},\"k\":{k},\"engine_ms\":{:.4},\"engine_gflops\":{ge:.2},\"openblas_gflops\":{gp:.2},\"ratio\":{:.3}}}",
+            cs.name, e * 1e3, ge / gp
         ));
     }
+    blas_threads(1); // back to the engine's setting for the training step
 
     // (b) One full training step of the small model.
     let cfg = GptConfig { vocab_size: v, d_model: c, n_head: h, n_layer: l, block_size: t, dropout: 0.0 };
@@ -133,8 +170,9 @@ fn main() {
     let tok_s = n as f64 / secs;
     println!("\ntrain_step f32 (B {b}, T {t}, C {c}, H {h}, L {l}, V {v}): median {:.1} ms/step over {steps} steps, {:.0} tokens/s (last loss {last_loss:.3})", secs * 1e3, tok_s);
 
+    println!("load average after the run: {}", load_average());
     println!(
-        "JSON: {{\"bench\":\"core\",\"threads\":{},\"openblas_core\":\"{core}\",\"gemm\":[{}],\"train_step\":{{\"batch\":{b},\"block\":{t},\"steps\":{steps},\"ms\":{:.3},\"tokens_per_s\":{:.1}}}}}",
+        "JSON: {{\"bench\":\"core\",\"threads\":{},\"blas_threads_per_call\":{per_call},\"openblas_core\":\"{core}\",\"gemm\":[{}],\"train_step\":{{\"batch\":{b},\"block\":{t},\"steps\":{steps},\"ms\":{:.3},\"tokens_per_s\":{:.1}}}}}",
         num_threads(),
         json_gemm.join(","),
         secs * 1e3,

@@ -4,13 +4,15 @@ Measures, for every GEMM of the small model (d_model 128, 4 heads, 2 layers, blo
 vocab 65, so N = B*T = 2048 rows: each linear layer's forward Y = X W^T and backward dX = dY W,
 dW = dY^T X, one per-head attention GEMM, and a 1024^3 square as a reference point):
 float32 GFLOP/s of ``lmcore.matmul`` (with the transpose flags) and of numpy ``@`` (on ``.T``
-views) on the same arrays, both at the same BLAS thread count, median of repetitions after
-warm-up, and their ratio. Also times the small model's full ``Model.train_step`` from Python.
+views) on the same arrays, both with the same number of threads (lmcore's own threads, each
+running single-threaded BLAS; numpy's OpenBLAS threads), median of repetitions after warm-up,
+and their ratio. Also times the small model's full ``Model.train_step`` from Python.
 Prints a table and one ``JSON: `` line; it asserts nothing about speed.
 
 lmcore.matmul copies both inputs out of numpy and allocates and copies the output: that is the
 binding's cost and is in these figures. ``cargo bench -p lmcore-core --bench core`` gives the
-pure-Rust sgemm figures for the same shapes.
+pure-Rust figures for the same shapes. The two OpenBLAS builds differ too: lmcore links the
+system's (Debian's), numpy ships its own, newer one.
 
 Run (bench-only dependency: ``pip install threadpoolctl``, used to cap numpy's threads and to
 report which OpenBLAS kernel each library runs):
@@ -32,9 +34,9 @@ import numpy as np
 import lmcore
 
 try:
-    from threadpoolctl import threadpool_info, threadpool_limits
-except ImportError:  # numpy then uses its default thread count (all cores, here 2)
-    threadpool_info = threadpool_limits = None
+    from threadpoolctl import ThreadpoolController
+except ImportError:  # numpy then uses its default thread count (all cores)
+    ThreadpoolController = None
 
 B, T, C, H, L, V = 16, 128, 128, 4, 2, 65
 N = B * T
@@ -82,7 +84,7 @@ def bench_gemms(warm, reps, rng):
         order = [("lmcore", ours), ("numpy", theirs)][:: 1 if i % 2 == 0 else -1]
         secs = {}
         for who, fn in order:
-            time.sleep(0.05)
+            time.sleep(0.15)
             secs[who] = median_secs(fn, warm, reps, inner)
         g = {who: flop / s / 1e9 for who, s in secs.items()}
         rows.append({"name": name, "trans_a": ta, "trans_b": tb, "m": m, "n": n, "k": k,
@@ -113,7 +115,7 @@ def bench_train_step(warm, steps, rng):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and steps")
-    ap.add_argument("--threads", type=int, default=2, help="BLAS threads for both libraries (default 2)")
+    ap.add_argument("--threads", type=int, default=2, help="threads for both libraries (default 2)")
     args = ap.parse_args()
     warm, reps, steps = (1, 5, 5) if args.quick else (3, 15, 20)
 
@@ -124,17 +126,22 @@ def main():
         print("WARNING: OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are set and force a kernel on both "
               "OpenBLAS copies; run under `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE` for a fair figure")
 
-    lmcore.set_num_threads(args.threads)
+    # A shared machine: a load near the core count before the run means the figures are low.
+    print("load average before the run: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    lmcore.set_num_threads(args.threads)  # lmcore's pool; its OpenBLAS runs 1 thread per call
     blas = []
-    if threadpool_limits is None:
+    if ThreadpoolController is None:
         print("threadpoolctl is not installed: numpy uses its default BLAS thread count")
     else:
-        threadpool_limits(args.threads, user_api="blas")  # caps every BLAS in the process
-        for lib in threadpool_info():
+        ctl = ThreadpoolController()
+        # Cap numpy's own BLAS only: lmcore sets the one it links itself.
+        np_dir = os.path.dirname(np.__file__)
+        ctl.select(prefix=[c.prefix for c in ctl.lib_controllers if c.filepath.startswith(np_dir)]).limit(limits=args.threads)
+        for lib in ctl.info():
             blas.append({key: lib.get(key) for key in ("prefix", "version", "architecture", "num_threads")})
             print(f"BLAS {lib['prefix']} {lib.get('version')}: kernel {lib.get('architecture')}, "
-                  f"{lib['num_threads']} threads ({os.path.basename(lib['filepath'])})")
-    print(f"lmcore BLAS threads: {lmcore.num_threads()}, numpy {np.__version__}, "
+                  f"{lib['num_threads']} threads per call ({os.path.basename(lib['filepath'])})")
+    print(f"lmcore threads: {lmcore.num_threads()}, numpy {np.__version__}, "
           f"{'quick' if args.quick else 'full'} run\n")
 
     rng = np.random.default_rng(0)
@@ -148,6 +155,7 @@ def main():
     print(f"\nModel.train_step f32 (B {B}, T {T}, C {C}, H {H}, L {L}, V {V}): median {step['ms']:.1f} ms/step "
           f"over {steps} steps, {step['tokens_per_s']:.0f} tokens/s (last loss {step['last_loss']:.3f})")
 
+    print("load average after the run: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     print("JSON: " + json.dumps({"bench": "matmul_vs_numpy", "threads": args.threads, "env": env, "blas": blas,
                                  "numpy": np.__version__, "gemm": rows, "geomean_ratio": round(geo, 3),
                                  "train_step": step}, separators=(",", ":")))

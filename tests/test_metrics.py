@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from lmcore import metrics
 from lmcore.metrics import MetricsLog, plot_losses, read_metrics, rss_mb
 
 
@@ -59,12 +63,84 @@ def _write_run(path: Path) -> None:
                 log.log(step=step, val_loss=4.3 * math.exp(-step / 90) + 1.1)
 
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_png(path: Path) -> bool:
+    data = path.read_bytes()
+    # Signature, then the IHDR chunk, and the IEND chunk closing the file: not truncated.
+    return data[:8] == PNG_MAGIC and data[12:16] == b"IHDR" and data[-8:-4] == b"IEND"
+
+
 def test_plot_losses_writes_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     _write_run(tmp_path / "metrics.jsonl")
     png = tmp_path / "plots" / "loss.png"
+    assert plot_losses(tmp_path / "metrics.jsonl", png, wait=True) is True
+    assert _is_png(png)
+    # Written through a temp file renamed into place: nothing else is left behind.
+    assert [p.name for p in png.parent.iterdir()] == ["loss.png"]
+    assert metrics._plot_proc is None  # reaped
+
+
+def test_plot_subprocess_entry_point(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    _write_run(tmp_path / "metrics.jsonl")
+    png = tmp_path / "loss.png"
+    cmd = [sys.executable, "-m", "lmcore.metrics", "plot", str(tmp_path / "metrics.jsonl"), str(png)]
+    assert subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0
+    assert _is_png(png)
+    assert subprocess.run([sys.executable, "-m", "lmcore.metrics"], capture_output=True).returncode == 2
+
+
+def test_plot_losses_does_not_block_and_keeps_one_in_flight(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    _write_run(tmp_path / "metrics.jsonl")
+    png = tmp_path / "loss.png"
+    t0 = time.perf_counter()
     assert plot_losses(tmp_path / "metrics.jsonl", png) is True
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    first = metrics._plot_proc
+    assert first is not None
+    # A redraw while the first is still running is skipped, not queued or blocked on.
+    assert plot_losses(tmp_path / "metrics.jsonl", png) is False
+    assert metrics._plot_proc is first
+    assert time.perf_counter() - t0 < 0.5  # the plot itself (matplotlib import) takes longer
+    # The final plot waits for the one in flight, then draws again and reaps it.
+    assert plot_losses(tmp_path / "metrics.jsonl", png, wait=True) is True
+    assert first.returncode == 0
+    assert metrics._plot_proc is None
+    assert _is_png(png)
+
+
+def test_parent_never_imports_matplotlib(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    _write_run(tmp_path / "metrics.jsonl")
+    png = tmp_path / "loss.png"
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from lmcore.metrics import plot_losses
+        assert plot_losses({str(tmp_path / "metrics.jsonl")!r}, {str(png)!r}) is True
+        assert plot_losses({str(tmp_path / "metrics.jsonl")!r}, {str(png)!r}, wait=True) is True
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] == "matplotlib")
+        assert not loaded, loaded
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+    assert _is_png(png)
+
+
+def test_plot_child_is_reaped_at_exit(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    _write_run(tmp_path / "metrics.jsonl")
+    png = tmp_path / "loss.png"
+    # The parent exits right after starting a redraw: atexit waits for it, so the plot exists.
+    code = f"from lmcore.metrics import plot_losses; plot_losses({str(tmp_path / 'metrics.jsonl')!r}, {str(png)!r})"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+    assert _is_png(png)
 
 
 def test_plot_losses_without_matplotlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,12 +2,15 @@
 
 Tensors: every parameter and AdamW's m and v (``param/``, ``adam_m/``, ``adam_v/`` groups).
 Metadata: the recipe (`RunConfig`), iteration, AdamW step, the dropout generator's state, the
-batch sampler's state, the tokenizer and the dataset's identity. Restoring all of it makes a
-resumed run the same run as one never stopped, bit for bit.
+batch sampler's state, the tokenizer and the dataset's identity, and a sha256 of all of it (a
+flipped bit in a weight is refused, not trained on). Restoring all of it makes a resumed run the
+same run as one never stopped, bit for bit.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from lmcore.tokenizer import CharTokenizer
 CHECKPOINT_NAME = "ckpt.safetensors"
 WEIGHTS_NAME = "model.safetensors"
 GROUPS = ("param", "adam_m", "adam_v")
+DIGEST_KEY = "state_sha256"
 
 
 def new_model(cfg: RunConfig, vocab_size: int) -> Model:
@@ -63,10 +67,22 @@ def restore_tensors(model: Model, groups: dict[str, dict[str, np.ndarray]], path
         raise CheckpointError(f"checkpoint {path} does not fit this model: {e}") from None
 
 
+def state_digest(tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
+    """sha256 of the metadata and of every tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k not in (DIGEST_KEY, "format_version")},
+                                  sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = np.ascontiguousarray(tensors[name])
+        h.update(f"\n{name} {t.dtype.str} {t.shape}\n".encode())
+        h.update(t.tobytes())
+    return h.hexdigest()
+
+
 def save_run(path: Path, model: Model, meta: dict[str, Any]) -> None:
     """Write the full training state (atomically: a crash leaves the previous file intact)."""
+    tensors = flatten_groups(model_tensors(model))
     state = {**meta, "adam_step": model.step, "rng_state": str(model.rng_state)}
-    save_checkpoint(path, flatten_groups(model_tensors(model)), state)
+    save_checkpoint(path, tensors, {**state, DIGEST_KEY: state_digest(tensors, state)})
 
 
 def load_run(path: Path) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
@@ -74,9 +90,12 @@ def load_run(path: Path) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, An
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     tensors, meta = load_checkpoint(path)
-    for key in ("config", "iter_num", "adam_step", "rng_state", "sampler", "tokenizer", "dataset", "vocab_size"):
+    for key in ("config", "iter_num", "adam_step", "rng_state", "sampler", "tokenizer", "dataset", "vocab_size",
+                DIGEST_KEY):
         if key not in meta:
             raise CheckpointError(f"checkpoint {path} lacks {key!r}: it is not a complete lmcore training state")
+    if state_digest(tensors, meta) != meta[DIGEST_KEY]:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its contents do not match the sha256 stored with them")
     return split_groups(tensors), meta
 
 

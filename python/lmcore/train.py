@@ -95,6 +95,8 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     out_dir = Path(args.out_dir or Path("out") / args.preset)
     ckpt_path = out_dir / CHECKPOINT_NAME
     state: dict[str, Any] = {"out_dir": out_dir, "ckpt_path": ckpt_path}
+    if args.resume and args.init_from:
+        raise UsageError("--resume continues the run in --out-dir, --init-from starts a new one: pass one of them")
     if args.resume:
         if not ckpt_path.is_file():
             raise UsageError(f"--resume: no checkpoint at {ckpt_path}")
@@ -105,6 +107,8 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
                 raise UsageError(f"--{key.replace('_', '-')} cannot change on --resume (the checkpoint has {getattr(cfg, key)})")
         cfg.max_iters = args.max_iters if args.max_iters is not None else cfg.max_iters
         cfg.validate()
+        if cfg.max_iters < meta["iter_num"]:
+            raise UsageError(f"--max-iters {cfg.max_iters} is below the checkpoint's step {meta['iter_num']}")
         corpus = load_corpus(args, meta["dataset"])
         model, tokenizer, _, _ = model_from_checkpoint(ckpt_path)
         state.update(iter_num=int(meta["iter_num"]), sampler_state=meta["sampler"], best_val=meta.get("best_val_loss"))
@@ -163,9 +167,10 @@ def checkpoint_meta(s: dict[str, Any], iter_num: int, best_val: float | None) ->
 
 
 def trim_metrics(path: Path, last_step: int) -> None:
-    """Drop records logged after the checkpoint being resumed: they will be logged again."""
+    """Drop the records the run will log again: those after the checkpoint being resumed, or all of
+    them when it starts at step 0 (a fresh run, or one stopped before its first step)."""
     if path.exists():
-        keep = [r for r in read_metrics(path) if r.get("step", 0) <= last_step]
+        keep = [r for r in read_metrics(path) if 0 < last_step and r.get("step", 0) <= last_step]
         tmp = path.with_suffix(".tmp")
         with MetricsLog(tmp) as log:
             for r in keep:
@@ -197,7 +202,7 @@ def train(s: dict[str, Any]) -> int:
         with MetricsLog(metrics_path) as log:
             if it == 0:
                 log.log(step=0, train_loss=estimate_loss(model, s["train_ids"], cfg, cfg.seed + 2),
-                        lr=lr_at(0, cfg), rss_mb=rss_mb(), **evaluate())
+                        lr=lr_at(0, cfg), tok_s=None, rss_mb=rss_mb(), **evaluate())  # no steps, no rate yet
             progress = Progress(cfg.max_iters, start=it)
             window_start, window_steps = time.perf_counter(), 0
             while it < cfg.max_iters and stop["signal"] is None:
@@ -211,14 +216,15 @@ def train(s: dict[str, Any]) -> int:
                 it += 1
                 window_steps += 1
                 record: dict[str, Any] = {}
-                if it % cfg.log_interval == 0 or it == cfg.max_iters:
+                evaluating = it % cfg.eval_interval == 0 or it == cfg.max_iters
+                if it % cfg.log_interval == 0 or evaluating:
                     elapsed = time.perf_counter() - window_start
                     record = dict(step=it, train_loss=loss, lr=lr, grad_norm=grad_norm,
                                   tok_s=window_steps * tokens_per_step / max(elapsed, 1e-9), rss_mb=rss_mb())
                     progress.update(it, loss, record["tok_s"])
                     window_start, window_steps = time.perf_counter(), 0
-                if it % cfg.eval_interval == 0 or it == cfg.max_iters:
-                    record.update(step=it, train_loss=loss, lr=lr, **evaluate())
+                if evaluating:
+                    record.update(evaluate())
                     progress.note(f"step {it}: train loss {loss:.4f}, val loss {record['val_loss']:.4f}")
                 if record:
                     log.log(record)
@@ -235,7 +241,7 @@ def train(s: dict[str, Any]) -> int:
         print(f"interrupted at step {it}: checkpoint saved to {s['ckpt_path']}; continue with --resume", file=sys.stderr)
         return 130
     save_weights(out_dir / WEIGHTS_NAME, {n: model.get_param(n) for n in model.param_names()})
-    plot_losses(metrics_path, out_dir / "loss.png")
+    plot_losses(metrics_path, out_dir / "loss.png", wait=True)
     print(f"done: {it} steps, best val loss {best_val:.4f}; weights in {out_dir / WEIGHTS_NAME}")
     return 0
 
@@ -271,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, DataError, CheckpointError, ValueError, lmcore.LmcoreError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside the training loop (which stops at a checkpoint on its own)
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

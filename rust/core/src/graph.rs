@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::ops::{attention, cross_entropy, dropout, embedding, gelu, layernorm, linear, residual};
 use crate::real::Real;
 use crate::rng::Rng;
+use crate::grad_plan::GradPlan;
 use crate::store::{Shape, Store, Var};
 
 /// One recorded operation. Inputs first, then `out`, then tensors the op saved for backward.
@@ -21,9 +22,39 @@ pub enum Op {
     Dropout { x: Var, out: Var, mask: Var },
 }
 
+impl Op {
+    /// The float tensors whose gradients this op's backward adds to (parameters included).
+    pub(crate) fn grad_inputs(&self) -> [Option<Var>; 3] {
+        match *self {
+            Op::Embedding { table, .. } => [Some(table), None, None],
+            Op::Add { a, b, .. } => [Some(a), Some(b), None],
+            Op::Linear { x, w, b, .. } => [Some(x), Some(w), b],
+            Op::LayerNorm { x, gamma, beta, .. } => [Some(x), Some(gamma), Some(beta)],
+            Op::Gelu { x, .. } | Op::Dropout { x, .. } => [Some(x), None, None],
+            Op::Attention { qkv, .. } => [Some(qkv), None, None],
+            Op::CrossEntropy { logits, .. } => [Some(logits), None, None],
+        }
+    }
+
+    /// The tensors with gradient slots that this op creates: its output and backward scratch.
+    pub(crate) fn grad_outputs(&self) -> [Option<Var>; 2] {
+        match *self {
+            Op::LayerNorm { out, partials, .. } => [Some(out), Some(partials)],
+            Op::Attention { out, bwd_tiles, .. } => [Some(out), Some(bwd_tiles)],
+            Op::Embedding { out, .. }
+            | Op::Add { out, .. }
+            | Op::Linear { out, .. }
+            | Op::Gelu { out, .. }
+            | Op::CrossEntropy { out, .. }
+            | Op::Dropout { out, .. } => [Some(out), None],
+        }
+    }
+}
+
 pub struct Graph<F: Real> {
     pub store: Store<F>,
     pub(crate) tape: Vec<Op>,
+    grad_plan: GradPlan,
     /// Drives dropout masks; its state is part of a checkpoint.
     pub rng: Rng,
 }
@@ -38,7 +69,7 @@ impl<F: Real> Graph<F> {
     pub fn new() -> Self {
         // Start the thread pool now: it also puts BLAS in single-threaded mode (see `parallel`).
         crate::parallel::num_threads();
-        Graph { store: Store::new(), tape: Vec::new(), rng: Rng::new(0) }
+        Graph { store: Store::new(), tape: Vec::new(), grad_plan: GradPlan::default(), rng: Rng::new(0) }
     }
 
     /// Start a new step: forget the tape and rewind the arena (old handles become stale).
@@ -68,8 +99,9 @@ impl<F: Real> Graph<F> {
         Ok(self.store.values(v))
     }
 
+    /// The gradient of an input or a parameter from the last backward.
     pub fn grad(&self, v: Var) -> Result<&[F]> {
-        self.store.grad_shape(v)?;
+        self.store.kept_grad_shape(v)?;
         Ok(self.store.grads(v))
     }
 
@@ -104,10 +136,20 @@ impl<F: Real> Graph<F> {
     }
 
     fn backward_seeded(&mut self, out: Var, seed: impl FnOnce(&mut [F])) -> Result<()> {
+        self.grad_plan.place(&mut self.store, &self.tape, out);
         self.store.zero_param_grads();
-        self.store.zero_activation_grads();
+        let order = &self.grad_plan.by_start;
+        let mut next = 0; // entries in `order` before this one are zeroed
+        let mut zero_until = |s: &mut Store<F>, p: usize| {
+            while next < order.len() && self.grad_plan.start_of(order[next]) <= p {
+                s.zero_grad_of(order[next] as usize);
+                next += 1;
+            }
+        };
+        zero_until(&mut self.store, 0);
         seed(self.store.grads_mut(out));
-        for i in (0..self.tape.len()).rev() {
+        for (p, i) in (0..self.tape.len()).rev().enumerate() {
+            zero_until(&mut self.store, p);
             let op = self.tape[i];
             let s = &mut self.store;
             match op {

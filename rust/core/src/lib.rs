@@ -16,6 +16,7 @@ pub mod adamw;
 pub mod blas;
 pub mod error;
 pub mod gpt;
+mod grad_plan;
 pub mod graph;
 pub mod kv_cache;
 pub mod ops;

@@ -4,10 +4,14 @@
 //! `[0, param_len)`, and persist; activations follow and form the per-step arena that `reset`
 //! rewinds. A tensor has a value slot, a gradient slot, or both: what an op saves only for its
 //! backward pass (statistics, masks) has no gradient, and backward's scratch space has no value.
-//! Integer tensors (token ids, targets) live in `ids`, also rewound. The buffers only grow while
-//! the first step reaches its high-water mark; after that a step allocates nothing. Because each
-//! buffer is filled in creation order, an op's output always lies above all of its inputs, which
-//! lets kernels borrow inputs and output disjointly without `unsafe`.
+//! Integer tensors (token ids, targets) live in `ids`, also rewound.
+//!
+//! Values are bump-allocated in creation order, so an op's output lies above all of its inputs
+//! and a forward kernel borrows inputs and outputs disjointly without `unsafe`. Gradient slots
+//! of activations are placed by `GradPlan` when backward starts: a gradient lives only from its
+//! first use to its producer's backward, so slots are shared and the gradient part of the arena
+//! is a fraction of the value part. The buffers only grow while the first step reaches its
+//! high-water mark; after that a step allocates nothing.
 
 use crate::error::{shape_err, Error, Result};
 use crate::real::Real;
@@ -75,7 +79,7 @@ impl Shape {
 /// arena generation it was made in. `Copy`, no lifetimes, no pointers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Var {
-    index: u32,
+    pub(crate) index: u32,
     store: u32,
     generation: u64,
 }
@@ -87,14 +91,18 @@ pub enum Dtype {
 }
 
 /// Marks a tensor without a value or without a gradient slot.
-const NONE: usize = usize::MAX;
+pub(crate) const NONE: usize = usize::MAX;
+/// A gradient slot that backward has not placed yet.
+pub(crate) const PENDING: usize = usize::MAX - 1;
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     /// Offset in `values` (or `ids` for an ids tensor), or NONE.
     value: usize,
-    /// Offset in `grads`, or NONE.
+    /// Offset in `grads`, PENDING until backward places it, or NONE.
     grad: usize,
+    /// An input made from data (not by an op): its gradient is kept after backward.
+    leaf: bool,
     shape: Shape,
     dtype: Dtype,
 }
@@ -132,7 +140,8 @@ pub struct Store<F: Real> {
     params: Vec<ParamInfo>,
     param_len: usize,
     values_used: usize,
-    grads_used: usize,
+    /// Floats of activation gradients the last backward needed (after `param_len`).
+    grads_planned: usize,
     ids_used: usize,
     generation: u64,
     high_water: usize,
@@ -155,7 +164,7 @@ impl<F: Real> Store<F> {
             params: Vec::new(),
             param_len: 0,
             values_used: 0,
-            grads_used: 0,
+            grads_planned: 0,
             ids_used: 0,
             generation: 0,
             high_water: 0,
@@ -166,7 +175,7 @@ impl<F: Real> Store<F> {
     pub fn reset(&mut self) {
         self.entries.truncate(self.params.len());
         self.values_used = self.param_len;
-        self.grads_used = self.param_len;
+        self.grads_planned = 0;
         self.ids_used = 0;
         self.generation += 1;
     }
@@ -188,7 +197,7 @@ impl<F: Real> Store<F> {
     }
 
     fn note_high_water(&mut self) {
-        let floats = self.values_used + self.grads_used - 2 * self.param_len;
+        let floats = self.values_used - self.param_len + self.grads_planned;
         let bytes = floats * std::mem::size_of::<F>() + self.ids_used * 4;
         self.high_water = self.high_water.max(bytes);
     }
@@ -217,9 +226,9 @@ impl<F: Real> Store<F> {
     pub fn alloc_slots(&mut self, shape: Shape, slots: Slots) -> Var {
         let n = shape.numel();
         let value = if slots == Slots::GradOnly { NONE } else { Self::bump(&mut self.values, &mut self.values_used, n) };
-        let grad = if slots == Slots::ValueOnly { NONE } else { Self::bump(&mut self.grads, &mut self.grads_used, n) };
+        let grad = if slots == Slots::ValueOnly { NONE } else { PENDING };
         self.note_high_water();
-        self.push_entry(Entry { value, grad, shape, dtype: Dtype::Float })
+        self.push_entry(Entry { value, grad, leaf: false, shape, dtype: Dtype::Float })
     }
 
     /// A new float tensor in the arena holding `data`.
@@ -229,6 +238,7 @@ impl<F: Real> Store<F> {
         }
         let v = self.alloc(shape);
         self.values_mut(v).copy_from_slice(data);
+        self.entries[v.index as usize].leaf = true;
         Ok(v)
     }
 
@@ -250,7 +260,7 @@ impl<F: Real> Store<F> {
         }
         self.ids_used = end;
         self.note_high_water();
-        Ok(self.push_entry(Entry { value: offset, grad: NONE, shape, dtype: Dtype::Ids }))
+        Ok(self.push_entry(Entry { value: offset, grad: NONE, leaf: true, shape, dtype: Dtype::Ids }))
     }
 
     /// Register a persistent parameter. Only allowed before any activation exists.
@@ -264,6 +274,10 @@ impl<F: Real> Store<F> {
         let var = self.alloc(shape);
         let offset = self.param_len;
         self.param_len = self.values_used;
+        // Parameter gradients are persistent: they sit at the front of `grads` like the values.
+        self.grads.resize(self.param_len, F::ZERO);
+        let e = &mut self.entries[var.index as usize];
+        (e.grad, e.leaf) = (offset, true);
         self.high_water = 0;
         self.params.push(ParamInfo { name: name.to_string(), var, offset, shape, decay });
         Ok(var)
@@ -316,6 +330,55 @@ impl<F: Real> Store<F> {
         }
     }
 
+    /// Check that `v`'s gradient can be read after backward: only inputs' and parameters' are
+    /// kept (intermediate gradients share slots and are overwritten as backward proceeds).
+    pub fn kept_grad_shape(&self, v: Var) -> Result<Shape> {
+        let shape = self.grad_shape(v)?;
+        let e = self.entry(v)?;
+        if !e.leaf {
+            return Err(Error::Invalid("only the gradients of inputs and parameters are kept after backward".into()));
+        }
+        if e.grad == PENDING {
+            return Err(Error::Invalid("no gradient yet: call backward first".into()));
+        }
+        Ok(shape)
+    }
+
+    // What `GradPlan` needs to place gradient slots.
+    pub(crate) fn entry_count(&self) -> usize {
+        self.entries.len()
+    }
+    /// Floats in entry `i`'s gradient slot if it is an activation's slot to be placed, else None.
+    pub(crate) fn plannable_grad(&self, i: usize) -> Option<usize> {
+        let e = &self.entries[i];
+        (i >= self.params.len() && e.grad != NONE).then(|| e.shape.numel())
+    }
+    pub(crate) fn is_leaf(&self, i: usize) -> bool {
+        self.entries[i].leaf
+    }
+    /// Offset of entry `i`'s gradient slot past the parameters.
+    pub(crate) fn grad_offset(&self, i: usize) -> usize {
+        self.entries[i].grad - self.param_len
+    }
+    /// Put entry `i`'s gradient at `offset` past the parameters.
+    pub(crate) fn place_grad(&mut self, i: usize, offset: usize) {
+        self.entries[i].grad = self.param_len + offset;
+    }
+    /// Make room for `floats` floats of activation gradients.
+    pub(crate) fn reserve_grads(&mut self, floats: usize) {
+        if self.grads.len() < self.param_len + floats {
+            self.grads.resize(self.param_len + floats, F::ZERO);
+        }
+        self.grads_planned = floats;
+        self.note_high_water();
+    }
+    /// Zero entry `i`'s gradient slot.
+    pub(crate) fn zero_grad_of(&mut self, i: usize) {
+        let e = &self.entries[i];
+        let r = e.grad..e.grad + e.shape.numel();
+        self.grads[r].fill(F::ZERO);
+    }
+
     /// Check a handle is an ids tensor and return its shape.
     pub fn ids_shape(&self, v: Var) -> Result<Shape> {
         let e = self.entry(v)?;
@@ -364,23 +427,16 @@ impl<F: Real> Store<F> {
         let split = self.value_range(out).start;
         let (below, above) = self.values.split_at_mut(split);
         let reader = Reader { floats: below, ids: &self.ids, entries: &self.entries };
-        (reader, Writer { buf: above, base: split, slot: Slot::Value, entries: &self.entries })
+        (reader, Writer { buf: above, base: split, entries: &self.entries })
     }
 
-    /// For a backward kernel: read access to all values, write access to the gradients below
-    /// `out` (the op's inputs) and from `out` on (its output gradient and scratch space).
-    pub fn backward_io(&mut self, out: Var) -> (Reader<'_, F>, Writer<'_, F>, Writer<'_, F>) {
-        let split = self.grad_range(out).start;
-        let (below, above) = self.grads.split_at_mut(split);
-        let reader = Reader { floats: &self.values, ids: &self.ids, entries: &self.entries };
-        let inputs = Writer { buf: below, base: 0, slot: Slot::Grad, entries: &self.entries };
-        (reader, inputs, Writer { buf: above, base: split, slot: Slot::Grad, entries: &self.entries })
-    }
-
-    /// Zero the gradients of the activations (the arena part).
-    pub fn zero_activation_grads(&mut self) {
-        let (p, u) = (self.param_len, self.grads_used);
-        self.grads[p..u].fill(F::ZERO);
+    /// For a backward kernel: read access to all values, and the gradient slots of `vars` (the
+    /// op's output, its inputs, its scratch). `GradPlan` gives tensors that are live together
+    /// distinct slots, and `Graph` checks an op's inputs are distinct when it records it.
+    pub fn backward_io<const N: usize>(&mut self, vars: [Var; N]) -> (Reader<'_, F>, [&mut [F]; N]) {
+        let ranges = vars.map(|v| self.grad_range(v));
+        let grads = self.grads.get_disjoint_mut(ranges).expect("an op's gradient slots are disjoint");
+        (Reader { floats: &self.values, ids: &self.ids, entries: &self.entries }, grads)
     }
 
     /// Zero the gradients of the parameters.
@@ -408,7 +464,7 @@ fn slot_range(entries: &[Entry], v: Var, slot: Slot, base: usize) -> std::ops::R
         Slot::Value => e.value,
         Slot::Grad => e.grad,
     };
-    debug_assert!(start != NONE, "tensor has no such slot");
+    debug_assert!(start < PENDING, "tensor has no such slot (or it is not placed yet)");
     start - base..start - base + e.shape.numel()
 }
 
@@ -428,22 +484,20 @@ impl<'a, F> Reader<'a, F> {
     }
 }
 
-/// Write access to the part of a buffer that starts at `base`. Several tensors at once must be
-/// distinct; `Graph` checks that when it records an op, so `many` cannot fail at run time.
+/// Write access to the part of the values buffer that starts at `base`.
 pub struct Writer<'a, F> {
     buf: &'a mut [F],
     base: usize,
-    slot: Slot,
     entries: &'a [Entry],
 }
 
 impl<'a, F> Writer<'a, F> {
     pub fn one(&mut self, v: Var) -> &mut [F] {
-        let r = slot_range(self.entries, v, self.slot, self.base);
+        let r = slot_range(self.entries, v, Slot::Value, self.base);
         &mut self.buf[r]
     }
     pub fn many<const N: usize>(&mut self, vars: [Var; N]) -> [&mut [F]; N] {
-        let ranges = vars.map(|v| slot_range(self.entries, v, self.slot, self.base));
+        let ranges = vars.map(|v| slot_range(self.entries, v, Slot::Value, self.base));
         self.buf.get_disjoint_mut(ranges).expect("an op's tensors were checked to be distinct when recorded")
     }
 }

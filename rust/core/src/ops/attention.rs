@@ -93,10 +93,8 @@ pub(crate) fn backward<F: Real>(s: &mut Store<F>, qkv: Var, nh: usize, out: Var,
     let hs = c / nh;
     let scale = F::from_f64(1.0 / (hs as f64).sqrt());
     let per_task = rows_per_task(b);
-    let (r, mut inputs, mut own) = s.backward_io(out);
-    let [dout, tiles] = own.many([out, bwd_tiles]);
+    let (r, [dout, tiles, dqkv]) = s.backward_io([out, bwd_tiles, qkv]);
     let (dout, x_all, lse) = (&*dout, r.f(qkv), r.f(lse));
-    let dqkv = inputs.one(qkv);
     for_each_chunk2(dqkv, per_task * t * 3 * c, tiles, 2 * t * t, |task, dqkv, tiles| {
         let (p, dp) = tiles.split_at_mut(t * t);
         for (j, dx) in dqkv.chunks_exact_mut(t * 3 * c).enumerate() {

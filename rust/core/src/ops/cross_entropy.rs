@@ -52,10 +52,9 @@ fn forward<F: Real>(logits: &[F], targets: &[u32], rows: &mut [F], v: usize) -> 
 
 pub(crate) fn backward<F: Real>(s: &mut Store<F>, logits: Var, targets: Var, out: Var, lse: Var) {
     let v = s.shape_of(logits).last();
-    let (r, mut inputs, mut own) = s.backward_io(out);
+    let (r, [dout, dlogits]) = s.backward_io([out, logits]);
     let targets = r.ids(targets);
-    let scale = own.one(out)[0] / F::from_f64(targets.len() as f64);
-    let dlogits = inputs.one(logits);
+    let scale = dout[0] / F::from_f64(targets.len() as f64);
     let per_task = rows_per_task(targets.len());
     let (logits, lse) = (r.f(logits), r.f(lse));
     for_each_chunk(dlogits, per_task * v, |i, dlogits| {

@@ -31,8 +31,8 @@ impl<F: Real> Graph<F> {
 }
 
 pub(crate) fn backward<F: Real>(s: &mut Store<F>, x: Var, out: Var, mask: Var) {
-    let (r, mut inputs, mut own) = s.backward_io(out);
-    for ((g, &d), &m) in inputs.one(x).iter_mut().zip(own.one(out).iter()).zip(r.f(mask)) {
+    let (r, [dout, dx]) = s.backward_io([out, x]);
+    for ((g, &d), &m) in dx.iter_mut().zip(dout.iter()).zip(r.f(mask)) {
         *g += d * m;
     }
 }

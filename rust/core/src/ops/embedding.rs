@@ -33,9 +33,7 @@ pub(crate) fn forward<F: Real>(ids: &[u32], table: &[F], out: &mut [F], c: usize
 }
 
 pub(crate) fn backward<F: Real>(s: &mut Store<F>, ids: Var, table: Var, out: Var) {
-    let (r, mut inputs, mut own) = s.backward_io(out);
-    let dout = own.one(out);
-    let dtable = inputs.one(table);
+    let (r, [dout, dtable]) = s.backward_io([out, table]);
     let c = dout.len() / r.ids(ids).len().max(1);
     for (drow, &id) in dout.chunks_exact(c).zip(r.ids(ids)) {
         let id = id as usize;

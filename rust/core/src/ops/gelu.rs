@@ -31,10 +31,10 @@ pub(crate) fn forward<F: Real>(x: &[F], out: &mut [F]) {
 }
 
 pub(crate) fn backward<F: Real>(s: &mut Store<F>, x: Var, out: Var) {
-    let (r, mut inputs, mut own) = s.backward_io(out);
+    let (r, [dout, dx]) = s.backward_io([out, x]);
     let (k, c, half) = (F::from_f64(SQRT_2_OVER_PI), F::from_f64(CUBIC), F::from_f64(0.5));
     let three_c = F::from_f64(3.0 * CUBIC);
-    let (dx, dout, xv) = (inputs.one(x), &*own.one(out), r.f(x));
+    let (dout, xv) = (&*dout, r.f(x));
     let chunk = rows_per_task(xv.len()).max(4096);
     for_each_chunk(dx, chunk, |i, dx| {
         for ((g, &d), &v) in dx.iter_mut().zip(&dout[i * chunk..]).zip(&xv[i * chunk..]) {

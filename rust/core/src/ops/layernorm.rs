@@ -62,9 +62,7 @@ pub(crate) fn forward<F: Real>(x: &[F], gamma: &[F], beta: &[F], out: &mut [F], 
 pub(crate) fn backward<F: Real>(s: &mut Store<F>, x: Var, gamma: Var, beta: Var, out: Var, stats: Var, partials: Var) {
     let c = s.shape_of(gamma).numel();
     let n = s.shape_of(stats).dims()[0];
-    let (r, mut inputs, mut own) = s.backward_io(out);
-    let [dout, partials] = own.many([out, partials]);
-    let [dx, dgamma, dbeta] = inputs.many([x, gamma, beta]);
+    let (r, [dout, partials, dx, dgamma, dbeta]) = s.backward_io([out, partials, x, gamma, beta]);
     let (xv, gv, st) = (r.f(x), r.f(gamma), r.f(stats));
     let inv_c = F::from_f64(1.0 / c as f64);
     let rows = n.div_ceil(GROUPS).max(1);

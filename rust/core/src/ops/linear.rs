@@ -54,20 +54,16 @@ pub(crate) fn forward<F: Real>(x: &[F], w: &[F], b: Option<&[F]>, out: &mut [F],
 pub(crate) fn backward<F: Real>(s: &mut Store<F>, x: Var, w: Var, b: Option<Var>, out: Var) {
     let (m, k) = (s.shape_of(w).dims()[0], s.shape_of(w).dims()[1]);
     let n = s.shape_of(x).rows();
-    let (r, mut inputs, mut own) = s.backward_io(out);
+    let (r, [dout, dx, dw]) = s.backward_io([out, x, w]);
     let (wv, xv) = (r.f(w), r.f(x));
-    let dout = own.one(out); // (N, M)
-    let [dx, dw] = inputs.many([x, w]);
     // dx (N, K) += dout (N, M) W (M, K)
     gemm_rows(false, false, n, k, m, F::ONE, dout, m, wv, k, F::ONE, dx, k);
     // dW (M, K) += dout^T (M, N) x (N, K)
     gemm_rows(true, false, m, k, n, F::ONE, dout, m, xv, k, F::ONE, dw, k);
     if let Some(b) = b {
-        let db = inputs.one(b);
+        let (_, [dout, db]) = s.backward_io([out, b]);
         for row in dout.chunks_exact(m) {
-            for (g, &d) in db.iter_mut().zip(row) {
-                *g += d;
-            }
+            db.iter_mut().zip(row).for_each(|(g, &d)| *g += d);
         }
     }
 }

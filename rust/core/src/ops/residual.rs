@@ -26,12 +26,9 @@ impl<F: Real> Graph<F> {
 }
 
 pub(crate) fn backward<F: Real>(s: &mut Store<F>, a: Var, b: Var, out: Var) {
-    let (_, mut inputs, mut own) = s.backward_io(out);
-    let dout = own.one(out);
     // One input at a time, so add(x, x) is fine: both contributions accumulate.
     for input in [a, b] {
-        for (g, &d) in inputs.one(input).iter_mut().zip(dout.iter()) {
-            *g += d;
-        }
+        let (_, [dout, g]) = s.backward_io([out, input]);
+        g.iter_mut().zip(dout.iter()).for_each(|(g, &d)| *g += d);
     }
 }
