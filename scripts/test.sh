@@ -6,4 +6,6 @@ bash scripts/setup.sh
 # Tests find the corpus through LMCORE_DATA_DIR, in ../shared/data unless the caller says otherwise.
 export LMCORE_DATA_DIR="${LMCORE_DATA_DIR:-$(cd .. && pwd)/shared/data}"
 cargo test --release -p lmcore-core
+# Benchmarks are not run here, but they must keep compiling against the engine's API.
+cargo build --release -p lmcore-core --benches --quiet
 .venv/bin/python -m pytest -q "$@"

@@ -1,7 +1,8 @@
 //! numpy <-> Rust conversions with clear errors for wrong dtypes, empty arrays and bad values.
 
 use lmcore_core::Real;
-use numpy::{Element, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
+use numpy::{Element, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use std::borrow::Cow;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
@@ -13,18 +14,28 @@ fn dtype_name(obj: &Bound<'_, PyAny>) -> String {
     }
 }
 
-/// Copy a float array of exactly dtype `F` into `out` (cleared first); returns its shape.
-pub fn read_floats_into<F: Real + Element>(obj: &Bound<'_, PyAny>, what: &str, out: &mut Vec<F>) -> PyResult<Vec<usize>> {
+/// A read-only view of a float array of exactly dtype `F`, or a TypeError naming both dtypes.
+pub fn readonly_floats<'py, F: Real + Element>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<PyReadonlyArrayDyn<'py, F>> {
     let arr = obj.downcast::<PyArrayDyn<F>>().map_err(|_| {
         PyTypeError::new_err(format!("{what} must be a numpy array of dtype {}, got {}", F::NAME, dtype_name(obj)))
     })?;
-    let ro = arr.try_readonly().map_err(|e| PyValueError::new_err(format!("{what}: {e}")))?;
-    out.clear();
+    arr.try_readonly().map_err(|e| PyValueError::new_err(format!("{what}: {e}")))
+}
+
+/// The array's elements in row-major order: borrowed when contiguous, copied when strided.
+pub fn contiguous<'a, F: Real + Element>(ro: &'a PyReadonlyArrayDyn<'_, F>) -> Cow<'a, [F]> {
     match ro.as_slice() {
-        Ok(s) => out.extend_from_slice(s),
-        Err(_) => out.extend(ro.as_array().iter().copied()),
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => Cow::Owned(ro.as_array().iter().copied().collect()),
     }
-    Ok(arr.shape().to_vec())
+}
+
+/// Copy a float array of exactly dtype `F` into `out` (cleared first); returns its shape.
+pub fn read_floats_into<F: Real + Element>(obj: &Bound<'_, PyAny>, what: &str, out: &mut Vec<F>) -> PyResult<Vec<usize>> {
+    let ro = readonly_floats::<F>(obj, what)?;
+    out.clear();
+    out.extend_from_slice(&contiguous(&ro));
+    Ok(ro.shape().to_vec())
 }
 
 pub fn read_floats<F: Real + Element>(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<(Vec<usize>, Vec<F>)> {

@@ -1,11 +1,11 @@
 //! Python access to the BLAS layer: matmul through sgemm/dgemm and the naive reference, so
 //! tests can check every transpose combination, and the thread count.
 
-use crate::arrays::{read_floats, to_numpy};
+use crate::arrays::{contiguous, readonly_floats};
 use lmcore_core::blas::gemm_reference;
 use lmcore_core::parallel::{self, gemm_rows};
 use lmcore_core::Real;
-use numpy::Element;
+use numpy::{Element, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -17,8 +17,8 @@ fn matmul_generic<'py, F: Real + Element>(
     trans_b: bool,
     reference: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let (sa, av) = read_floats::<F>(a, "a")?;
-    let (sb, bv) = read_floats::<F>(b, "b")?;
+    let (a_ro, b_ro) = (readonly_floats::<F>(a, "a")?, readonly_floats::<F>(b, "b")?);
+    let (sa, sb) = (a_ro.shape().to_vec(), b_ro.shape().to_vec());
     let (&[ar, ac], &[br, bc]) = (sa.as_slice(), sb.as_slice()) else {
         return Err(PyValueError::new_err(format!("matmul needs 2-D arrays, got shapes {sa:?} and {sb:?}")));
     };
@@ -30,11 +30,17 @@ fn matmul_generic<'py, F: Real + Element>(
     if m.max(n).max(k) > i32::MAX as usize {
         return Err(PyValueError::new_err("matmul: dimensions exceed what BLAS can index"));
     }
-    let mut c = vec![F::ZERO; m * n];
-    let f = if reference { gemm_reference::<F> } else { gemm_rows::<F> };
-    let run = || f(trans_a, trans_b, m, n, k, F::ONE, &av, ac.max(1), &bv, bc.max(1), F::ZERO, &mut c, n.max(1));
-    py.allow_threads(run);
-    to_numpy(py, &c, &[m, n])
+    // Contiguous inputs are read in place; only strided views are copied.
+    let (av, bv) = (contiguous(&a_ro), contiguous(&b_ro));
+    let out = PyArray2::<F>::zeros(py, [m, n], false);
+    {
+        let mut c = out.readwrite();
+        let c = c.as_slice_mut().expect("a new array is contiguous");
+        let f = if reference { gemm_reference::<F> } else { gemm_rows::<F> };
+        // The GIL stays held: the inputs are numpy's memory, which no other thread may change meanwhile.
+        f(trans_a, trans_b, m, n, k, F::ONE, &av, ac.max(1), &bv, bc.max(1), F::ZERO, c, n.max(1));
+    }
+    Ok(out.into_any())
 }
 
 fn matmul_dispatch<'py>(
