@@ -220,7 +220,8 @@ def train(s: dict[str, Any]) -> int:
                 if it % cfg.log_interval == 0 or evaluating:
                     elapsed = time.perf_counter() - window_start
                     record = dict(step=it, train_loss=loss, lr=lr, grad_norm=grad_norm,
-                                  tok_s=window_steps * tokens_per_step / max(elapsed, 1e-9), rss_mb=rss_mb())
+                                  tok_s=window_steps * tokens_per_step / max(elapsed, 1e-9), rss_mb=rss_mb(),
+                                  arena_mb=model.arena_high_water_bytes / 2**20)
                     progress.update(it, loss, record["tok_s"])
                     window_start, window_steps = time.perf_counter(), 0
                 if evaluating:

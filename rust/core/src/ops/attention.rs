@@ -76,11 +76,9 @@ fn forward<F: Real>(qkv: &[F], out: &mut [F], lse: &mut [F], tiles: &mut [F], d:
 pub(crate) fn causal_softmax_row<F: Real>(row: &mut [F], i: usize) -> F {
     let (past, future) = row.split_at_mut(i + 1);
     let max = past.iter().copied().fold(F::NEG_INFINITY, F::max);
-    let mut sum = F::ZERO;
-    for x in past.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
+    // Exponentiate, then add up, in two passes: the first vectorises.
+    past.iter_mut().for_each(|x| *x = (*x - max).exp());
+    let sum: F = past.iter().copied().sum();
     let inv = F::ONE / sum;
     past.iter_mut().for_each(|x| *x *= inv);
     future.fill(F::ZERO);
