@@ -56,7 +56,7 @@ impl<F: Real> Trainer<F> {
     }
 
     /// One AdamW step on a batch at learning rate `lr`. Returns the loss before the update.
-    /// A non-finite loss or gradient is an error and changes nothing.
+    /// A non-finite loss or gradient is an error that leaves weights and optimizer untouched.
     pub fn train_step(&mut self, idx: &[i64], targets: &[i64], b: usize, t: usize, lr: f64) -> Result<StepStats> {
         let (ids, tg) = self.load_batch(idx, Some(targets), b, t)?;
         let (_, loss) = self.gpt.forward(&mut self.graph, ids, tg, true)?;
