@@ -5,15 +5,21 @@
 //! Why not rayon: its work-stealing deques grow and shrink, so a step would allocate now and
 //! then; this pool hands out task indices with one atomic counter and allocates nothing after
 //! it starts. Splits never change what a row computes, and reductions across rows use a fixed
-//! partition, so results do not depend on thread timing.
+//! partition, so results do not depend on thread timing. Threads spin briefly before they
+//! sleep: waking a sleeping thread costs tens of microseconds, more than the gap between two
+//! parallel loops of a training step.
 
 use crate::blas::{gemm, set_blas_threads};
 use crate::real::Real;
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long a thread busy-waits for the next job (or for the workers to finish) before sleeping.
+const SPIN: Duration = Duration::from_micros(200);
 
 /// A borrowed task function with its lifetime erased. `parallel_for` does not return before every
 /// worker has finished with it, which is what makes the erasure sound.
@@ -33,6 +39,10 @@ struct Shared {
     state: Mutex<State>,
     start: Condvar,
     finished: Condvar,
+    /// Copies of `State::generation` and `State::active`, written under the lock, read while
+    /// spinning without it.
+    generation: AtomicU64,
+    active: AtomicUsize,
     next: AtomicUsize,
     panicked: AtomicBool,
 }
@@ -64,10 +74,25 @@ fn run_tasks(shared: &Shared, task: TaskPtr, n: usize) {
     }
 }
 
+/// Busy-wait until `done()` or until SPIN has passed; whether `done()` became true.
+fn spin_until(done: impl Fn() -> bool) -> bool {
+    let start = Instant::now();
+    let mut i = 0u32;
+    while !done() {
+        std::hint::spin_loop();
+        i = i.wrapping_add(1);
+        if i % 64 == 0 && start.elapsed() > SPIN {
+            return false;
+        }
+    }
+    true
+}
+
 fn worker(shared: Arc<Shared>) {
     IN_POOL.with(|c| c.set(true));
     let mut seen = 0;
     loop {
+        spin_until(|| shared.generation.load(Ordering::Acquire) != seen);
         let (task, n) = {
             let mut st = shared.state.lock().expect("pool state");
             while st.generation == seen && !st.shutdown {
@@ -82,6 +107,7 @@ fn worker(shared: Arc<Shared>) {
         run_tasks(&shared, task, n);
         let mut st = shared.state.lock().expect("pool state");
         st.active -= 1;
+        shared.active.store(st.active, Ordering::Release);
         if st.active == 0 {
             shared.finished.notify_all();
         }
@@ -95,6 +121,8 @@ impl Pool {
             state: Mutex::new(State { generation: 0, job: None, active: 0, shutdown: false }),
             start: Condvar::new(),
             finished: Condvar::new(),
+            generation: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
         });
@@ -118,11 +146,14 @@ impl Pool {
             st.job = Some((task, n));
             st.active = self.threads - 1;
             st.generation += 1;
+            s.active.store(st.active, Ordering::Release);
+            s.generation.store(st.generation, Ordering::Release);
             s.start.notify_all();
         }
         IN_POOL.with(|c| c.set(true));
         run_tasks(s, task, n);
         IN_POOL.with(|c| c.set(false));
+        spin_until(|| s.active.load(Ordering::Acquire) == 0);
         let mut st = s.state.lock().expect("pool state");
         while st.active > 0 {
             st = s.finished.wait(st).expect("pool state");
