@@ -113,7 +113,7 @@ fn main() {
     println!("\n{:<22} {:>4} {:>5} {:>5} {:>5} {:>9} {:>9} {:>9} {:>6}", "gemm (f32)", "tAtB", "m", "n", "k", "engine", "engine", "openblas", "ratio");
     println!("{:<22} {:>4} {:>17} {:>9} {:>9} {:>9} {:>6}", "", "", "", "ms", "GFLOP/s", "GFLOP/s", "e/ob");
     let mut json_gemm = Vec::new();
-    for (i, cs) in cases(n, c, v, t, c / h).iter().enumerate() {
+    for cs in cases(n, c, v, t, c / h).iter() {
         let Case { ta, tb, m, n: nn, k, .. } = *cs;
         let (a_rows, a_cols) = if ta { (k, m) } else { (m, k) };
         let (b_rows, b_cols) = if tb { (nn, k) } else { (k, nn) };
@@ -139,14 +139,12 @@ fn main() {
             });
             s / inner as f64
         };
-        // Alternate which goes first, so drift on a shared machine favours neither side.
-        let (e, p) = if i % 2 == 0 {
-            let e = engine(&mut cm);
-            (e, peer(&mut cm))
-        } else {
-            let p = peer(&mut cm);
-            (engine(&mut cm), p)
-        };
+        // The engine first: OpenBLAS's own threads keep spinning for a while after a threaded
+        // call (about 0.1 s), and would steal the cores from the engine's threads. Our pool spins
+        // for 200 us only. So the peer goes second, and the next shape waits until it is quiet.
+        let e = engine(&mut cm);
+        let p = peer(&mut cm);
+        std::thread::sleep(Duration::from_millis(300));
         let (ge, gp) = (flop / e / 1e9, flop / p / 1e9);
         println!("{:<22} {:>2}{:>2} {:>5} {:>5} {:>5} {:>9.3} {:>9.1} {:>9.1} {:>6.2}", cs.name, ta as u8, tb as u8, m, nn, k, e * 1e3, ge, gp, ge / gp);
         json_gemm.push(format!(

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
+from cli_helpers import join_safetensors, split_safetensors
 from lmcore import checkpoint
 from lmcore.checkpoint import (
     FORMAT_VERSION,
@@ -190,3 +191,102 @@ def test_overwrite_replaces_atomically(saved: Path) -> None:
     tensors, meta = load_checkpoint(saved)
     assert list(tensors) == ["param/a"] and meta["step"] == 2
     assert [p.name for p in saved.parent.iterdir()] == [saved.name]
+
+
+# --- every header entry is checked before any data is read; each problem is a one-line error ---
+
+
+def _first_tensor(header: dict) -> str:
+    return sorted(k for k in header if k != "__metadata__")[0]
+
+
+def _set(field: str, value: object):
+    def edit(header: dict) -> str:
+        header[_first_tensor(header)][field] = value
+        return json.dumps(header)
+    return edit
+
+
+def _drop_entry(header: dict) -> str:
+    del header[_first_tensor(header)]
+    return json.dumps(header)
+
+
+def _duplicate_entry(header: dict) -> str:
+    name = _first_tensor(header)
+    text = json.dumps(header)
+    return text.replace("{", "{" + json.dumps(name) + ": " + json.dumps(header[name]) + ", ", 1)
+
+
+def _overlap(header: dict) -> str:
+    names = sorted((v["data_offsets"], k) for k, v in header.items() if k != "__metadata__")
+    (a0, a1), a = names[0]
+    (b0, b1), b = names[1]
+    # Two equal-sized neighbours: point the second at the first one's bytes.
+    size = b1 - b0
+    header[b]["data_offsets"] = [a0, a0 + size]
+    header[a]["data_offsets"] = [a0, a1]
+    return json.dumps(header)
+
+
+HEADER_EDITS = [
+    ("shape-overflows-u64", _set("shape", [2**32, 2**32, 2**32]), r"size overflows"),
+    ("shape-product-too-big", _set("shape", [2**20, 2**20]), r"needs \d+ bytes, its data offsets span"),
+    ("shape-negative", _set("shape", [-1, 3]), r"invalid shape"),
+    ("shape-not-ints", _set("shape", [4.0, "3"]), r"invalid shape"),
+    ("offsets-outside-file", _set("data_offsets", [0, 10**9]), r"outside the file"),
+    ("offsets-reversed", _set("data_offsets", [48, 0]), r"invalid data offsets"),
+    ("offsets-negative", _set("data_offsets", [-8, 40]), r"invalid data offsets"),
+    ("dtype-unknown", _set("dtype", "F99"), r"unknown dtype 'F99'"),
+    ("dtype-not-a-string", _set("dtype", ["F32"]), r"unknown dtype"),
+    ("dtype-wrong-size", _set("dtype", "F16"), r"needs \d+ bytes"),
+    ("entry-not-an-object", _set("shape", None), r"invalid shape"),
+    ("duplicate-name", _duplicate_entry, r"appears twice"),
+    ("missing-name", _drop_entry, r"gap|after its last tensor"),
+    ("overlapping-tensors", _overlap, r"overlaps|gap|needs"),
+    ("metadata-not-strings", lambda h: json.dumps({**h, "__metadata__": {"lmcore": 7}}), r"__metadata__"),
+    ("deeply-nested-json", lambda h: "[" * 100_000 + "]" * 100_000, r"not a JSON object"),
+    ("huge-integer", lambda h: '{"a": ' + "9" * 5000 + "}", r"not a JSON object"),
+    ("not-an-object", lambda h: json.dumps([h]), r"not a JSON object"),
+]
+
+
+@pytest.mark.parametrize("edit, message", [c[1:] for c in HEADER_EDITS], ids=[c[0] for c in HEADER_EDITS])
+def test_bad_header_entry_is_a_clear_error(saved: Path, edit, message: str) -> None:
+    header, data = split_safetensors(saved.read_bytes())
+    saved.write_bytes(join_safetensors(edit(header), data))
+    for load in (load_checkpoint, load_weights):
+        with pytest.raises(CheckpointError, match=message) as e:
+            load(saved)
+        assert "\n" not in str(e.value) and str(saved) in str(e.value)
+
+
+def test_truncated_data_names_the_tensor_outside_the_file(saved: Path) -> None:
+    saved.write_bytes(saved.read_bytes()[:-3])
+    with pytest.raises(CheckpointError, match=r"outside the file's \d+ data bytes \(truncated"):
+        load_checkpoint(saved)
+
+
+def test_trailing_bytes_are_refused(saved: Path) -> None:
+    saved.write_bytes(saved.read_bytes() + b"\0" * 8)
+    with pytest.raises(CheckpointError, match="8 bytes after its last tensor"):
+        load_checkpoint(saved)
+
+
+def test_names_with_newlines_stay_on_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "odd.safetensors"
+    header = {"a\nb" * 100: {"dtype": "F99", "shape": [1], "data_offsets": [0, 4]}}
+    path.write_bytes(join_safetensors(header, b"\0" * 4))
+    with pytest.raises(CheckpointError, match="unknown dtype") as e:
+        load_checkpoint(path)
+    assert "\n" not in str(e.value) and len(str(e.value)) < 300
+
+
+def test_stale_temp_files_are_removed(tmp_path: Path) -> None:
+    target = tmp_path / "ckpt.safetensors"
+    stale = [tmp_path / ".ckpt.safetensors.123.abcd.tmp", tmp_path / ".ckpt.safetensors.9.ff.tmp"]
+    others = [tmp_path / ".model.safetensors.1.a.tmp", tmp_path / "ckpt.safetensors.tmp", tmp_path / "notes.txt"]
+    for p in stale + others:
+        p.write_bytes(b"x")
+    assert checkpoint.remove_temp_files(target) == sorted(stale)
+    assert sorted(tmp_path.iterdir()) == sorted(others)

@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,101 +23,39 @@ import pytest
 import safetensors.numpy
 
 import lmcore.train
+from cli_helpers import (
+    CORPUS_FILE,
+    ENV,
+    QUIET,
+    RECIPE,
+    assert_one_line_error,
+    assert_same_checkpoint,
+    assert_same_tensors,
+    assert_same_weights,
+    cli,
+    flip,
+    header_end,
+    iter_num,
+    metrics,
+    requires_corpus,
+    resume,
+    snapshot,
+    spawn,
+    train,
+    wait_for_checkpoint,
+)
 from lmcore.checkpoint import load_checkpoint
 from lmcore.config import RunConfig, lr_at
 from lmcore.metrics import read_metrics
 from lmcore.run_state import load_run, new_model
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-CORPUS_FILE = SHARED_DATA / "tinyshakespeare.txt"
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 
-pytestmark = pytest.mark.skipif(not CORPUS_FILE.is_file(), reason=f"shared corpus missing: {CORPUS_FILE}")
-
-# The recipe of every test run: tiny model, short warmup so the cosine part of the schedule is used.
-RECIPE = ["--tiny", "--eval-interval", "20", "--eval-iters", "2", "--ckpt-interval", "10",
-          "--log-interval", "5", "--warmup-iters", "10"]
-# Per-invocation settings, not part of the recipe (allowed on --resume).
-QUIET = ["--sample-tokens", "0", "--threads", "1"]
-TIMING_FIELDS = {"tok_s", "rss_mb"}
-# The corpus comes from LMCORE_DATA_DIR; the user's cache (and so the network) is never used.
-ENV = {**os.environ, "LMCORE_DATA_DIR": str(SHARED_DATA), "XDG_CACHE_HOME": "/nonexistent/lmcore-test-cache",
-       "PYTHONUTF8": "1"}
-
-
-# --- helpers ---
-
-
-def train(out_dir: Path, *args: str, recipe: bool = True) -> None:
-    """One in-process run of ``python -m lmcore.train`` that must succeed."""
-    argv = [*(RECIPE if recipe else []), *QUIET, "--out-dir", str(out_dir), *args]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LMCORE_DATA_DIR", ENV["LMCORE_DATA_DIR"])
-        mp.setenv("XDG_CACHE_HOME", ENV["XDG_CACHE_HOME"])
-        assert lmcore.train.main(argv) == 0, argv
-
-
-def resume(out_dir: Path, *args: str) -> None:
-    train(out_dir, "--resume", *args, recipe=False)
-
-
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lmcore.train", *args], env=ENV, capture_output=True,
-                          text=True, encoding="utf-8", timeout=timeout)
-
-
-def spawn(out_dir: Path, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "lmcore.train", *RECIPE, *QUIET, "--out-dir", str(out_dir), *args],
-                            env=ENV, text=True, encoding="utf-8", **kwargs)
-
-
-def wait_for_checkpoint(proc: subprocess.Popen[str], path: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended (exit {proc.returncode}) before writing {path}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"no checkpoint after {timeout}s: {path}")
-        time.sleep(0.002)
-
-
-def assert_same_tensors(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
-    assert a.keys() == b.keys()
-    for name in a:
-        assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape, name
-        assert np.array_equal(a[name], b[name]) and a[name].tobytes() == b[name].tobytes(), name
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    weights_a = safetensors.numpy.load_file(str(a / "model.safetensors"))
-    assert weights_a, "no weights"
-    assert_same_tensors(weights_a, safetensors.numpy.load_file(str(b / "model.safetensors")))
-
-
-def assert_same_checkpoint(a: Path, b: Path) -> None:
-    """Parameters, AdamW moments and every piece of metadata (step, RNG, sampler, ...) equal."""
-    tensors_a, meta_a = load_checkpoint(a / "ckpt.safetensors")
-    tensors_b, meta_b = load_checkpoint(b / "ckpt.safetensors")
-    assert_same_tensors(tensors_a, tensors_b)
-    assert meta_a == meta_b
-
-
-def metrics(out_dir: Path) -> list[dict[str, Any]]:
-    """The metrics log without the fields that measure the machine rather than the run."""
-    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in read_metrics(out_dir / "metrics.jsonl")]
+pytestmark = requires_corpus
 
 
 def losses_after(out_dir: Path, step: int) -> list[tuple[int, float, float | None]]:
     return [(r["step"], r["train_loss"], r.get("val_loss")) for r in metrics(out_dir) if r["step"] > step]
-
-
-def iter_num(out_dir: Path) -> int:
-    return int(load_run(out_dir / "ckpt.safetensors")[1]["iter_num"])
-
-
-def snapshot(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -314,34 +250,22 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
-def _flip(path: Path, start: int, count: int, mask: int = 0xFF) -> None:
-    raw = bytearray(path.read_bytes())
-    for i in range(start, start + count):
-        raw[i] ^= mask
-    path.write_bytes(bytes(raw))
-
-
-def _header_end(path: Path) -> int:
-    """Where a safetensors file's tensor data starts (after the u64 header length and the JSON header)."""
-    return 8 + int.from_bytes(path.read_bytes()[:8], "little")
-
-
 def _truncate(run: Path) -> None:
     ckpt = run / "ckpt.safetensors"
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
 
 
 def _flip_header(run: Path) -> None:
-    _flip(run / "ckpt.safetensors", 8, 12)  # the start of the JSON header
+    flip(run / "ckpt.safetensors", 8, 12)  # the start of the JSON header
 
 
 def _flip_tensor_bits(run: Path) -> None:
     """The lowest mantissa bit of one weight: a plausible value that nothing else would notice."""
     ckpt = run / "ckpt.safetensors"
-    header = json.loads(ckpt.read_bytes()[8 : _header_end(ckpt)])
+    header = json.loads(ckpt.read_bytes()[8 : header_end(ckpt)])
     name = sorted(k for k in header if k.startswith("param/"))[0]
     start, end = header[name]["data_offsets"]
-    _flip(ckpt, _header_end(ckpt) + (start + end) // 2 // 4 * 4, 1, mask=0x01)
+    flip(ckpt, header_end(ckpt) + (start + end) // 2 // 4 * 4, 1, mask=0x01)
 
 
 def _flip_metadata_digit(run: Path) -> None:
@@ -410,14 +334,6 @@ def bad_input_case(tmp_path: Path, finished_run: Path, case: tuple) -> tuple[lis
     argv = [a.replace("DATA", str(data)).replace("RUN", str(run)) for a in args]
     recipe = [] if "--resume" in argv else [*RECIPE, "--max-iters", "20"]
     return [*recipe, "--sample-tokens", "0", "--threads", "1", "--out-dir", str(out), *argv], [run, out]
-
-
-def assert_one_line_error(code: int, stderr: str, message: str) -> None:
-    assert code != 0
-    assert "Traceback" not in stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    assert re.search(message, lines[0]), lines[0]
 
 
 @pytest.mark.parametrize("case", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])

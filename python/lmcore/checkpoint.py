@@ -6,13 +6,16 @@ document (step, config, tokenizer, sampler state, ...) stored as the string
 ``__metadata__["lmcore"]``.  Files are written to a temporary file in the same
 directory, fsync'd, renamed over the target and the directory fsync'd, so a
 crash leaves either the old checkpoint or the new one, never a torn file.
-Nothing here uses pickle: loading a checkpoint cannot execute code.
+Nothing here uses pickle: loading a checkpoint cannot execute code. Every header entry (dtype,
+shape, data offsets, unique names) is checked before any tensor is read, and any problem with a
+file is a ``CheckpointError`` with a one-line message.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 from pathlib import Path
@@ -53,11 +56,26 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _temp_name(path: Path, tag: str) -> Path:
+    return path.parent / f".{path.name}.{tag}.tmp"
+
+
+def remove_temp_files(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files of writes to ``path`` that never finished (the writer was killed);
+    returns them. Only for a directory no other process is writing to."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(_temp_name(path, "*").name))
+    for tmp in stale:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return stale
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, whole."""
     path = Path(path)
     directory = path.parent
-    tmp = directory / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    tmp = _temp_name(path, f"{os.getpid()}.{secrets.token_hex(4)}")
     # os.open (not mkstemp) so the file gets the usual umask-based permissions.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
@@ -86,6 +104,88 @@ def _serialise(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None, 
         raise CheckpointError(f"cannot serialise tensors ({e}): {path}") from None
 
 
+# The safetensors dtypes numpy can hold, and their sizes in bytes.
+_DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "U16": 2, "I16": 2, "F16": 2, "U32": 4, "I32": 4, "F32": 4,
+                "U64": 8, "I64": 8, "F64": 8}
+_MAX_BYTES = 2**64 - 1  # a tensor's byte size must fit the format's u64 offsets
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads keeps the last of two equal keys; a checkpoint with two tensors of one name is corrupt.
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """A short one-line repr of a value read from a file (names can hold newlines, or be huge)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _parse_json(text: bytes | str, what: str, path: Path) -> Any:
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as e:
+        raise CheckpointError(f"checkpoint {what} is corrupt (key {short_repr(e.args[0])} appears twice): {path}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError):  # JSONDecodeError is a ValueError
+        return None
+
+
+def _is_count(x: Any) -> bool:
+    return type(x) is int and x >= 0  # not bool, not float
+
+
+def _check_tensor_table(header: dict[str, Any], data_len: int, path: Path) -> None:
+    """Check every tensor entry before any data is read: a known dtype, a shape of non-negative
+    integers whose byte size fits in 64 bits and equals its span, offsets inside the file, and
+    spans that tile the data exactly (no gaps, no overlaps, no bytes outside any tensor)."""
+    meta = header.get("__metadata__")
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise CheckpointError(f"checkpoint header is corrupt (__metadata__ is not a map of strings): {path}")
+    spans: list[tuple[int, int, str]] = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        where = f"checkpoint tensor {short_repr(name)}"
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise CheckpointError(f"{where} has a corrupt header entry {short_repr(entry)}: {path}")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not (isinstance(dtype, str) and dtype in _DTYPE_SIZES):
+            raise CheckpointError(f"{where} has an unknown dtype {short_repr(dtype)}: {path}")
+        if not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
+            raise CheckpointError(f"{where} has an invalid shape {short_repr(shape)}: {path}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)
+                and offsets[0] <= offsets[1]):
+            raise CheckpointError(f"{where} has invalid data offsets {short_repr(offsets)}: {path}")
+        start, end = offsets
+        nbytes = math.prod(shape) * _DTYPE_SIZES[dtype]
+        if nbytes > _MAX_BYTES:
+            raise CheckpointError(f"{where} has a shape whose size overflows ({short_repr(shape)}, {dtype}): {path}")
+        if end > data_len:
+            raise CheckpointError(f"{where}: data offsets [{start}, {end}) lie outside the file's "
+                                  f"{data_len} data bytes (truncated or corrupt): {path}")
+        if end - start != nbytes:
+            raise CheckpointError(f"{where}: shape {shape} of {dtype} needs {nbytes} bytes, its data offsets "
+                                  f"span {end - start} (corrupt): {path}")
+        spans.append((start, end, name))
+    covered = 0
+    for start, end, name in sorted(spans):
+        if start != covered:
+            problem = "overlaps another tensor" if start < covered else f"leaves a gap of {start - covered} bytes"
+            raise CheckpointError(f"checkpoint tensor {short_repr(name)}'s data {problem} (corrupt): {path}")
+        covered = end
+    if covered != data_len:
+        raise CheckpointError(f"checkpoint has {data_len - covered} bytes after its last tensor (corrupt): {path}")
+
+
 def _read_validated(path: Path) -> tuple[bytes, dict[str, Any]]:
     """Read a safetensors file and check its header before trusting it."""
     try:
@@ -103,12 +203,10 @@ def _read_validated(path: Path) -> tuple[bytes, dict[str, Any]]:
         raise CheckpointError(
             f"checkpoint header length {header_len} exceeds file size {len(raw)} (truncated or corrupt): {path}"
         )
-    try:
-        header = json.loads(raw[_HEADER_LEN_BYTES : _HEADER_LEN_BYTES + header_len].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        header = None
+    header = _parse_json(raw[_HEADER_LEN_BYTES : _HEADER_LEN_BYTES + header_len], "header", path)
     if not isinstance(header, dict):
         raise CheckpointError(f"checkpoint header is corrupt (not a JSON object): {path}")
+    _check_tensor_table(header, len(raw) - _HEADER_LEN_BYTES - header_len, path)
     return raw, header
 
 
@@ -141,10 +239,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray]
     stored = meta.get(METADATA_KEY) if isinstance(meta, dict) else None
     if stored is None:
         raise CheckpointError(f"file has no '{METADATA_KEY}' metadata, so it is not an lmcore checkpoint: {path}")
-    try:
-        metadata = json.loads(stored)
-    except json.JSONDecodeError:
-        metadata = None
+    metadata = _parse_json(stored, f"'{METADATA_KEY}' metadata", path)
     if not isinstance(metadata, dict):
         raise CheckpointError(f"checkpoint '{METADATA_KEY}' metadata is not a JSON object: {path}")
     version = metadata.get("format_version")

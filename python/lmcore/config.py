@@ -58,6 +58,12 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that makes no sense."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            number = f.type in ("float", float)
+            if not (type(value) is int or (number and type(value) is float) or (value is None and "None" in str(f.type))):
+                raise ValueError(f"--{f.name.replace('_', '-')} must be {'a number' if number else 'an integer'}, "
+                                 f"got {value!r:.40}")
         positive = ["d_model", "n_head", "n_layer", "block_size", "batch_size", "eval_interval",
                     "eval_iters", "ckpt_interval", "log_interval"]
         for name in positive:

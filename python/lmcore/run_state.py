@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
 from lmcore import Model
-from lmcore.checkpoint import CheckpointError, flatten_groups, load_checkpoint, save_checkpoint, split_groups
+from lmcore.checkpoint import CheckpointError, short_repr, flatten_groups, load_checkpoint, save_checkpoint, split_groups
 from lmcore.config import RunConfig
 from lmcore.tokenizer import CharTokenizer
 
@@ -44,6 +46,51 @@ def model_tensors(model: Model) -> dict[str, dict[str, np.ndarray]]:
         "adam_m": {n: moments[n][0] for n in names},
         "adam_v": {n: moments[n][1] for n in names},
     }
+
+
+def param_shapes(cfg: RunConfig, vocab_size: int) -> dict[str, tuple[int, ...]]:
+    """Name and shape of every parameter of the model `cfg` describes (the engine's layout; a test
+    checks the two agree), known without building it: a checkpoint is checked before it is used."""
+    d = cfg.d_model
+    shapes: dict[str, tuple[int, ...]] = {"transformer.wte.weight": (vocab_size, d),
+                                          "transformer.wpe.weight": (cfg.block_size, d)}
+    for i in range(cfg.n_layer):
+        p = f"transformer.h.{i}."
+        shapes.update({
+            p + "ln_1.weight": (d,), p + "ln_1.bias": (d,),
+            p + "attn.c_attn.weight": (3 * d, d), p + "attn.c_attn.bias": (3 * d,),
+            p + "attn.c_proj.weight": (d, d), p + "attn.c_proj.bias": (d,),
+            p + "ln_2.weight": (d,), p + "ln_2.bias": (d,),
+            p + "mlp.c_fc.weight": (4 * d, d), p + "mlp.c_fc.bias": (4 * d,),
+            p + "mlp.c_proj.weight": (d, 4 * d), p + "mlp.c_proj.bias": (d,),
+        })
+    shapes.update({"transformer.ln_f.weight": (d,), "transformer.ln_f.bias": (d,)})
+    return shapes
+
+
+def check_tensors(groups: dict[str, dict[str, np.ndarray]], cfg: RunConfig, vocab_size: int, path: Path,
+                  weights_only: bool = False) -> None:
+    """Every tensor's group, name, dtype and shape must be what the configuration says, exactly."""
+    unexpected = sorted(set(groups) - set(GROUPS))
+    if unexpected:
+        raise CheckpointError(f"checkpoint {path} has unexpected tensor groups {unexpected[:3]}")
+    if cfg.n_layer > len(groups.get("param", {})):  # (bounds the work below by the file's size)
+        raise CheckpointError(f"checkpoint {path} does not fit its configuration: n_layer {cfg.n_layer}, "
+                              f"but {len(groups.get('param', {}))} parameter tensors")
+    expected = param_shapes(cfg, vocab_size)
+    for group in ("param",) if weights_only else GROUPS:
+        have = groups.get(group, {})
+        missing, extra = sorted(expected.keys() - have.keys()), sorted(have.keys() - expected.keys())
+        if missing or extra:
+            raise CheckpointError(
+                f"checkpoint {path} does not fit its configuration: group {group!r} "
+                f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected {extra[:3]}"
+            )
+        for name, shape in expected.items():
+            t = have[name]
+            if t.dtype != np.float32 or t.shape != shape:
+                raise CheckpointError(f"checkpoint {path} does not fit its configuration: {group}/{name} is "
+                                      f"{t.dtype} {list(t.shape)}, expected float32 {list(shape)}")
 
 
 def restore_tensors(model: Model, groups: dict[str, dict[str, np.ndarray]], path: Path, weights_only: bool = False) -> None:
@@ -94,27 +141,67 @@ def load_run(path: Path) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, An
                 DIGEST_KEY):
         if key not in meta:
             raise CheckpointError(f"checkpoint {path} lacks {key!r}: it is not a complete lmcore training state")
-    if state_digest(tensors, meta) != meta[DIGEST_KEY]:
+    try:
+        digest = state_digest(tensors, meta)
+    except (ValueError, TypeError, RecursionError):
+        digest = None
+    if digest != meta[DIGEST_KEY]:
         raise CheckpointError(f"checkpoint {path} is corrupt: its contents do not match the sha256 stored with them")
+    check_meta(meta, path)
     return split_groups(tensors), meta
 
 
+def check_meta(meta: dict[str, Any], path: Path) -> None:
+    """The type and range of every field a resume reads (a sealed file can still come from a stranger)."""
+    def refuse(key: str, wanted: str) -> NoReturn:
+        raise CheckpointError(f"checkpoint {path} is invalid: {key} is {short_repr(meta.get(key))}, expected {wanted}")
+
+    for key in ("iter_num", "adam_step", "vocab_size"):
+        value = meta[key]
+        if type(value) is not int or value < (1 if key == "vocab_size" else 0):
+            refuse(key, "a positive integer" if key == "vocab_size" else "an integer >= 0")
+    rng = meta["rng_state"]
+    if not (isinstance(rng, str) and 0 < len(rng) <= 20 and rng.isascii() and rng.isdigit() and int(rng) < 2**64):
+        refuse("rng_state", "a decimal 64-bit unsigned integer")
+    for key in ("config", "sampler", "tokenizer", "dataset"):
+        if not isinstance(meta[key], dict):
+            refuse(key, "a JSON object")
+    if meta["config"].keys() != {f.name for f in fields(RunConfig)}:
+        refuse("config", "every setting of a run, and only those")
+    dataset = meta["dataset"]
+    if not (isinstance(dataset.get("name"), str) and isinstance(dataset.get("sha256"), str)
+            and all(isinstance(dataset.get(k), (str, type(None))) for k in ("dataset", "path"))):
+        refuse("dataset", "a name, a sha256 and an optional dataset name or path")
+    best = meta.get("best_val_loss")
+    if best is not None and (type(best) not in (int, float) or not math.isfinite(best)):
+        refuse("best_val_loss", "a finite number or null")
+
+
 def model_from_checkpoint(path: Path, weights_only: bool = False) -> tuple[Model, CharTokenizer, RunConfig, dict[str, Any]]:
-    """Rebuild the model (and, unless weights_only, its optimizer state) from a checkpoint."""
+    """Rebuild the model (and, unless weights_only, its optimizer state) from a checkpoint.
+
+    Everything is checked before it is used: the configuration, the tokenizer against the
+    vocabulary size, every tensor's name, dtype and shape against the configuration; only then is
+    a model built (so a file cannot make it allocate more than the file itself holds)."""
     groups, meta = load_run(path)
+    vocab_size = meta["vocab_size"]
     try:
         cfg = RunConfig.from_dict(meta["config"])
         cfg.validate()
         tokenizer = CharTokenizer.from_dict(meta["tokenizer"])
-        model = new_model(cfg, int(meta["vocab_size"]))
-    except (ValueError, TypeError, KeyError) as e:
+    except (ValueError, TypeError, OverflowError) as e:
         raise CheckpointError(f"checkpoint {path} has an invalid configuration: {e}") from None
-    if tokenizer.vocab_size != model.config["vocab_size"]:
-        raise CheckpointError(f"checkpoint {path}: tokenizer has {tokenizer.vocab_size} symbols, model {model.config['vocab_size']}")
+    if tokenizer.vocab_size != vocab_size:
+        raise CheckpointError(f"checkpoint {path}: tokenizer has {tokenizer.vocab_size} symbols, model {vocab_size}")
+    check_tensors(groups, cfg, vocab_size, path, weights_only)
+    try:
+        model = new_model(cfg, vocab_size)
+    except (ValueError, TypeError, OverflowError) as e:  # LmcoreError is a ValueError
+        raise CheckpointError(f"checkpoint {path} has an invalid configuration: {e}") from None
     restore_tensors(model, groups, path, weights_only)
     if not weights_only:
         try:
-            model.step = int(meta["adam_step"])
+            model.step = meta["adam_step"]
             model.rng_state = int(meta["rng_state"])
         except (ValueError, TypeError, OverflowError) as e:
             raise CheckpointError(f"checkpoint {path} has a corrupt optimizer step or RNG state: {e}") from None

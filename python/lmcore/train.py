@@ -11,6 +11,7 @@ weights), ``metrics.jsonl`` and ``loss.png``.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 import lmcore
-from lmcore.checkpoint import CheckpointError, save_weights
+from lmcore.checkpoint import CheckpointError, remove_temp_files, save_weights
 from lmcore.config import PRESETS, RunConfig, lr_at
 from lmcore.data import BatchSampler, Corpus, DataError, resolve_corpus, train_val_split
 from lmcore.metrics import MetricsLog, plot_losses, read_metrics, rss_mb
@@ -138,7 +139,10 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
             raise DataError(f"the {split} split has {len(data)} tokens, fewer than one block of {cfg.block_size} + 1")
     sampler = BatchSampler(train_ids, cfg.block_size, cfg.batch_size, seed=cfg.seed)
     if state["sampler_state"] is not None:
-        sampler.load_state_dict(state["sampler_state"])
+        try:
+            sampler.load_state_dict(state["sampler_state"])
+        except (DataError, KeyError, TypeError, ValueError, OverflowError) as e:
+            raise CheckpointError(f"checkpoint {ckpt_path} has an invalid batch sampler state: {e}") from None
     state.update(cfg=cfg, corpus=corpus, tokenizer=tokenizer, model=model, sampler=sampler,
                  train_ids=train_ids, val_ids=val_ids)
     return state
@@ -172,6 +176,7 @@ def trim_metrics(path: Path, last_step: int) -> None:
     if path.exists():
         keep = [r for r in read_metrics(path) if 0 < last_step and r.get("step", 0) <= last_step]
         tmp = path.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)  # left by a run killed here: the log below appends
         with MetricsLog(tmp) as log:
             for r in keep:
                 log.log(r)
@@ -182,19 +187,36 @@ def train(s: dict[str, Any]) -> int:
     cfg: RunConfig = s["cfg"]
     model: lmcore.Model = s["model"]
     out_dir: Path = s["out_dir"]
+    ckpt_path: Path = s["ckpt_path"]
     it, best_val = s["iter_num"], s["best_val"]
+    # The step of the checkpoint on disk: a resumed run starts from one, a fresh run has none yet.
+    saved_step = it if ckpt_path.is_file() else None
     tokens_per_step = cfg.batch_size * cfg.block_size
     metrics_path = out_dir / "metrics.jsonl"
+    for name in (CHECKPOINT_NAME, WEIGHTS_NAME):
+        remove_temp_files(out_dir / name)  # half-written by a run that was killed
     trim_metrics(metrics_path, it)
     stop = {"signal": None}
     previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.update(signal=signum))
 
+    def kept() -> str:
+        if saved_step is None:
+            return "no checkpoint has been written yet"
+        return f"the checkpoint of step {saved_step} ({ckpt_path}) is intact; --resume continues from it"
+
     def save() -> None:
-        save_run(s["ckpt_path"], model, checkpoint_meta(s, it, best_val))
+        nonlocal saved_step
+        try:
+            save_run(ckpt_path, model, checkpoint_meta(s, it, best_val))
+        except OSError as e:
+            raise UsageError(f"checkpoint of step {it} not written ({e.strerror or e}); {kept()}") from None
+        saved_step = it
 
     def evaluate() -> dict[str, float]:
         nonlocal best_val
         val = estimate_loss(model, s["val_ids"], cfg, cfg.seed + 1)
+        if not math.isfinite(val):
+            raise UsageError(f"training stopped at step {it}: the validation loss is {val}; {kept()}")
         best_val = val if best_val is None else min(best_val, val)
         return {"val_loss": val}
 
@@ -210,9 +232,8 @@ def train(s: dict[str, Any]) -> int:
                 x, y = s["sampler"].next_batch()
                 try:
                     loss, grad_norm = model.train_step(x, y, lr)
-                except lmcore.LmcoreError as e:
-                    raise UsageError(f"training stopped at step {it + 1}: {e}; the last good checkpoint "
-                                     f"({s['ckpt_path']}) is kept; --resume continues from it") from None
+                except lmcore.LmcoreError as e:  # a non-finite loss or gradient: nothing was updated
+                    raise UsageError(f"training stopped at step {it + 1}: {e}; {kept()}") from None
                 it += 1
                 window_steps += 1
                 record: dict[str, Any] = {}
@@ -236,12 +257,17 @@ def train(s: dict[str, Any]) -> int:
                     save()
             save()
             progress.close()
+    except OSError as e:  # the metrics log could not be written (a full disk, ...)
+        raise UsageError(f"training stopped at step {it}: {e}; {kept()}") from None
     finally:
         signal.signal(signal.SIGINT, previous)
     if stop["signal"] is not None:
-        print(f"interrupted at step {it}: checkpoint saved to {s['ckpt_path']}; continue with --resume", file=sys.stderr)
+        print(f"interrupted at step {it}: checkpoint saved to {ckpt_path}; continue with --resume", file=sys.stderr)
         return 130
-    save_weights(out_dir / WEIGHTS_NAME, {n: model.get_param(n) for n in model.param_names()})
+    try:
+        save_weights(out_dir / WEIGHTS_NAME, {n: model.get_param(n) for n in model.param_names()})
+    except OSError as e:
+        raise UsageError(f"final weights not written ({e.strerror or e}): {out_dir / WEIGHTS_NAME}; {kept()}") from None
     plot_losses(metrics_path, out_dir / "loss.png", wait=True)
     print(f"done: {it} steps, best val loss {best_val:.4f}; weights in {out_dir / WEIGHTS_NAME}")
     return 0
