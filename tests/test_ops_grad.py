@@ -159,3 +159,25 @@ def test_dropout_is_seeded_and_scales():
     assert set(np.unique(ya)) == {0.0, 1 / 0.75}
     assert abs((ya == 0).mean() - 0.25) < 0.02
     assert np.array_equal(a.value(a.dropout(a.tensor(x), 0.0)), x)
+
+
+@settings(max_examples=4, deadline=None)
+@given(seed=seeds, t=st.integers(33, 70))
+def test_attention_gradient_across_query_blocks(seed, t):
+    """Sequences longer than one query block (32 rows) exercise the blocked causal product."""
+    rng = np.random.default_rng(seed)
+    check_op(lambda g, ts: g.attention(ts["qkv"], 2), {"qkv": normal(rng, 1, t, 6)})
+
+
+def test_attention_matches_numpy_across_query_blocks():
+    rng = np.random.default_rng(3)
+    b, t, nh, hs = 2, 77, 2, 3
+    c = nh * hs
+    qkv = rng.normal(size=(b, t, 3 * c))
+    g = lmcore.Graph("float64")
+    out = g.value(g.attention(g.tensor(qkv), nh))
+    q, k, v = (qkv[..., i * c:(i + 1) * c].reshape(b, t, nh, hs).transpose(0, 2, 1, 3) for i in range(3))
+    scores = np.where(np.tril(np.ones((t, t), bool)), q @ k.transpose(0, 1, 3, 2) / np.sqrt(hs), -np.inf)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    np.testing.assert_allclose(out, (probs @ v).transpose(0, 2, 1, 3).reshape(b, t, c), rtol=1e-12, atol=1e-12)

@@ -180,7 +180,7 @@ def _check_tensor_table(header: dict[str, Any], data_len: int, path: Path) -> No
     for start, end, name in sorted(spans):
         if start != covered:
             problem = "overlaps another tensor" if start < covered else f"leaves a gap of {start - covered} bytes"
-            raise CheckpointError(f"checkpoint tensor {short_repr(name)}'s data {problem} (corrupt): {path}")
+            raise CheckpointError(f"checkpoint tensor {short_repr(name)}: its data {problem} (corrupt): {path}")
         covered = end
     if covered != data_len:
         raise CheckpointError(f"checkpoint has {data_len - covered} bytes after its last tensor (corrupt): {path}")

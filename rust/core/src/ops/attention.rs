@@ -4,8 +4,9 @@
 //! Flash-style memory: the (T, T) attention matrix is never stored for the whole batch. Each
 //! task (a group of batch elements, run in parallel) works in one (T, T) tile in forward and two
 //! in backward, and backward recomputes the probabilities from Q, K and lse. Heads are read in
-//! place through BLAS leading dimensions, never copied. Only the causal part (j <= i) of each
-//! score row is exponentiated.
+//! place through BLAS leading dimensions, never copied. Queries go in blocks of BLOCK rows, and
+//! a block multiplies only with the keys it may see (0..end of block): with T = 128 that skips
+//! 37.5% of the work of a full (T, T) product.
 
 use crate::blas::gemm;
 use crate::error::{shape_err, Result};
@@ -40,6 +41,17 @@ impl<F: Real> Graph<F> {
     }
 }
 
+/// Query rows per block of the causal product.
+const BLOCK: usize = 32;
+
+/// Query blocks of a (T, T) causal product: (first row, rows, keys it sees).
+fn blocks(t: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    (0..t).step_by(BLOCK).map(move |r0| {
+        let end = (r0 + BLOCK).min(t);
+        (r0, end - r0, end)
+    })
+}
+
 #[derive(Clone, Copy)]
 struct Dims {
     b: usize,
@@ -59,13 +71,17 @@ fn forward<F: Real>(qkv: &[F], out: &mut [F], lse: &mut [F], tiles: &mut [F], d:
             let x = &qkv[bi * t * 3 * c..(bi + 1) * t * 3 * c];
             for h in 0..nh {
                 let q = h * hs; // q of head h at time 0; its k at q + c, its v at q + 2c
-                // P (T, T) = scale * Q K^T, then the causal softmax of each row
-                gemm(false, true, t, t, hs, scale, &x[q..], 3 * c, &x[q + c..], 3 * c, F::ZERO, p, t);
-                for (i, row) in p.chunks_exact_mut(t).enumerate() {
-                    lse[h * t + i] = causal_softmax_row(row, i);
+                for (r0, rows, keys) in blocks(t) {
+                    let (xq, pb) = (&x[q + r0 * 3 * c..], &mut p[r0 * t..(r0 + rows) * t]);
+                    // P[block] (rows, keys) = scale * Q[block] K[..keys]^T, then causal softmax
+                    gemm(false, true, rows, keys, hs, scale, xq, 3 * c, &x[q + c..], 3 * c, F::ZERO, pb, t);
+                    for (i, row) in pb.chunks_exact_mut(t).enumerate() {
+                        lse[h * t + r0 + i] = causal_softmax_row(row, r0 + i);
+                    }
+                    // out[block, h] (rows, hs) = P[block] V[..keys]
+                    let o = &mut out[q + r0 * c..];
+                    gemm(false, false, rows, hs, keys, F::ONE, pb, t, &x[q + 2 * c..], 3 * c, F::ZERO, o, c);
                 }
-                // out[:, h] (T, hs) = P V
-                gemm(false, false, t, hs, t, F::ONE, p, t, &x[q + 2 * c..], 3 * c, F::ZERO, &mut out[q..], c);
             }
         }
     });
@@ -102,25 +118,30 @@ pub(crate) fn backward<F: Real>(s: &mut Store<F>, qkv: Var, nh: usize, out: Var,
             for h in 0..nh {
                 let q = h * hs;
                 let lse = &lse[(bi * nh + h) * t..(bi * nh + h + 1) * t];
-                // Recompute P from the scores and the saved log-sum-exp.
-                gemm(false, true, t, t, hs, scale, &x[q..], 3 * c, &x[q + c..], 3 * c, F::ZERO, p, t);
-                for (i, row) in p.chunks_exact_mut(t).enumerate() {
-                    let (past, future) = row.split_at_mut(i + 1);
-                    past.iter_mut().for_each(|s| *s = (*s - lse[i]).exp());
-                    future.fill(F::ZERO);
+                for (r0, rows, keys) in blocks(t) {
+                    let (pb, dpb) = (&mut p[r0 * t..(r0 + rows) * t], &mut dp[r0 * t..(r0 + rows) * t]);
+                    let (xq, dout_b) = (&x[q + r0 * 3 * c..], &dout[q + r0 * c..]);
+                    // Recompute P[block] from the scores and the saved log-sum-exp.
+                    gemm(false, true, rows, keys, hs, scale, xq, 3 * c, &x[q + c..], 3 * c, F::ZERO, pb, t);
+                    for (i, row) in pb.chunks_exact_mut(t).enumerate() {
+                        let (past, future) = row[..keys].split_at_mut(r0 + i + 1);
+                        past.iter_mut().for_each(|s| *s = (*s - lse[r0 + i]).exp());
+                        future.fill(F::ZERO);
+                    }
+                    // dP[block] (rows, keys) = dO[block] V[..keys]^T
+                    gemm(false, true, rows, keys, hs, F::ONE, dout_b, c, &x[q + 2 * c..], 3 * c, F::ZERO, dpb, t);
+                    // dV[..keys] (keys, hs) += P[block]^T dO[block]
+                    gemm(true, false, keys, hs, rows, F::ONE, pb, t, dout_b, c, F::ONE, &mut dx[q + 2 * c..], 3 * c);
+                    // Softmax backward in place: dS = P * (dP - rowsum(dP * P)); zero where P is masked.
+                    for (drow, prow) in dpb.chunks_exact_mut(t).zip(pb.chunks_exact(t)) {
+                        let (drow, prow) = (&mut drow[..keys], &prow[..keys]);
+                        let dot: F = drow.iter().zip(prow).map(|(&d, &p)| d * p).sum();
+                        drow.iter_mut().zip(prow).for_each(|(d, &p)| *d = p * (*d - dot));
+                    }
+                    // dQ[block] (rows, hs) += scale dS K[..keys];  dK[..keys] (keys, hs) += scale dS^T Q[block]
+                    gemm(false, false, rows, hs, keys, scale, dpb, t, &x[q + c..], 3 * c, F::ONE, &mut dx[q + r0 * 3 * c..], 3 * c);
+                    gemm(true, false, keys, hs, rows, scale, dpb, t, xq, 3 * c, F::ONE, &mut dx[q + c..], 3 * c);
                 }
-                // dP (T, T) = dO V^T
-                gemm(false, true, t, t, hs, F::ONE, &dout[q..], c, &x[q + 2 * c..], 3 * c, F::ZERO, dp, t);
-                // dV (T, hs) += P^T dO
-                gemm(true, false, t, hs, t, F::ONE, p, t, &dout[q..], c, F::ONE, &mut dx[q + 2 * c..], 3 * c);
-                // Softmax backward in place: dS = P * (dP - rowsum(dP * P)); zero where P is masked.
-                for (drow, prow) in dp.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
-                    let dot: F = drow.iter().zip(prow).map(|(&d, &p)| d * p).sum();
-                    drow.iter_mut().zip(prow).for_each(|(d, &p)| *d = p * (*d - dot));
-                }
-                // dQ (T, hs) += scale dS K;  dK (T, hs) += scale dS^T Q
-                gemm(false, false, t, hs, t, scale, dp, t, &x[q + c..], 3 * c, F::ONE, &mut dx[q..], 3 * c);
-                gemm(true, false, t, hs, t, scale, dp, t, &x[q..], 3 * c, F::ONE, &mut dx[q + c..], 3 * c);
             }
         }
     });
