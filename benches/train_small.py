@@ -63,6 +63,25 @@ def rss_at(recs: list[dict], step: int) -> tuple[int, float] | None:
     return None
 
 
+def run_sampled(cmd: list[str], out_dir: Path, interval: float) -> tuple[int, str, list[tuple[float, float]], float]:
+    """Run the trainer command, sampling its (VmRSS, VmHWM) every `interval` s; its stdout is kept in
+    out_dir/train.stdout.txt (progress, on stderr, goes to the terminal). Returns the exit code, the
+    stdout text, the samples and the wall time."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    samples: list[tuple[float, float]] = []
+    t0 = time.perf_counter()
+    with open(out_dir / "train.stdout.txt", "w+", encoding="utf-8") as stdout:
+        child = subprocess.Popen(cmd, stdout=stdout)
+        while child.poll() is None:
+            st = proc_status_mb(child.pid)
+            if st:
+                samples.append((st.get("VmRSS", 0.0), st.get("VmHWM", 0.0)))
+            time.sleep(interval)
+        wall = time.perf_counter() - t0
+        stdout.seek(0)
+        return child.returncode, stdout.read(), samples, wall
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--max-iters", type=int, default=10_000)
@@ -76,22 +95,9 @@ def main() -> int:
            "--out-dir", str(out_dir)]
     print("$ " + " ".join(cmd), flush=True)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stdout_path = out_dir / "train.stdout.txt"
-    samples: list[tuple[float, float]] = []  # (VmRSS, VmHWM)
-    t0 = time.perf_counter()
-    with open(stdout_path, "w+", encoding="utf-8") as stdout:
-        child = subprocess.Popen(cmd, stdout=stdout)  # progress (stderr) goes to the terminal
-        while child.poll() is None:
-            st = proc_status_mb(child.pid)
-            if st:
-                samples.append((st.get("VmRSS", 0.0), st.get("VmHWM", 0.0)))
-            time.sleep(args.interval)
-        wall = time.perf_counter() - t0
-        stdout.seek(0)
-        text = stdout.read()
-    if child.returncode != 0:
-        print(text, f"\ntrainer exited with {child.returncode}", file=sys.stderr)
+    code, text, samples, wall = run_sampled(cmd, out_dir, args.interval)
+    if code != 0:
+        print(text, f"\ntrainer exited with {code}", file=sys.stderr)
         return 1
     sample = text.split("--- sample ---", 1)[1].strip("\n") if "--- sample ---" in text else ""
 

@@ -1,5 +1,6 @@
 """Helpers shared by the tests that run ``python -m lmcore.train`` (in-process or as a child process):
-where the corpus is, the tiny recipe, running and resuming, and comparing what runs leave behind."""
+where the corpus is, the tiny recipe, running and resuming, comparing what runs leave behind, and
+breaking checkpoint files."""
 
 from __future__ import annotations
 

@@ -7,10 +7,11 @@ or rewrites its contents and seals them again with a valid sha256, as a stranger
 dtypes and shapes, missing and extra tensors, nonsense configurations, NaN weights). ``load_run``,
 ``model_from_checkpoint`` and ``load_weights`` must then raise ``CheckpointError`` with a one-line
 message or, when the change does not matter, load a model of exactly the configured shape: never
-another exception, never a hang.
+another exception, never a hang. A resume from it must fail with an error ``python -m lmcore.train``
+reports in one line, or succeed.
 
 The hypothesis test runs LMCORE_FUZZ_EXAMPLES cases (default 400); a longer run:
-``LMCORE_FUZZ_EXAMPLES=20000 python -m pytest tests/test_checkpoint_fuzz.py -k fuzz -s``.
+``LMCORE_FUZZ_EXAMPLES=20000 python -m pytest tests/test_checkpoint_fuzz.py -k fuzz_broken -s``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import urllib.error
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
@@ -29,7 +31,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lmcore
-from cli_helpers import join_safetensors, split_safetensors, train
+import lmcore.data
+import lmcore.train
+from cli_helpers import ENV, join_safetensors, split_safetensors, train
 from lmcore.checkpoint import METADATA_KEY, CheckpointError, load_checkpoint, load_weights
 from lmcore.config import RunConfig
 from lmcore.run_state import DIGEST_KEY, load_run, model_from_checkpoint, param_shapes, state_digest
@@ -37,6 +41,18 @@ from lmcore.run_state import DIGEST_KEY, load_run, model_from_checkpoint, param_
 FUZZ_EXAMPLES = int(os.environ.get("LMCORE_FUZZ_EXAMPLES", "400"))
 TEXT = "".join(f"{w} the quick brown fox {i % 7} jumps; over the lazy dog!\n" for i, w in
                enumerate(["First", "Second", "Third", "ROMEO:", "JULIET:"] * 40))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def offline() -> Any:
+    """A broken checkpoint may name another dataset: never fetch it, never touch the user's cache."""
+    def no_network(url: str, timeout: float) -> bytes:
+        raise urllib.error.URLError("network disabled in tests")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lmcore.data, "_fetch_url", no_network)
+        mp.setenv("XDG_CACHE_HOME", ENV["XDG_CACHE_HOME"])
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +82,19 @@ def seal(tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> bytes:
     return safetensors.numpy.save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, {METADATA_KEY: doc})
 
 
+def resume_state(path: Path) -> dict[str, Any]:
+    """Everything ``--resume`` builds from the checkpoint in path's directory (data, sampler, model)."""
+    return lmcore.train.prepare(lmcore.train.parse_args(["--resume", "--out-dir", str(path.parent)]))
+
+
 def outcome_of(path: Path) -> str:
-    """'refused' or 'loaded'; anything but a CheckpointError with a one-line message fails the test."""
+    """'refused' or 'loaded'. The loaders must raise nothing but a CheckpointError with a one-line
+    message; a resume (which also reads the data the checkpoint names) nothing but the errors
+    ``python -m lmcore.train`` reports in one line."""
+    try:
+        resume_state(path)
+    except lmcore.train.REPORTED_ERRORS as e:
+        assert str(e) and "\n" not in str(e) and len(str(e)) < 600, str(e)
     outcomes = []
     for load in (load_weights, load_run, lambda p: model_from_checkpoint(p, weights_only=True), model_from_checkpoint):
         try:
@@ -251,7 +278,8 @@ def mutate(original: bytes, path: Path, mutation: tuple) -> bytes:
         elif op == "duplicate":
             entry = header[names[0]] if value else header[name]
             text = json.dumps(header)
-            return join_safetensors(text.replace("{", "{" + json.dumps(name) + ": " + json.dumps(entry) + ", ", 1), data)
+            twice = text.replace("{", "{" + json.dumps(name) + ": " + json.dumps(entry) + ", ", 1)
+            return join_safetensors(twice, data)
         elif op == "rename":
             header[value] = header.pop(name)
         elif op == "replace":

@@ -134,7 +134,8 @@ def _parse_json(text: bytes | str, what: str, path: Path) -> Any:
     try:
         return json.loads(text, object_pairs_hook=_unique_keys)
     except _DuplicateKey as e:
-        raise CheckpointError(f"checkpoint {what} is corrupt (key {short_repr(e.args[0])} appears twice): {path}") from None
+        key = short_repr(e.args[0])
+        raise CheckpointError(f"checkpoint {what} is corrupt (key {key} appears twice): {path}") from None
     except (UnicodeDecodeError, ValueError, RecursionError):  # JSONDecodeError is a ValueError
         return None
 

@@ -58,10 +58,9 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that makes no sense."""
-        for f in fields(self):
-            value = getattr(self, f.name)
-            number = f.type in ("float", float)
-            if not (type(value) is int or (number and type(value) is float) or (value is None and "None" in str(f.type))):
+        for f in fields(self):  # (a checkpoint's configuration is JSON: any type may turn up)
+            value, number, optional = getattr(self, f.name), f.type in ("float", float), "None" in str(f.type)
+            if not (type(value) is int or (number and type(value) is float) or (optional and value is None)):
                 raise ValueError(f"--{f.name.replace('_', '-')} must be {'a number' if number else 'an integer'}, "
                                  f"got {value!r:.40}")
         positive = ["d_model", "n_head", "n_layer", "block_size", "batch_size", "eval_interval",

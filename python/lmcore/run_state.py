@@ -20,7 +20,14 @@ from typing import Any, NoReturn
 import numpy as np
 
 from lmcore import Model
-from lmcore.checkpoint import CheckpointError, short_repr, flatten_groups, load_checkpoint, save_checkpoint, split_groups
+from lmcore.checkpoint import (
+    CheckpointError,
+    flatten_groups,
+    load_checkpoint,
+    save_checkpoint,
+    short_repr,
+    split_groups,
+)
 from lmcore.config import RunConfig
 from lmcore.tokenizer import CharTokenizer
 
@@ -126,8 +133,14 @@ def state_digest(tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
 
 
 def save_run(path: Path, model: Model, meta: dict[str, Any]) -> None:
-    """Write the full training state (atomically: a crash leaves the previous file intact)."""
+    """Write the full training state (atomically: a crash leaves the previous file intact).
+
+    A state holding a NaN or an infinity (an update that overflowed) is refused, not written: it
+    could not be resumed, and it must not replace the last good checkpoint."""
     tensors = flatten_groups(model_tensors(model))
+    for name, t in tensors.items():
+        if not np.isfinite(t).all():
+            raise CheckpointError(f"not saving a non-finite training state ({name} holds {t[~np.isfinite(t)][0]})")
     state = {**meta, "adam_step": model.step, "rng_state": str(model.rng_state)}
     save_checkpoint(path, tensors, {**state, DIGEST_KEY: state_digest(tensors, state)})
 

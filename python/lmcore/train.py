@@ -41,6 +41,10 @@ class UsageError(Exception):
     """A request that cannot be honoured; the message says what to do instead."""
 
 
+# What `main` reports as a one-line ``error: ...`` (anything else is a bug, and gets a traceback).
+REPORTED_ERRORS = (UsageError, DataError, CheckpointError, ValueError, lmcore.LmcoreError, OSError)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m lmcore.train", description=__doc__.split("\n")[0])
     preset = p.add_mutually_exclusive_group()
@@ -210,6 +214,8 @@ def train(s: dict[str, Any]) -> int:
             save_run(ckpt_path, model, checkpoint_meta(s, it, best_val))
         except OSError as e:
             raise UsageError(f"checkpoint of step {it} not written ({e.strerror or e}); {kept()}") from None
+        except CheckpointError as e:  # the weights overflowed in the last steps
+            raise UsageError(f"training stopped at step {it}: {e}; {kept()}") from None
         saved_step = it
 
     def evaluate() -> dict[str, float]:
@@ -301,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         if code == 0:
             print_sample(s, args.sample_tokens)
         return code
-    except (UsageError, DataError, CheckpointError, ValueError, lmcore.LmcoreError, OSError) as e:
+    except REPORTED_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # outside the training loop (which stops at a checkpoint on its own)

@@ -19,7 +19,19 @@ pub struct GptConfig {
     pub dropout: f64,
 }
 
+/// The most parameters a model may have (4 GiB of f32 weights), so a config cannot ask for
+/// more memory than any machine has (an allocation failure aborts rather than erring).
+pub const MAX_PARAMS: usize = 1 << 30;
+
 impl GptConfig {
+    /// Number of parameters, or None if it overflows.
+    pub fn param_count(&self) -> Option<usize> {
+        let (v, c, t, l) = (self.vocab_size, self.d_model, self.block_size, self.n_layer);
+        // wte, wpe, per block 4 weight matrices (12 C^2) plus 13 C of biases and norms, ln_f.
+        let per_block = c.checked_mul(c)?.checked_mul(12)?.checked_add(c.checked_mul(13)?)?;
+        v.checked_add(t)?.checked_mul(c)?.checked_add(per_block.checked_mul(l)?)?.checked_add(2 * c)
+    }
+
     pub fn validate(&self) -> Result<()> {
         let fail = |msg: String| Err(Error::Invalid(msg));
         if self.vocab_size == 0 || self.d_model == 0 || self.n_head == 0 || self.n_layer == 0 || self.block_size == 0 {
@@ -28,8 +40,8 @@ impl GptConfig {
         if self.d_model % self.n_head != 0 {
             return fail(format!("n_head {} does not divide d_model {}", self.n_head, self.d_model));
         }
-        if self.vocab_size > u32::MAX as usize || self.d_model.saturating_mul(self.vocab_size.max(self.block_size)) > 1 << 34 {
-            return fail(format!("model is too large: {self:?}"));
+        if self.vocab_size > u32::MAX as usize || self.param_count().is_none_or(|n| n > MAX_PARAMS) {
+            return fail(format!("model is too large (more than {MAX_PARAMS} parameters): {self:?}"));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return fail(format!("dropout must be in [0, 1), got {}", self.dropout));

@@ -10,6 +10,9 @@ use crate::ops::{attention, embedding, gelu, layernorm, linear};
 use crate::real::Real;
 use crate::store::Store;
 
+/// The largest key/value cache (16 GiB of f32).
+const MAX_CACHE_FLOATS: usize = 1 << 32;
+
 pub struct KvCache<F: Real> {
     batch: usize,
     len: usize,
@@ -36,6 +39,12 @@ impl<F: Real> KvCache<F> {
         }
         let c = gpt.config;
         let (d, l, t) = (c.d_model, c.n_layer, c.block_size);
+        // Keys and values take 2 * L * B * T * C floats; refuse what no machine could hold
+        // (an allocation failure would abort the process instead of raising).
+        let floats = l.checked_mul(batch).and_then(|n| n.checked_mul(t * d)).and_then(|n| n.checked_mul(2));
+        if floats.is_none_or(|n| n > MAX_CACHE_FLOATS) {
+            return Err(Error::Invalid(format!("a key/value cache for {batch} rows would be too large")));
+        }
         let z = |n: usize| vec![F::ZERO; n];
         Ok(KvCache {
             batch,

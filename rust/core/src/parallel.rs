@@ -14,7 +14,7 @@ use crate::real::Real;
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -74,6 +74,12 @@ fn run_tasks(shared: &Shared, task: TaskPtr, n: usize) {
     }
 }
 
+/// Lock a mutex, ignoring poisoning: a task that panicked was already reported to its caller,
+/// and the pool's state is consistent at every unlock, so later jobs may go on.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Busy-wait until `done()` or until SPIN has passed; whether `done()` became true.
 fn spin_until(done: impl Fn() -> bool) -> bool {
     let start = Instant::now();
@@ -94,9 +100,9 @@ fn worker(shared: Arc<Shared>) {
     loop {
         spin_until(|| shared.generation.load(Ordering::Acquire) != seen);
         let (task, n) = {
-            let mut st = shared.state.lock().expect("pool state");
+            let mut st = lock(&shared.state);
             while st.generation == seen && !st.shutdown {
-                st = shared.start.wait(st).expect("pool state");
+                st = shared.start.wait(st).unwrap_or_else(PoisonError::into_inner);
             }
             if st.shutdown {
                 return;
@@ -105,7 +111,7 @@ fn worker(shared: Arc<Shared>) {
             st.job.expect("a new generation carries a job")
         };
         run_tasks(&shared, task, n);
-        let mut st = shared.state.lock().expect("pool state");
+        let mut st = lock(&shared.state);
         st.active -= 1;
         shared.active.store(st.active, Ordering::Release);
         if st.active == 0 {
@@ -136,13 +142,13 @@ impl Pool {
     }
 
     fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
-        let _turn = self.run_lock.lock().expect("pool run lock");
+        let _turn = lock(&self.run_lock);
         let s = &*self.shared;
         // SAFETY: only the lifetime is erased; we wait below until no worker uses the pointer.
         let task = TaskPtr(unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(f) });
         s.next.store(0, Ordering::Relaxed);
         {
-            let mut st = s.state.lock().expect("pool state");
+            let mut st = lock(&s.state);
             st.job = Some((task, n));
             st.active = self.threads - 1;
             st.generation += 1;
@@ -154,9 +160,9 @@ impl Pool {
         run_tasks(s, task, n);
         IN_POOL.with(|c| c.set(false));
         spin_until(|| s.active.load(Ordering::Acquire) == 0);
-        let mut st = s.state.lock().expect("pool state");
+        let mut st = lock(&s.state);
         while st.active > 0 {
-            st = s.finished.wait(st).expect("pool state");
+            st = s.finished.wait(st).unwrap_or_else(PoisonError::into_inner);
         }
         st.job = None;
         drop(st);
@@ -168,7 +174,7 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        self.shared.state.lock().expect("pool state").shutdown = true;
+        lock(&self.shared.state).shutdown = true;
         self.shared.start.notify_all();
         for w in self.workers.drain(..) {
             let _ = w.join();
@@ -294,7 +300,7 @@ pub fn gemm_rows<F: Real>(
     ldc: usize,
 ) {
     let rows = rows_per_task(m);
-    if rows >= m || n == 0 {
+    if rows >= m || n == 0 || k == 0 {
         return gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     }
     let c = &mut c[..(m - 1) * ldc + n];
