@@ -54,6 +54,11 @@ impl<F: Real> AdamW<F> {
         Ok(AdamW { config, m: vec![F::ZERO; n_params], v: vec![F::ZERO; n_params], step: 0 })
     }
 
+    /// Bytes reserved by the moment buffers m and v.
+    pub fn capacity_bytes(&self) -> usize {
+        (self.m.capacity() + self.v.capacity()) * std::mem::size_of::<F>()
+    }
+
     /// One update of every parameter in `store` from its gradient. Returns the gradient norm
     /// before clipping. A non-finite norm is an error and leaves parameters and moments untouched.
     pub fn update(&mut self, store: &mut Store<F>, lr: f64) -> Result<f64> {

@@ -37,7 +37,7 @@ impl GptConfig {
         if self.vocab_size == 0 || self.d_model == 0 || self.n_head == 0 || self.n_layer == 0 || self.block_size == 0 {
             return fail(format!("every model size must be at least 1, got {self:?}"));
         }
-        if self.d_model % self.n_head != 0 {
+        if !self.d_model.is_multiple_of(self.n_head) {
             return fail(format!("n_head {} does not divide d_model {}", self.n_head, self.d_model));
         }
         if self.vocab_size > u32::MAX as usize || self.param_count().is_none_or(|n| n > MAX_PARAMS) {

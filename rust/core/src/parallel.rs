@@ -87,7 +87,7 @@ fn spin_until(done: impl Fn() -> bool) -> bool {
     while !done() {
         std::hint::spin_loop();
         i = i.wrapping_add(1);
-        if i % 64 == 0 && start.elapsed() > SPIN {
+        if i.is_multiple_of(64) && start.elapsed() > SPIN {
             return false;
         }
     }

@@ -232,7 +232,7 @@ impl Model {
     /// Bytes reserved by all of the engine's buffers for this model (parameters included).
     #[getter]
     fn arena_capacity_bytes(&self) -> usize {
-        with_trainer!(&self.inner, t => t.graph.store.capacity_bytes() + (t.opt.m.capacity() + t.opt.v.capacity()) * std::mem::size_of_val(&t.opt.m.first().copied().unwrap_or_default()))
+        with_trainer!(&self.inner, t => t.graph.store.capacity_bytes() + t.opt.capacity_bytes())
     }
 
     #[getter]
