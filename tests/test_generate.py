@@ -99,6 +99,33 @@ def test_cache_gives_the_same_tokens_trained_float32(trained_model, temperature,
     np.testing.assert_array_equal(cached, generate(model, prompt, 100, use_cache=False, **kw))
 
 
+@pytest.mark.parametrize("chunks", [[8], [1] * 8, [3, 1, 4], [5, 3], [1, 6, 1]])
+def test_pushing_a_window_in_chunks_matches_a_full_forward(chunks: list[int]) -> None:
+    """kv_push takes (B,) or (B, P): however a window is fed, the logits after each chunk are the
+    full forward's at that position."""
+    model = random_model(block_size=8)
+    tokens = np.random.default_rng(sum(chunks) * len(chunks)).integers(0, 13, size=(2, 8))
+    model.kv_start(2)
+    end = 0
+    for p in chunks:
+        part = tokens[:, end:end + p]
+        logits = model.kv_push(part[:, 0] if p == 1 and end % 2 else part)  # both shapes of one token
+        end += p
+        assert model.kv_len == end
+        np.testing.assert_allclose(logits, model.forward(tokens[:, :end])[0][:, -1, :], rtol=1e-10, atol=1e-12)
+
+
+def test_a_window_that_does_not_fit_is_refused_and_changes_nothing() -> None:
+    model = random_model(block_size=8)
+    model.kv_start(1)
+    before = model.kv_push(np.array([[1, 2, 3, 4, 5]]))
+    with pytest.raises(lmcore.LmcoreError, match="do not fit"):
+        model.kv_push(np.array([[1, 2, 3, 4]]))
+    assert model.kv_len == 5
+    np.testing.assert_allclose(model.kv_push(np.array([6])), model.forward(np.array([[1, 2, 3, 4, 5, 6]]))[0][:, -1])
+    assert before.shape == (1, 13)
+
+
 # --- seeds, greedy, top-k ---
 
 
@@ -184,6 +211,27 @@ def test_sample_next_top_p_keeps_the_nucleus(top_p: float, nucleus: list[int]) -
     kept = order[nucleus]
     assert set(np.flatnonzero(freq)) == set(kept)
     np.testing.assert_allclose(freq[kept], PROBS[nucleus] / PROBS[nucleus].sum(), atol=0.015)
+
+
+@pytest.mark.parametrize(
+    "logits, u, kw, message",
+    [
+        (np.array([[0.0, np.nan]]), np.array([0.5]), {}, "row 0: .*logit 1 is NaN"),
+        (np.array([[0.0, 1.0], [np.inf, 0.0]]), np.array([0.5, 0.5]), {}, "row 1: .*logit 0 is inf"),
+        (np.full((1, 3), -np.inf), np.array([0.5]), {}, "every logit is -inf"),
+        (np.zeros((2, 3)), np.array([0.5]), {}, "1 uniform numbers for logits of shape"),
+        (np.zeros(3), np.array([0.5]), {}, "must be 2-D"),
+        (np.zeros((1, 0)), np.array([0.5]), {}, "shape \\(1, 0\\)"),
+        (np.zeros((1, 3)), np.array([1.0]), {}, "u must lie in"),
+        (np.zeros((1, 3)), np.array([0.5]), {"top_k": 0}, "top-k must be at least 1"),
+        (np.zeros((1, 3)), np.array([0.5]), {"top_k": -2}, "top-k must be at least 1, got -2"),
+        (np.zeros((1, 3)), np.array([0.5]), {"top_p": 1.5}, "top-p must be in"),
+        (np.zeros((1, 3)), np.array([0.5]), {"temperature": np.nan}, "temperature must be"),
+    ],
+)
+def test_the_sampler_refuses_bad_input(logits, u, kw, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        lmcore._core.sample(logits, u, **kw)
 
 
 # --- the command line ---

@@ -1,5 +1,5 @@
 //! The only door to BLAS. `gemm` checks bounds and then calls sgemm/dgemm with transpose flags
-//! (no copies); `gemm_reference` is the naive triple loop the tests compare against.
+//! (no copies), or sgemv/dgemv for a single output row; `gemm_reference` is the naive triple loop the tests compare against.
 
 use crate::real::Real;
 
@@ -40,6 +40,16 @@ pub fn gemm<F: Real>(
     assert!(m.max(n).max(k).max(lda).max(ldb).max(ldc) <= i32::MAX as usize, "gemm: size overflows BLAS int");
     if m == 0 || n == 0 {
         return;
+    }
+    if m == 1 && k > 0 {
+        // One output row is a matrix-vector product. sgemm would pack all of B first, which
+        // costs as much as the product itself (the key/value cache's one-token steps).
+        let incx = if trans_a { lda } else { 1 };
+        let (rows, cols) = if trans_b { (n, k) } else { (k, n) };
+        if beta == F::ZERO {
+            c[..n].fill(F::ZERO); // some BLAS scale y by beta, which would keep a NaN already there
+        }
+        return F::gemv_raw(!trans_b, rows, cols, alpha, b, ldb, a, incx, beta, c);
     }
     F::gemm_raw(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }

@@ -1,7 +1,9 @@
-//! Incremental inference with a key/value cache: each new token costs one row through every
-//! layer plus attention over the cached keys and values, O(T) instead of a full forward of the
-//! window. It reuses the training kernels (embedding, layernorm, linear, gelu) and BLAS; no tape.
-//! Shapes: B rows decoded together, C channels, L layers; k and v are (L, B, block, C).
+//! Incremental inference with a key/value cache. Feeding P new tokens per row costs P rows
+//! through every layer plus attention over the cached keys and values, instead of a full forward
+//! of the window: one token at a time while sampling, a whole window at once when (re)filling.
+//! It reuses the training kernels (embedding, layernorm, linear, gelu) and BLAS; no tape.
+//! Shapes: B rows decoded together, P new positions per call, C channels, L layers; k and v are
+//! (L, B, block, C); the scratch holds up to (B, block) positions.
 
 use crate::blas::gemm;
 use crate::error::{Error, Result};
@@ -10,7 +12,7 @@ use crate::ops::{attention, embedding, gelu, layernorm, linear};
 use crate::real::Real;
 use crate::store::Store;
 
-/// The largest key/value cache (16 GiB of f32).
+/// The most floats a cache may hold, keys, values and scratch together (16 GiB of f32).
 const MAX_CACHE_FLOATS: usize = 1 << 32;
 
 pub struct KvCache<F: Real> {
@@ -18,17 +20,18 @@ pub struct KvCache<F: Real> {
     len: usize,
     k: Vec<F>,
     v: Vec<F>,
-    // Per-token scratch for the B rows: (B, C) unless noted.
+    // Scratch for the positions fed in one call, (B * P, C) unless noted.
     x: Vec<F>,
     h: Vec<F>,
-    qkv: Vec<F>,    // (B, 3C)
-    att: Vec<F>,    // (B, C)
-    fc: Vec<F>,     // (B, 4C)
-    fc_act: Vec<F>, // (B, 4C)
-    proj: Vec<F>,   // (B, C)
-    scores: Vec<F>, // (block)
-    stats: Vec<F>,  // (B, 2)
-    ids: Vec<u32>,  // (B)
+    qkv: Vec<F>,    // (B * P, 3C)
+    att: Vec<F>,    // (B * P, C)
+    fc: Vec<F>,     // (B * P, 4C)
+    fc_act: Vec<F>, // (B * P, 4C)
+    proj: Vec<F>,   // (B * P, C)
+    scores: Vec<F>, // (P, block)
+    stats: Vec<F>,  // (B * P, 2)
+    ids: Vec<u32>,  // (B * P)
+    last: Vec<F>,   // (B, C): each row's newest position, for the logits
     logits: Vec<F>, // (B, V)
 }
 
@@ -39,28 +42,31 @@ impl<F: Real> KvCache<F> {
         }
         let c = gpt.config;
         let (d, l, t) = (c.d_model, c.n_layer, c.block_size);
-        // Keys and values take 2 * L * B * T * C floats; refuse what no machine could hold
-        // (an allocation failure would abort the process instead of raising).
-        let floats = l.checked_mul(batch).and_then(|n| n.checked_mul(t * d)).and_then(|n| n.checked_mul(2));
+        // Keys and values (2L floats per position and channel) and the scratch (15) for B * block
+        // positions: refuse what no machine could hold (a failed allocation would abort the
+        // process instead of raising).
+        let floats = batch.checked_mul(t * d).and_then(|n| n.checked_mul(2 * l + 15));
         if floats.is_none_or(|n| n > MAX_CACHE_FLOATS) {
             return Err(Error::Invalid(format!("a key/value cache for {batch} rows would be too large")));
         }
         let z = |n: usize| vec![F::ZERO; n];
+        let rows = batch * t;
         Ok(KvCache {
             batch,
             len: 0,
-            k: z(l * batch * t * d),
-            v: z(l * batch * t * d),
-            x: z(batch * d),
-            h: z(batch * d),
-            qkv: z(batch * 3 * d),
-            att: z(batch * d),
-            fc: z(batch * 4 * d),
-            fc_act: z(batch * 4 * d),
-            proj: z(batch * d),
-            scores: z(t),
-            stats: z(batch * 2),
-            ids: vec![0; batch],
+            k: z(l * rows * d),
+            v: z(l * rows * d),
+            x: z(rows * d),
+            h: z(rows * d),
+            qkv: z(rows * 3 * d),
+            att: z(rows * d),
+            fc: z(rows * 4 * d),
+            fc_act: z(rows * 4 * d),
+            proj: z(rows * d),
+            scores: z(t * t),
+            stats: z(rows * 2),
+            ids: vec![0; rows],
+            last: z(batch * d),
             logits: z(batch * c.vocab_size),
         })
     }
@@ -83,15 +89,21 @@ impl<F: Real> KvCache<F> {
         self.len = 0;
     }
 
-    /// Feed one token per row at the next position; returns the logits (B, V) that follow it.
-    pub fn push(&mut self, gpt: &Gpt, store: &Store<F>, tokens: &[i64]) -> Result<&[F]> {
+    /// Feed `steps` tokens per row, `tokens` (B, steps) row-major, at the next positions; returns
+    /// the logits (B, V) that follow each row's last token.
+    pub fn push(&mut self, gpt: &Gpt, store: &Store<F>, tokens: &[i64], steps: usize) -> Result<&[F]> {
         let cfg = gpt.config;
         let (c, bsz, block, pos) = (cfg.d_model, self.batch, cfg.block_size, self.len);
-        if tokens.len() != bsz {
-            return Err(Error::Shape(format!("{} tokens given for {bsz} rows", tokens.len())));
+        if steps == 0 {
+            return Err(Error::Shape("no tokens given".into()));
         }
-        if pos == block {
-            return Err(Error::Invalid(format!("the cache is full ({block} positions); clear it and re-feed a shorter window")));
+        if tokens.len() != bsz * steps {
+            return Err(Error::Shape(format!("{} tokens do not make {steps} positions for {bsz} rows", tokens.len())));
+        }
+        if pos + steps > block {
+            return Err(Error::Invalid(format!(
+                "{steps} more positions do not fit the cache ({pos} of {block} used); clear it and re-feed a shorter window"
+            )));
         }
         for (slot, &tok) in self.ids.iter_mut().zip(tokens) {
             if tok < 0 || tok as usize >= cfg.vocab_size {
@@ -99,44 +111,60 @@ impl<F: Real> KvCache<F> {
             }
             *slot = tok as u32;
         }
+        let n = bsz * steps; // rows of this call
         let p = |v| store.values(v);
-        // x = wte[token] + wpe[pos]
-        embedding::forward(&self.ids, p(gpt.wte), &mut self.x, c);
-        let pe = &p(gpt.wpe)[pos * c..(pos + 1) * c];
-        for row in self.x.chunks_exact_mut(c) {
+        let (x, h, stats) = (&mut self.x[..n * c], &mut self.h[..n * c], &mut self.stats[..n * 2]);
+        let (qkv, att, proj) = (&mut self.qkv[..n * 3 * c], &mut self.att[..n * c], &mut self.proj[..n * c]);
+        let (fc, fc_act) = (&mut self.fc[..n * 4 * c], &mut self.fc_act[..n * 4 * c]);
+        // x = wte[token] + wpe[position]
+        embedding::forward(&self.ids[..n], p(gpt.wte), x, c);
+        let pe = &p(gpt.wpe)[pos * c..(pos + steps) * c];
+        for row in x.chunks_exact_mut(steps * c) {
             row.iter_mut().zip(pe).for_each(|(x, &e)| *x += e);
         }
         let hs = c / cfg.n_head;
         let scale = F::from_f64(1.0 / (hs as f64).sqrt());
+        let keys = pos + steps; // every query sees the cache and the new positions up to itself
         for (layer, blk) in gpt.blocks.iter().enumerate() {
-            layernorm::forward(&self.x, p(blk.ln1.0), p(blk.ln1.1), &mut self.h, &mut self.stats, c);
-            linear::forward(&self.h, p(blk.attn.0), Some(p(blk.attn.1)), &mut self.qkv, bsz, 3 * c, c);
+            layernorm::forward(x, p(blk.ln1.0), p(blk.ln1.1), h, stats, c);
+            linear::forward(h, p(blk.attn.0), Some(p(blk.attn.1)), qkv, n, 3 * c, c);
             for b in 0..bsz {
-                let cache = (layer * bsz + b) * block * c; // this row's (block, C) slab
-                let q = &self.qkv[b * 3 * c..(b + 1) * 3 * c];
-                self.k[cache + pos * c..cache + (pos + 1) * c].copy_from_slice(&q[c..2 * c]);
-                self.v[cache + pos * c..cache + (pos + 1) * c].copy_from_slice(&q[2 * c..]);
-                for h in 0..cfg.n_head {
-                    let s = &mut self.scores[..pos + 1];
-                    // scores (1, pos+1) = scale * q_h K_h^T, K_h read in place with stride C
-                    gemm(false, true, 1, pos + 1, hs, scale, &q[h * hs..], hs, &self.k[cache + h * hs..], c, F::ZERO, s, pos + 1);
-                    attention::causal_softmax_row(s, pos);
-                    // att_h (1, hs) = scores V_h
-                    let out = &mut self.att[b * c + h * hs..b * c + (h + 1) * hs];
-                    gemm(false, false, 1, hs, pos + 1, F::ONE, s, pos + 1, &self.v[cache + h * hs..], c, F::ZERO, out, hs);
+                let slab = (layer * bsz + b) * block * c; // this row's (block, C) keys and values
+                let q = &qkv[b * steps * 3 * c..(b + 1) * steps * 3 * c];
+                for (i, qi) in q.chunks_exact(3 * c).enumerate() {
+                    let at = slab + (pos + i) * c;
+                    self.k[at..at + c].copy_from_slice(&qi[c..2 * c]);
+                    self.v[at..at + c].copy_from_slice(&qi[2 * c..]);
+                }
+                for head in 0..cfg.n_head {
+                    let s = &mut self.scores[..steps * block];
+                    // scores (P, keys) = scale * Q_h K_h^T, heads read in place through strides
+                    let (kh, vh) = (&self.k[slab + head * hs..], &self.v[slab + head * hs..]);
+                    gemm(false, true, steps, keys, hs, scale, &q[head * hs..], 3 * c, kh, c, F::ZERO, s, block);
+                    for (i, row) in s.chunks_exact_mut(block).enumerate() {
+                        attention::causal_softmax_row(&mut row[..keys], pos + i);
+                    }
+                    // att_h (P, hs) = scores V_h
+                    let out = &mut att[b * steps * c + head * hs..];
+                    gemm(false, false, steps, hs, keys, F::ONE, s, block, vh, c, F::ZERO, out, c);
                 }
             }
-            linear::forward(&self.att, p(blk.attn_proj.0), Some(p(blk.attn_proj.1)), &mut self.proj, bsz, c, c);
-            self.x.iter_mut().zip(&self.proj).for_each(|(x, &d)| *x += d);
-            layernorm::forward(&self.x, p(blk.ln2.0), p(blk.ln2.1), &mut self.h, &mut self.stats, c);
-            linear::forward(&self.h, p(blk.fc.0), Some(p(blk.fc.1)), &mut self.fc, bsz, 4 * c, c);
-            gelu::forward(&self.fc, &mut self.fc_act);
-            linear::forward(&self.fc_act, p(blk.fc_proj.0), Some(p(blk.fc_proj.1)), &mut self.proj, bsz, c, 4 * c);
-            self.x.iter_mut().zip(&self.proj).for_each(|(x, &d)| *x += d);
+            linear::forward(att, p(blk.attn_proj.0), Some(p(blk.attn_proj.1)), proj, n, c, c);
+            x.iter_mut().zip(&*proj).for_each(|(x, &d)| *x += d);
+            layernorm::forward(x, p(blk.ln2.0), p(blk.ln2.1), h, stats, c);
+            linear::forward(h, p(blk.fc.0), Some(p(blk.fc.1)), fc, n, 4 * c, c);
+            gelu::forward(fc, fc_act);
+            linear::forward(fc_act, p(blk.fc_proj.0), Some(p(blk.fc_proj.1)), proj, n, c, 4 * c);
+            x.iter_mut().zip(&*proj).for_each(|(x, &d)| *x += d);
         }
-        layernorm::forward(&self.x, p(gpt.ln_f.0), p(gpt.ln_f.1), &mut self.h, &mut self.stats, c);
-        linear::forward(&self.h, p(gpt.wte), None, &mut self.logits, bsz, cfg.vocab_size, c);
-        self.len += 1;
+        // Only each row's newest position needs logits.
+        for (last, row) in self.last.chunks_exact_mut(c).zip(x.chunks_exact(steps * c)) {
+            last.copy_from_slice(&row[(steps - 1) * c..]);
+        }
+        let h = &mut h[..bsz * c];
+        layernorm::forward(&self.last, p(gpt.ln_f.0), p(gpt.ln_f.1), h, &mut stats[..bsz * 2], c);
+        linear::forward(h, p(gpt.wte), None, &mut self.logits, bsz, cfg.vocab_size, c);
+        self.len += steps;
         Ok(&self.logits)
     }
 }

@@ -23,6 +23,7 @@ pub mod ops;
 pub mod parallel;
 pub mod real;
 pub mod rng;
+pub mod sampling;
 pub mod store;
 pub mod trainer;
 

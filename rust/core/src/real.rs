@@ -57,10 +57,15 @@ pub trait Real:
         c: &mut [Self],
         ldc: usize,
     );
+
+    /// Row-major y = alpha * op(A) x + beta * y through BLAS, A stored (rows, cols) with row
+    /// stride `lda`, x with stride `incx`; `blas::gemm` calls it for one-row products.
+    #[allow(clippy::too_many_arguments)]
+    fn gemv_raw(trans: bool, rows: usize, cols: usize, alpha: Self, a: &[Self], lda: usize, x: &[Self], incx: usize, beta: Self, y: &mut [Self]);
 }
 
 macro_rules! impl_real {
-    ($t:ty, $name:literal, $gemm:ident, $exp:path, $tanh:path) => {
+    ($t:ty, $name:literal, $gemm:ident, $gemv:ident, $exp:path, $tanh:path) => {
         impl Real for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -138,12 +143,34 @@ macro_rules! impl_real {
                     )
                 }
             }
+
+            fn gemv_raw(trans: bool, rows: usize, cols: usize, alpha: Self, a: &[Self], lda: usize, x: &[Self], incx: usize, beta: Self, y: &mut [Self]) {
+                use cblas_sys::{CBLAS_LAYOUT, CBLAS_TRANSPOSE};
+                let t = if trans { CBLAS_TRANSPOSE::CblasTrans } else { CBLAS_TRANSPOSE::CblasNoTrans };
+                // SAFETY: as for gemm_raw, `blas::gemm` checked the extents first.
+                unsafe {
+                    cblas_sys::$gemv(
+                        CBLAS_LAYOUT::CblasRowMajor,
+                        t,
+                        rows as i32,
+                        cols as i32,
+                        alpha,
+                        a.as_ptr(),
+                        lda as i32,
+                        x.as_ptr(),
+                        incx as i32,
+                        beta,
+                        y.as_mut_ptr(),
+                        1,
+                    )
+                }
+            }
         }
     };
 }
 
-impl_real!(f32, "float32", cblas_sgemm, exp_f32, tanh_via_exp);
-impl_real!(f64, "float64", cblas_dgemm, f64::exp, f64::tanh);
+impl_real!(f32, "float32", cblas_sgemm, cblas_sgemv, exp_f32, tanh_via_exp);
+impl_real!(f64, "float64", cblas_dgemm, cblas_dgemv, f64::exp, f64::tanh);
 
 /// e^x for f32 without a libm call, so loops over it vectorise: x = n ln2 + r with |r| <= ln2/2,
 /// e^r by its degree-6 Taylor polynomial (truncation error below 2e-7 relative), and 2^n built

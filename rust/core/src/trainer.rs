@@ -91,9 +91,10 @@ impl<F: Real> Trainer<F> {
         Ok(())
     }
 
-    /// Feed one token per row to the cache; returns the next-token logits (B, V).
-    pub fn kv_push(&mut self, tokens: &[i64]) -> Result<&[F]> {
+    /// Feed `steps` tokens per row, (B, steps) row-major, to the cache; returns the next-token
+    /// logits (B, V).
+    pub fn kv_push(&mut self, tokens: &[i64], steps: usize) -> Result<&[F]> {
         let kv = self.kv.as_mut().ok_or_else(|| Error::Invalid("call kv_start before kv_push".into()))?;
-        kv.push(&self.gpt, &self.graph.store, tokens)
+        kv.push(&self.gpt, &self.graph.store, tokens, steps)
     }
 }

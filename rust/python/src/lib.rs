@@ -7,6 +7,7 @@ mod arrays;
 mod blas;
 mod graph;
 mod model;
+mod sampling;
 
 pyo3::create_exception!(
     _core,
@@ -28,5 +29,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<graph::Graph>()?;
     m.add_class::<graph::Tensor>()?;
     blas::register(m)?;
+    sampling::register(m)?;
     Ok(())
 }

@@ -145,18 +145,21 @@ impl Model {
         with_trainer!(&mut self.inner, t => t.kv_start(batch)).map_err(to_py)
     }
 
-    /// Feed one token per row (ids of shape (B,)) at the next position of the cache; returns
-    /// the next-token logits (B, V). O(cached length) per call, not a full forward.
+    /// Feed tokens at the next positions of the cache: ids of shape (B,), one per row, or
+    /// (B, P), P per row (a whole prompt in one call). Returns the logits (B, V) that follow each
+    /// row's last token. Costs P positions plus attention over the cache, not a full forward.
     fn kv_push<'py>(&mut self, py: Python<'py>, tokens: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let shape = read_ids_into(tokens, "tokens", &mut self.idx_buf)?;
-        if shape.len() != 1 {
-            return Err(PyValueError::new_err(format!("tokens must be 1-D (one per row), got shape {shape:?}")));
-        }
+        let (rows, steps) = match shape[..] {
+            [b] => (b, 1),
+            [b, p] => (b, p),
+            _ => return Err(PyValueError::new_err(format!("tokens must be (B,) or (B, P), got shape {shape:?}"))),
+        };
         let x = &self.idx_buf;
         with_trainer!(&mut self.inner, t => {
             let v = t.gpt.config.vocab_size;
-            let logits = py.allow_threads(|| t.kv_push(x)).map_err(to_py)?;
-            to_numpy(py, logits, &[x.len(), v])
+            let logits = py.allow_threads(|| t.kv_push(x, steps)).map_err(to_py)?;
+            to_numpy(py, logits, &[rows, v])
         })
     }
 
