@@ -27,6 +27,23 @@ def test_matmul_matches_reference_and_numpy(m, n, k, trans_a, trans_b, dtype, se
     np.testing.assert_allclose(ref, expected, rtol=tol, atol=tol * np.sqrt(k))
 
 
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (False, True), (True, False), (True, True)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_one_row_products_split_across_threads(trans_a, trans_b, threads):
+    """A single output row goes through gemv, split by columns when large (the KV cache's steps)."""
+    rng = np.random.default_rng(threads)
+    n, k = 515, 130  # big enough to split, odd so the column chunks are uneven
+    a = rng.normal(size=(k, 1) if trans_a else (1, k))
+    b = rng.normal(size=(n, k) if trans_b else (k, n))
+    before = lmcore.num_threads()
+    try:
+        lmcore.set_num_threads(threads)
+        got = lmcore.matmul(a, b, trans_a, trans_b)
+    finally:
+        lmcore.set_num_threads(before)
+    np.testing.assert_allclose(got, lmcore.matmul_reference(a, b, trans_a, trans_b), rtol=1e-12, atol=1e-12)
+
+
 def test_matmul_reads_non_contiguous_views():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(6, 8))[:, ::2]  # a strided view
