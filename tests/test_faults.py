@@ -1,6 +1,6 @@
 """Training survives faults: a NaN or Inf stops it at a named step with the last good checkpoint
 kept, a failing checkpoint write (disk full, read-only directory) leaves the previous checkpoint
-byte for byte and says so, and SIGKILL at random moments (often in the middle of a checkpoint
+byte for byte and says so (so does a failing metrics log or final weights write), and SIGKILL at random moments (often in the middle of a checkpoint
 write), again and again, loses nothing: every resumed run ends with the weights of a run never
 interrupted, bit for bit.
 
@@ -40,7 +40,7 @@ from cli_helpers import (
     train,
 )
 from lmcore import checkpoint
-from lmcore.metrics import read_metrics
+from lmcore.metrics import MetricsLog, read_metrics
 from lmcore.run_state import model_from_checkpoint
 
 pytestmark = requires_corpus
@@ -238,6 +238,54 @@ def test_failing_first_checkpoint_write_says_there_is_none(tmp_path: Path, monke
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: checkpoint of step 10 not written (No space left on device); no checkpoint has been written yet")
     assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]
+
+
+# --- a failing metrics log or final weights write ---
+
+
+def test_failing_metrics_write_stops_keeps_the_checkpoint_and_resumes(
+    tmp_path: Path, half: Path, whole: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    out, before = copy_of(half, tmp_path)
+    real_log = MetricsLog.log
+
+    def full_at_step_25(self: MetricsLog, record: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+        if {**(record or {}), **fields}.get("step") == 25:
+            self._f.write('{"step": 25, "train_lo')  # the torn line a full disk leaves behind
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_log(self, record, **fields)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(MetricsLog, "log", full_at_step_25)
+        error = failing_resume(out, capsys)
+    assert error == (f"error: training stopped at step 25: metrics log {out / 'metrics.jsonl'} not written (No space "
+                     f"left on device); the checkpoint of step 20 ({out / 'ckpt.safetensors'}) is intact; --resume "
+                     "continues from it")
+    assert (out / "ckpt.safetensors").read_bytes() == before
+    assert_finishes_like_whole(out, whole)  # the torn line is dropped, the log ends like the whole run's
+
+
+def test_failing_final_weights_write_says_so_and_a_resume_writes_them(
+    tmp_path: Path, half: Path, whole: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    out, _ = copy_of(half, tmp_path)
+    weights = out / "model.safetensors"
+    old_weights = weights.read_bytes()  # step 20's, from the run that stopped there
+    real_replace = os.replace
+
+    def full_for_weights(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        if Path(dst) == weights:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+        real_replace(src, dst, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "replace", full_for_weights)
+        error = failing_resume(out, capsys)
+    assert error == (f"error: final weights not written (No space left on device): {weights}; the checkpoint of "
+                     f"step 40 ({out / 'ckpt.safetensors'}) is intact; --resume continues from it")
+    assert weights.read_bytes() == old_weights  # the old file, whole: never half of a new one
+    assert iter_num(out) == 40
+    assert_finishes_like_whole(out, whole)  # nothing left to train: the resume only writes the weights
 
 
 # --- SIGKILL at random moments, over and over ---

@@ -264,7 +264,8 @@ def train(s: dict[str, Any]) -> int:
             save()
             progress.close()
     except OSError as e:  # the metrics log could not be written (a full disk, ...)
-        raise UsageError(f"training stopped at step {it}: {e}; {kept()}") from None
+        raise UsageError(f"training stopped at step {it}: metrics log {metrics_path} not written "
+                         f"({e.strerror or e}); {kept()}") from None
     finally:
         signal.signal(signal.SIGINT, previous)
     if stop["signal"] is not None:
