@@ -1,8 +1,8 @@
 """Training survives faults: a NaN or Inf stops it at a named step with the last good checkpoint
-kept, a failing checkpoint write (disk full, read-only directory) leaves the previous checkpoint
-byte for byte and says so (so does a failing metrics log or final weights write), and SIGKILL at random moments (often in the middle of a checkpoint
-write), again and again, loses nothing: every resumed run ends with the weights of a run never
-interrupted, bit for bit.
+kept; a failing checkpoint write (disk full, read-only directory) leaves the previous checkpoint
+byte for byte and says so, as does a failing metrics log or final weights write; and SIGKILL at
+random moments (often in the middle of a checkpoint write), again and again, loses nothing:
+every resumed run ends with the weights of a run never interrupted, bit for bit.
 
 In-process runs (``lmcore.train.main``) where a monkeypatch simulates the fault; child processes
 where a real signal matters. Tiny preset, one thread.
