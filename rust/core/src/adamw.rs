@@ -1,11 +1,16 @@
 //! AdamW (Loshchilov & Hutter) as one fused pass over the flat parameter buffers, with bias
 //! correction, decoupled weight decay on 2-D weights only, and global-norm gradient clipping.
 //! The moments m and v are flat buffers parallel to the parameters, so a checkpoint can read and
-//! write them as plain arrays.
+//! write them as plain arrays. The pass runs in parallel over fixed spans of the buffers, so
+//! results never depend on the thread count.
 
 use crate::error::{Error, Result};
+use crate::parallel::{for_each_chunk, for_each_chunk3};
 use crate::real::Real;
 use crate::store::Store;
+
+/// Elements per span of the parallel pass (and per partial sum of the gradient norm).
+const SPAN: usize = 1 << 15;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWConfig {
@@ -46,17 +51,22 @@ pub struct AdamW<F: Real> {
     pub v: Vec<F>,
     /// Updates done so far (the t of bias correction).
     pub step: u64,
+    /// The gradient norm's partial sums of squares, one per span.
+    partials: Vec<f64>,
+    /// Each parameter's (start, end, decays) in the flat buffers.
+    layout: Vec<(usize, usize, bool)>,
 }
 
 impl<F: Real> AdamW<F> {
     pub fn new(config: AdamWConfig, n_params: usize) -> Result<Self> {
         config.validate()?;
-        Ok(AdamW { config, m: vec![F::ZERO; n_params], v: vec![F::ZERO; n_params], step: 0 })
+        let (m, v) = (vec![F::ZERO; n_params], vec![F::ZERO; n_params]);
+        Ok(AdamW { config, m, v, step: 0, partials: vec![0.0; n_params.div_ceil(SPAN)], layout: Vec::new() })
     }
 
-    /// Bytes reserved by the moment buffers m and v.
+    /// Bytes reserved by the moment buffers m and v and the norm's partial sums.
     pub fn capacity_bytes(&self) -> usize {
-        (self.m.capacity() + self.v.capacity()) * std::mem::size_of::<F>()
+        (self.m.capacity() + self.v.capacity()) * std::mem::size_of::<F>() + self.partials.capacity() * 8
     }
 
     /// One update of every parameter in `store` from its gradient. Returns the gradient norm
@@ -65,7 +75,7 @@ impl<F: Real> AdamW<F> {
         if !(lr.is_finite() && lr >= 0.0) {
             return Err(Error::Invalid(format!("learning rate must be a finite number >= 0, got {lr}")));
         }
-        let norm = grad_norm(&store.grads[..store.param_len()]);
+        let norm = self.grad_norm(&store.grads[..store.param_len()]);
         if !norm.is_finite() {
             return Err(Error::NonFinite(format!("gradient norm is {norm}")));
         }
@@ -87,14 +97,22 @@ impl<F: Real> AdamW<F> {
             eps: F::from_f64(c.eps),
         };
         let shrink = F::from_f64(1.0 - lr * c.weight_decay);
-        let n_params = store.params().len();
-        for i in 0..n_params {
-            let info = &store.params()[i];
-            let (r, decay) = (info.offset..info.offset + info.shape.numel(), info.decay);
-            let (values, grads) = store.param_buffers_mut();
-            let decay_factor = if decay { shrink } else { F::ONE };
-            update_span(&mut values[r.clone()], &grads[r.clone()], &mut self.m[r.clone()], &mut self.v[r], decay_factor, &k);
+        if self.layout.len() != store.params().len() {
+            // Made on the first update (the only one that may allocate).
+            self.layout = store.params().iter().map(|p| (p.offset, p.offset + p.shape.numel(), p.decay)).collect();
         }
+        let layout = &self.layout;
+        let (values, grads) = store.param_buffers_mut();
+        for_each_chunk3(values, SPAN, &mut self.m, SPAN, &mut self.v, SPAN, |i, p, m, v| {
+            let (start, end) = (i * SPAN, i * SPAN + p.len());
+            // Each parameter's part of this span, with its own weight decay.
+            for &(lo, hi, decay) in layout.iter().filter(|&&(lo, hi, _)| lo < end && hi > start) {
+                let r = lo.max(start) - start..hi.min(end) - start;
+                let decay_factor = if decay { shrink } else { F::ONE };
+                let g = &grads[start + r.start..start + r.end];
+                update_span(&mut p[r.clone()], g, &mut m[r.clone()], &mut v[r], decay_factor, &k);
+            }
+        });
         Ok(norm)
     }
 }
@@ -110,9 +128,16 @@ struct Consts<F> {
     eps: F,
 }
 
-/// Global L2 norm, accumulated in f64 so it does not depend on the buffer's precision.
-pub fn grad_norm<F: Real>(grads: &[F]) -> f64 {
-    grads.iter().map(|&g| g.to_f64() * g.to_f64()).sum::<f64>().sqrt()
+impl<F: Real> AdamW<F> {
+    /// Global L2 norm, accumulated in f64 so it does not depend on the buffer's precision, span
+    /// by span in parallel, then the spans' sums in order.
+    fn grad_norm(&mut self, grads: &[F]) -> f64 {
+        for_each_chunk(&mut self.partials, 1, |i, sum| {
+            let span = &grads[i * SPAN..((i + 1) * SPAN).min(grads.len())];
+            sum[0] = span.iter().map(|&g| g.to_f64() * g.to_f64()).sum::<f64>();
+        });
+        self.partials.iter().sum::<f64>().sqrt()
+    }
 }
 
 fn update_span<F: Real>(p: &mut [F], g: &[F], m: &mut [F], v: &mut [F], decay_factor: F, k: &Consts<F>) {
