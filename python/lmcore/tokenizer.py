@@ -86,8 +86,9 @@ class CharTokenizer:
         """The vocabulary, one character per id, in id order."""
         return self._chars
 
-    def encode(self, text: str) -> np.ndarray:
-        """Encode ``text`` to a 1-D array of ids (uint16, or uint32 for huge vocabs)."""
+    def encode(self, text: str, offset: int = 0) -> np.ndarray:
+        """Encode ``text`` to a 1-D array of ids (uint16, or uint32 for huge vocabs); an error names the
+        position of an unknown character (plus ``offset``: where ``text`` starts in a longer one)."""
         codes = _code_points(text)
         ids = np.searchsorted(self._codes, codes)
         clipped = np.minimum(ids, self.vocab_size - 1)
@@ -96,14 +97,17 @@ class CharTokenizer:
             pos = int(np.argmax(unknown))
             ch = text[pos]
             raise ValueError(
-                f"character {ch!r} (U+{ord(ch):04X}) at position {pos} "
+                f"character {ch!r} (U+{ord(ch):04X}) at position {offset + pos} "
                 f"is not in the tokenizer vocabulary ({self.vocab_size} chars)"
             )
         return ids.astype(self.dtype)
 
     def encode_stream(self, chunks: Iterable[str]) -> Iterator[np.ndarray]:
         """The ids of the concatenated chunks, piece by piece (equal to encoding the whole)."""
-        return map(self.encode, chunks)
+        seen = 0
+        for chunk in chunks:
+            yield self.encode(chunk, seen)
+            seen += len(chunk)
 
     def decode(self, ids: Iterable[int] | np.ndarray) -> str:
         """Decode a sequence of ids back to text."""
@@ -165,10 +169,12 @@ BPE_MAX_VOCAB = 65_536  # ids fit uint16; a larger embedding would dwarf a CPU-s
 # its whitespace is a superset of Unicode White_Space.)
 _CUT = re.compile(r"\S[ \n]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-# Text is encoded in pieces of about this many chars: the library's per-call overhead grows with a
-# piece (about 200 bytes a token), and 64k is as fast as any size.
+# Text is encoded in pieces of about this many chars: the library's memory for a call grows with the
+# piece (about 200 bytes a token), and 64k chars are as fast as any size.
 _PIECE_CHARS = 1 << 16
-_MAX_UNCUT = 1 << 24  # chars held waiting for a cut before cutting anyway (text without spaces)
+# Chars held waiting for a cut before cutting anyway (only text without spaces or newlines; there,
+# the two sides are encoded as separate texts).
+_MAX_UNCUT = 1 << 24
 
 
 def _byte_symbols() -> list[str]:
@@ -300,7 +306,7 @@ class BpeTokenizer:
         return len(self._bytes)
 
     def encode(self, text: str) -> np.ndarray:
-        """Encode ``text`` to a 1-D array of ids (uint16, or uint32 for a 65,536-token vocabulary)."""
+        """Encode ``text`` to a 1-D array of uint16 ids."""
         pieces = list(self.encode_stream([text]))
         return np.concatenate(pieces) if pieces else np.zeros(0, dtype=self.dtype)
 
