@@ -4,11 +4,14 @@ breaking checkpoint files."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,9 +35,11 @@ RECIPE = ["--tiny", "--eval-interval", "20", "--eval-iters", "2", "--ckpt-interv
 # Per-invocation settings, not part of the recipe (allowed on --resume).
 QUIET = ["--sample-tokens", "0", "--threads", "1"]
 TIMING_FIELDS = {"tok_s", "rss_mb"}
-# The corpus comes from LMCORE_DATA_DIR; the user's cache (and so the network) is never used.
-ENV = {**os.environ, "LMCORE_DATA_DIR": str(SHARED_DATA), "XDG_CACHE_HOME": "/nonexistent/lmcore-test-cache",
-       "PYTHONUTF8": "1"}
+# The corpus comes from LMCORE_DATA_DIR; the user's cache (and so the network) is never used: runs
+# cache their tokens in a directory of this test session's own.
+TEST_CACHE = tempfile.mkdtemp(prefix="lmcore-test-cache-")
+atexit.register(shutil.rmtree, TEST_CACHE, True)
+ENV = {**os.environ, "LMCORE_DATA_DIR": str(SHARED_DATA), "XDG_CACHE_HOME": TEST_CACHE, "PYTHONUTF8": "1"}
 
 
 # --- running ---

@@ -24,7 +24,9 @@ from lmcore.data import (
     encode_corpus,
     load_offline_shakespeare,
     normalise_play_markdown,
+    read_text_file,
     resolve_corpus,
+    split_index,
     train_val_split,
 )
 from lmcore.tokenizer import CharTokenizer
@@ -84,9 +86,85 @@ def test_explicit_path_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 def test_directory_path(tmp_path: Path) -> None:
     (tmp_path / "tinyshakespeare.txt").write_text("to be\n")
     (tmp_path / "other.txt").write_text("or not\n")
-    assert resolve_corpus("tinyshakespeare", str(tmp_path)).text == "to be\n"
-    with pytest.raises(DataError, match="2 .txt files"):
+    assert resolve_corpus("tinyshakespeare", str(tmp_path)).text == "to be\n"  # the dataset's own file
+    both = resolve_corpus(None, str(tmp_path))
+    assert both.text == "or not\nto be\n"  # otherwise every .txt file, in sorted order
+    assert (both.name, both.n_chars) == (tmp_path.name, 13) and "2 .txt files" in both.source
+
+
+def test_directory_of_text_files(tmp_path: Path) -> None:
+    """Sorted by name; a newline ends a file that lacks one; empty files and other names are skipped."""
+    for name, text in [("b.txt", "bee"), ("a.txt", "ay\n"), ("c.txt", "sea \u00e9\U0001f600"), ("d.txt", ""),
+                       ("e.txt", "end"), ("notes.md", "not text of the corpus")]:
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    (tmp_path / "sub.txt").mkdir()
+    c = resolve_corpus(None, str(tmp_path))
+    expected = "ay\nbee\nsea \u00e9\U0001f600\nend"
+    assert c.text == expected and c.n_chars == len(expected)
+    assert c.sha256 == hashlib.sha256(expected.encode("utf-8")).hexdigest()
+    assert c.sha256 != resolve_corpus(None, str(tmp_path / "a.txt")).sha256
+
+
+@settings(max_examples=40, deadline=None)
+@given(text=st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\0"), min_size=1, max_size=60),
+       block=st.integers(1, 9), pick=st.data())
+def test_chunks_are_slices_of_the_text(tmp_path_factory: pytest.TempPathFactory, text: str, block: int,
+                                       pick: st.DataObject) -> None:
+    """However the file is read (blocks that split characters), chunks(start, end) is text[start:end]."""
+    path = tmp_path_factory.mktemp("chunks") / "t.txt"
+    path.write_bytes(text.encode("utf-8"))
+    start = pick.draw(st.integers(0, len(text)))
+    end = pick.draw(st.integers(start, len(text)))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(data, "READ_BLOCK", block)
+        from_file = read_text_file(path)
+        assert (from_file.n_chars, from_file.sha256) == (len(text), Corpus.from_text("t", text, "").sha256)
+        for corpus in (from_file, Corpus.from_text("t", text, "memory")):
+            assert "".join(corpus.chunks(start, end)) == text[start:end]
+            assert "".join(corpus.chunks(start)) == text[start:]
+
+
+@pytest.mark.parametrize(
+    ("content", "block", "message"),
+    [(b"ab\x00cd", 1 << 20, r"looks binary, not text \(a NUL byte at 2\)"),
+     ("\u00e9t\u00e9\x00".encode(), 2, r"looks binary, not text \(a NUL byte at 5\)"),
+     ("\u00e9t\u00e9 ".encode() + b"\xff", 3, r"not UTF-8 text \(byte 6\)"),
+     (b"\x89PNG\r\n\x1a\n", 1 << 20, r"not UTF-8 text \(byte 0\)"),
+     ("caf\u00e9".encode()[:-1], 1 << 20, r"not UTF-8 text \(it ends inside a character\)")],
+    ids=["nul", "nul-later-block", "bad-byte-later-block", "png", "truncated-character"],
+)
+def test_binary_files_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes, block: int,
+                                  message: str) -> None:
+    monkeypatch.setattr(data, "READ_BLOCK", block)
+    (tmp_path / "a.txt").write_text("fine\n")
+    (tmp_path / "b.txt").write_bytes(content)
+    for path in (tmp_path / "b.txt", tmp_path):  # alone, or one file of a directory
+        with pytest.raises(DataError, match=message + ".*b\\.txt$"):
+            resolve_corpus(None, str(path))
+
+
+def test_directory_without_text(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no .txt file"):
         resolve_corpus(None, str(tmp_path))
+    (tmp_path / "a.txt").write_text("")
+    (tmp_path / "b.txt").write_text("")
+    with pytest.raises(DataError, match="all empty"):
+        resolve_corpus(None, str(tmp_path))
+
+
+def test_reading_a_big_corpus_shows_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a.txt").write_text("word " * 1000)
+    monkeypatch.setattr(data, "READ_BLOCK", 500)
+    monkeypatch.setattr(data, "PROGRESS_MIN_BYTES", 5000)
+    c = resolve_corpus(None, str(tmp_path))
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-1].startswith("[########################] reading 0/0 MB") and len(lines) == 10
+    "".join(c.chunks(label="tokenizing"))
+    assert "tokenizing" in capsys.readouterr().err
+    monkeypatch.setattr(data, "PROGRESS_MIN_BYTES", 5001)
+    "".join(c.chunks(label="tokenizing"))
+    assert capsys.readouterr().err == ""  # a small corpus is read quietly
 
 
 @pytest.mark.parametrize(
@@ -255,7 +333,7 @@ def test_encode_and_split_like_nanogpt() -> None:
     ids = encode_corpus(c, tok)
     assert tok.vocab_size == 65 and ids.dtype == np.uint16 and len(ids) == 1_115_394
     train, val = train_val_split(ids)
-    assert (len(train), len(val)) == (1_003_854, 111_540)
+    assert (len(train), len(val)) == (1_003_854, 111_540) and split_index(c.n_chars) == 1_003_854
     assert tok.decode(val[:20]) == c.text[1_003_854 : 1_003_854 + 20]
 
 

@@ -4,7 +4,6 @@ prompt and its continuation or a one-line error."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -18,11 +17,8 @@ import lmcore.train
 from lmcore.run_state import model_from_checkpoint
 from lmcore.sampling import generate, sample_next
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-CORPUS_FILE = SHARED_DATA / "tinyshakespeare.txt"
-needs_corpus = pytest.mark.skipif(not CORPUS_FILE.is_file(), reason=f"shared corpus missing: {CORPUS_FILE}")
-ENV = {**os.environ, "LMCORE_DATA_DIR": str(SHARED_DATA), "XDG_CACHE_HOME": "/nonexistent/lmcore-test-cache",
-       "PYTHONUTF8": "1"}
+from cli_helpers import ENV
+from cli_helpers import requires_corpus as needs_corpus
 
 
 def random_model(block_size: int = 8, vocab_size: int = 13) -> lmcore.Model:
@@ -312,3 +308,39 @@ def test_cli_refuses_a_corrupt_checkpoint(trained: Path, tmp_path: Path) -> None
     done = run_generate("--out-dir", str(tmp_path), "--max-new-tokens", "5")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.startswith("error: ") and "corrupt" in done.stderr and done.stderr.count("\n") == 1
+
+
+# --- a byte-level BPE model ---
+
+
+@pytest.fixture(scope="module")
+def trained_bpe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output directory of a 30-step tiny run with a 400-token byte-level BPE."""
+    out = tmp_path_factory.mktemp("generate-bpe") / "run"
+    argv = ["--tiny", "--max-iters", "30", "--eval-interval", "30", "--eval-iters", "2", "--tokenizer", "bpe",
+            "--vocab-size", "400", "--sample-tokens", "0", "--threads", "1", "--out-dir", str(out)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LMCORE_DATA_DIR", ENV["LMCORE_DATA_DIR"])
+        mp.setenv("XDG_CACHE_HOME", ENV["XDG_CACHE_HOME"])
+        assert lmcore.train.main(argv) == 0
+    return out
+
+
+@needs_corpus
+def test_bpe_model_generates_valid_text(trained_bpe: Path) -> None:
+    """Any prompt can be encoded (bytes), and every token streamed out, even one holding part of a
+    character, adds up to the library's decoding of the whole output: valid, printable text."""
+    prompt = "ROMEO: caf\u00e9 \u2603"
+    args = ["--out-dir", str(trained_bpe), "--threads", "1", "--prompt", prompt, "--max-new-tokens", "60",
+            "--temperature", "1.5", "--seed", "3"]
+    done = run_generate(*args)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    model, tok, _, _ = model_from_checkpoint(trained_bpe / "ckpt.safetensors", weights_only=True)
+    assert tok.kind == "bpe" and tok.vocab_size == 400
+    lmcore.set_num_threads(1)
+    out = generate(model, tok.encode(prompt)[None, :], 60, temperature=1.5, seed=3)
+    assert out.shape == (1, len(tok.encode(prompt)) + 60)
+    text = tok.decode(out[0])
+    text.encode("utf-8")  # valid Unicode: no lone surrogates
+    assert done.stdout == text + "\n" and text.startswith(prompt) and len(text) > len(prompt)
+    assert run_generate(*args).stdout == done.stdout  # deterministic

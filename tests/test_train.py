@@ -1,6 +1,7 @@
 """``python -m lmcore.train``: a resumed run is the same run bit for bit (after a clean stop, in ten
 separate processes, after SIGKILL, after Ctrl-C, with a longer planned schedule), bad input gets a
-one-line error that leaves the output directory untouched, and a checkpoint holds the whole state.
+one-line error that leaves the output directory untouched, a checkpoint holds the whole state, and a
+byte-level BPE run on a directory of text files keeps its tokenizer and reports bits per character.
 
 Runs use the tiny preset for a few dozen steps on one thread (two where noted), in-process (``lmcore.train.main``)
 where that is enough, as subprocesses where a separate process or a signal matters.
@@ -39,6 +40,7 @@ from cli_helpers import (
     metrics,
     requires_corpus,
     resume,
+    run_main,
     snapshot,
     spawn,
     train,
@@ -46,8 +48,11 @@ from cli_helpers import (
 )
 from lmcore.checkpoint import load_checkpoint
 from lmcore.config import RunConfig, lr_at
+from lmcore.data import resolve_corpus
 from lmcore.metrics import read_metrics
 from lmcore.run_state import load_run, new_model
+from lmcore.token_cache import tokenize
+from lmcore.tokenizer import tokenizer_from_dict
 
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 
@@ -111,9 +116,10 @@ def test_ten_resumed_processes_equal_one_continuous_run(tmp_path: Path) -> None:
     assert_same_weights(tmp_path / "whole", out)
     assert_same_tensors(load_checkpoint(tmp_path / "whole" / "ckpt.safetensors")[0],
                         load_checkpoint(out / "ckpt.safetensors")[0])
-    # Every chunk ends with an evaluation, so the chunked log has extra val_loss at chunk ends.
+    # Every chunk ends with an evaluation, so the chunked log has extra val_loss/val_bpc at chunk ends.
     interval = 20
-    chunked = [{key: v for key, v in r.items() if key != "val_loss" or r["step"] % interval == 0} for r in metrics(out)]
+    chunked = [{key: v for key, v in r.items() if key not in ("val_loss", "val_bpc") or r["step"] % interval == 0}
+               for r in metrics(out)]
     assert chunked == metrics(tmp_path / "whole")
 
 
@@ -283,6 +289,17 @@ BAD_INPUT = [
     ("empty-data", "fresh", ["--data", "DATA/empty.txt"], None, r"empty.*empty\.txt"),
     ("non-utf8-data", "fresh", ["--data", "DATA/latin1.txt"], None, r"not UTF-8.*latin1\.txt"),
     ("data-shorter-than-a-block", "fresh", ["--data", "DATA/short.txt"], None, r"fewer than one block of 32"),
+    ("binary-data", "fresh", ["--data", "DATA/binary.txt"], None, r"looks binary.*binary\.txt"),
+    ("empty-data-directory", "fresh", ["--data", "DATA/emptydir"], None, r"no \.txt file.*emptydir"),
+    ("vocab-size-below-256", "fresh", ["--tokenizer", "bpe", "--vocab-size", "255"], None,
+     r"--vocab-size: .*256 \(one token per byte\) to 65,536 tokens, got 255"),
+    ("vocab-size-absurd", "fresh", ["--tokenizer", "bpe", "--vocab-size", "10000000"], None,
+     r"--vocab-size: .*got 10,000,000"),
+    ("vocab-size-without-bpe", "fresh", ["--vocab-size", "512"], None, r"--vocab-size needs --tokenizer bpe"),
+    ("bpe-data-shorter-than-a-block", "fresh", ["--data", "DATA/short.txt", "--tokenizer", "bpe", "--vocab-size",
+     "256"], None, r"training split has 18 tokens, fewer than one block of 32"),
+    ("bpe-vocab-too-big-for-the-data", "fresh", ["--data", "DATA/short.txt", "--tokenizer", "bpe", "--vocab-size",
+     "1000"], None, r"too few distinct byte pairs for 1,000 BPE tokens"),
     ("resume-without-checkpoint", "fresh", ["--resume"], None, r"--resume: no checkpoint"),
     ("truncated-checkpoint", "run", ["--resume"], _truncate, r"truncated|corrupt"),
     ("corrupt-checkpoint-header", "run", ["--resume"], _flip_header, r"corrupt"),
@@ -298,6 +315,8 @@ BAD_INPUT = [
     ("resume-changes-lr", "run", ["--resume", "--lr", "0.5"], None, r"--lr cannot change on --resume"),
     ("resume-changes-batch", "run", ["--resume", "--batch-size", "4"], None, r"--batch-size cannot change"),
     ("resume-changes-dropout", "run", ["--resume", "--dropout", "0.1"], None, r"--dropout cannot change"),
+    ("resume-other-tokenizer", "run", ["--resume", "--tokenizer", "bpe"], None,
+     r"trained with the char tokenizer, not --tokenizer bpe"),
     ("resume-below-checkpoint-step", "run", ["--resume", "--max-iters", "10"], None,
      r"--max-iters 10 is below the checkpoint's step 20"),
     ("resume-other-data", "run", ["--resume", "--data", "DATA/other.txt"], None, r"data differs.*--init-from"),
@@ -306,6 +325,8 @@ BAD_INPUT = [
      r"--resume .*--init-from .*one of them"),
     ("init-from-missing", "fresh", ["--init-from", "DATA/nope.safetensors"], None, r"no checkpoint.*nope\.safetensors"),
     ("init-from-corrupt", "fresh", ["--init-from", "RUN/ckpt.safetensors"], _flip_tensor_bits, r"corrupt"),
+    ("init-from-other-tokenizer", "fresh", ["--init-from", "RUN/ckpt.safetensors", "--tokenizer", "bpe",
+     "--vocab-size", "512"], None, r"--init-from: the checkpoint .* trained with the char tokenizer"),
     ("init-from-other-shape", "fresh", ["--init-from", "RUN/ckpt.safetensors", "--d-model", "64"], None,
      r"--init-from: the checkpoint's model is \[32, 2, 1, 32\]"),
 ]
@@ -319,6 +340,8 @@ def bad_input_case(tmp_path: Path, finished_run: Path, case: tuple) -> tuple[lis
     _write(data / "empty.txt", b"")
     _write(data / "latin1.txt", "First Citizen: caf\u00e9\n".encode("latin-1") * 10)
     assert len(_write(data / "short.txt", b"To be, or not to be:").read_text()) == 20  # block is 32
+    _write(data / "binary.txt", b"PK\x03\x04\x00\x00" + bytes(range(256)))
+    (data / "emptydir").mkdir()
     _write(data / "other.txt", CORPUS_FILE.read_bytes()[:20_000])
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
@@ -430,7 +453,9 @@ def test_checkpoint_and_output_files(finished_run: Path) -> None:
             assert key in r, (key, r)
         assert math.isfinite(r["train_loss"]) and r["rss_mb"] > 0
         assert r["lr"] == lr_at(max(0, r["step"] - 1), cfg)  # the rate used by the step just taken
-        assert ("val_loss" in r) == (r["step"] % cfg.eval_interval == 0)
+        assert ("val_loss" in r) == ("val_bpc" in r) == (r["step"] % cfg.eval_interval == 0)
+        if "val_loss" in r:  # characters are tokens: bits per char is the loss in bits
+            assert r["val_bpc"] == pytest.approx(r["val_loss"] / math.log(2), rel=1e-12)
         assert r["tok_s"] > 0 if r["step"] > 0 else r["tok_s"] is None  # no rate before any step
 
 
@@ -441,3 +466,72 @@ def test_eval_steps_off_the_log_interval_are_logged_whole(tmp_path: Path) -> Non
     for r in records[1:]:
         assert {"step", "train_loss", "lr", "grad_norm", "tok_s", "rss_mb"} <= r.keys(), r
     assert [r["step"] for r in records if "val_loss" in r] == [0, 7, 14]
+
+
+# --- 8. byte-level BPE on a directory of text files ---
+
+
+@pytest.fixture(scope="module")
+def bpe_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two .txt files: the first 80,000 characters of tinyshakespeare, cut in two after a line."""
+    data = tmp_path_factory.mktemp("bpe-data")
+    text = CORPUS_FILE.read_text(encoding="utf-8")[:80_000]
+    cut = text.index("\n", 50_000) + 1
+    (data / "part1.txt").write_text(text[:cut], encoding="utf-8")
+    (data / "part2.txt").write_text(text[cut:], encoding="utf-8")
+    return data
+
+
+BPE = ["--tokenizer", "bpe", "--vocab-size", "300", "--lr-decay-iters", "20"]
+
+
+@pytest.fixture(scope="module")
+def bpe_run(tmp_path_factory: pytest.TempPathFactory, bpe_data: Path) -> Path:
+    out = tmp_path_factory.mktemp("bpe") / "run"
+    train(out, "--data", str(bpe_data), *BPE, "--max-iters", "20")
+    return out
+
+
+def test_bpe_run_stores_its_tokenizer_and_reports_bits_per_char(bpe_run: Path, bpe_data: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", ENV["XDG_CACHE_HOME"])  # (the test session's token cache)
+    _, meta = load_run(bpe_run / "ckpt.safetensors")
+    assert meta["tokenizer"]["type"] == "bpe" and meta["tokenizer"]["vocab_size"] == meta["vocab_size"] == 300
+    assert meta["dataset"]["name"] == bpe_data.name and meta["dataset"]["path"] == str(bpe_data)
+    corpus = resolve_corpus(None, bpe_data)
+    tokens = tokenize(corpus, tokenizer_from_dict(meta["tokenizer"]))
+    assert corpus.text == CORPUS_FILE.read_text(encoding="utf-8")[:80_000]
+    assert tokens.val_chars == 8_000 and len(tokens.val) < 6_000  # BPE tokens hold several characters
+    evals = [r for r in metrics(bpe_run) if "val_loss" in r]
+    assert [r["step"] for r in evals] == [0, 20]
+    for r in evals:
+        assert r["val_bpc"] == pytest.approx(r["val_loss"] * len(tokens.val) / 8_000 / math.log(2), rel=1e-12)
+
+
+def test_bpe_run_resumes_bit_for_bit(tmp_path: Path, bpe_run: Path, bpe_data: Path) -> None:
+    out = tmp_path / "split"
+    train(out, "--data", str(bpe_data), *BPE, "--max-iters", "10")
+    resume(out, "--max-iters", "20", "--tokenizer", "bpe", "--vocab-size", "300")  # (the same tokenizer: fine)
+    assert_same_weights(bpe_run, out)
+    assert_same_checkpoint(bpe_run, out)
+    assert losses_after(out, 10) == losses_after(bpe_run, 10)  # (the first run evaluated at its end, step 10)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--resume", "--tokenizer", "char"], r"trained with the bpe tokenizer, not --tokenizer char"),
+     (["--resume", "--tokenizer", "bpe", "--vocab-size", "512"], r"has a 300-token vocabulary, not --vocab-size 512"),
+     (["--init-from", "RUN/ckpt.safetensors", "--tokenizer", "char", "--max-iters", "5"],
+      r"--init-from: the checkpoint .* trained with the bpe tokenizer, not --tokenizer char")],
+    ids=["resume-char", "resume-other-vocab", "init-from-char"],
+)
+def test_bpe_checkpoint_refuses_another_tokenizer(tmp_path: Path, bpe_run: Path, args: list[str], message: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(bpe_run, run)
+    out = run if "--resume" in args else tmp_path / "fresh"
+    before = snapshot(run)
+    capsys.readouterr()
+    code = run_main([*QUIET, "--out-dir", str(out), *(a.replace("RUN", str(run)) for a in args)])
+    assert_one_line_error(code, capsys.readouterr().err, message)
+    assert snapshot(run) == before and not (tmp_path / "fresh").exists()

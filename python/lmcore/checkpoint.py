@@ -18,6 +18,7 @@ import json
 import math
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -35,7 +36,7 @@ class CheckpointError(Exception):
     """A checkpoint cannot be written or read; the message names the file and the problem."""
 
 
-# --- atomic file writing (also used by lmcore.data for the corpus cache) ---
+# --- atomic file writing (also used by lmcore.data and lmcore.token_cache for their caches) ---
 
 
 def _write_and_sync(f: BinaryIO, data: bytes) -> None:
@@ -71,22 +72,31 @@ def remove_temp_files(path: str | os.PathLike[str]) -> list[Path]:
     return stale
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, whole."""
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A file to write ``path`` through: synced and renamed over ``path`` when the block ends, deleted
+    if it raises, so readers see the old file or the new one, whole."""
     path = Path(path)
-    directory = path.parent
     tmp = _temp_name(path, f"{os.getpid()}.{secrets.token_hex(4)}")
     # os.open (not mkstemp) so the file gets the usual umask-based permissions.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            _write_and_sync(f, data)
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(directory)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, whole."""
+    with atomic_writer(path) as f:
+        _write_and_sync(f, data)
 
 
 # --- serialisation ---

@@ -47,14 +47,15 @@ def main(argv: list[str] | None = None) -> int:
             if args.num_samples > 1:
                 print(f"--- sample {i + 1} ---")
             sys.stdout.write(args.prompt)
+            feed = tokenizer.stream_decoder()  # (a BPE token may hold part of a character)
 
             def stream(ids):
-                sys.stdout.write(tokenizer.decode(ids[:1]))
+                sys.stdout.write(feed(ids[:1]))
                 sys.stdout.flush()
 
             generate(model, prompt[None, :], args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                      top_p=args.top_p, seed=args.seed + i, use_cache=not args.no_cache, on_token=stream)
-            sys.stdout.write("\n")
+            sys.stdout.write(feed([], final=True) + "\n")
     except (CheckpointError, ValueError, lmcore.LmcoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -213,7 +213,7 @@ def _draw(jsonl_path: Path, png_path: Path) -> int:
         if val[0]:
             ax.plot(*val, label="val", marker="o", markersize=3, linewidth=1.5)
         ax.set_xlabel("step")
-        ax.set_ylabel("loss (nats/char)")
+        ax.set_ylabel("loss (nats/token)")
         ax.set_title(jsonl_path.resolve().parent.name or "lmcore")
         ax.grid(True, alpha=0.3)
         ax.legend()

@@ -1,5 +1,6 @@
-"""A dependency-free progress line: step, loss, tokens/s and ETA, redrawn in place on a terminal,
-printed as plain lines (at most every 10%) when the output is a file or a pipe."""
+"""A dependency-free progress line (training: step, loss, tokens/s and ETA; any other long job: its
+own detail and ETA), redrawn in place on a terminal, printed as plain lines (at most every 10%)
+when the output is a file or a pipe."""
 
 from __future__ import annotations
 
@@ -24,19 +25,21 @@ class Progress:
         self.width = 24
 
     def update(self, step: int, loss: float, tok_s: float) -> None:
-        done = step - self.start
-        rate = done / max(time.perf_counter() - self.t0, 1e-9)
-        eta = (self.total - step) / rate if rate > 0 else 0.0
-        frac = step / max(1, self.total)
+        self.show(step, f"step {step}/{self.total} loss {loss:.4f} {tok_s / 1000:.1f}k tok/s")
+
+    def show(self, done: int, detail: str) -> None:
+        """Redraw the bar at ``done`` of ``total`` units with ``detail`` before the ETA."""
+        rate = (done - self.start) / max(time.perf_counter() - self.t0, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else 0.0
+        frac = done / max(1, self.total)
         bar = "#" * int(frac * self.width)
-        line = (f"[{bar:<{self.width}}] step {step}/{self.total} loss {loss:.4f} "
-                f"{tok_s / 1000:.1f}k tok/s ETA {_duration(eta)}")
+        line = f"[{bar:<{self.width}}] {detail} ETA {_duration(eta)}"
         if self.tty:
             self.stream.write("\r" + line)
             self.stream.flush()
-        elif step >= self.next_plain or step == self.total:
+        elif done >= self.next_plain or done == self.total:
             self.stream.write(line + "\n")
-            self.next_plain = step + max(1, self.total // 10)
+            self.next_plain = done + max(1, self.total // 10)
 
     def note(self, message: str) -> None:
         """A line of its own that stays above the bar."""

