@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 
 import lmcore
-import lmcore.train
 from lmcore.run_state import model_from_checkpoint
 from lmcore.sampling import generate, sample_next
 
-from cli_helpers import ENV
+from cli_helpers import ENV, run_main
 from cli_helpers import requires_corpus as needs_corpus
 
 
@@ -38,10 +37,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("generate") / "run"
     argv = ["--tiny", "--max-iters", "40", "--eval-interval", "20", "--eval-iters", "2", "--ckpt-interval", "10",
             "--log-interval", "5", "--sample-tokens", "0", "--threads", "1", "--out-dir", str(out)]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LMCORE_DATA_DIR", ENV["LMCORE_DATA_DIR"])
-        mp.setenv("XDG_CACHE_HOME", ENV["XDG_CACHE_HOME"])
-        assert lmcore.train.main(argv) == 0
+    assert run_main(argv) == 0
     return out
 
 
@@ -319,10 +315,7 @@ def trained_bpe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("generate-bpe") / "run"
     argv = ["--tiny", "--max-iters", "30", "--eval-interval", "30", "--eval-iters", "2", "--tokenizer", "bpe",
             "--vocab-size", "400", "--sample-tokens", "0", "--threads", "1", "--out-dir", str(out)]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LMCORE_DATA_DIR", ENV["LMCORE_DATA_DIR"])
-        mp.setenv("XDG_CACHE_HOME", ENV["XDG_CACHE_HOME"])
-        assert lmcore.train.main(argv) == 0
+    assert run_main(argv) == 0
     return out
 
 
