@@ -29,10 +29,10 @@ def test_matmul_matches_reference_and_numpy(m, n, k, trans_a, trans_b, dtype, se
 
 @pytest.mark.parametrize("trans_a, trans_b", [(False, False), (False, True), (True, False), (True, True)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_one_row_products_split_across_threads(trans_a, trans_b, threads):
-    """A single output row goes through gemv, split by columns when large (the KV cache's steps)."""
+def test_one_row_products_through_gemv(trans_a, trans_b, threads):
+    """A single output row (the KV cache's one-token steps) goes through gemv, not gemm."""
     rng = np.random.default_rng(threads)
-    n, k = 515, 130  # big enough to split, odd so the column chunks are uneven
+    n, k = 515, 130
     a = rng.normal(size=(k, 1) if trans_a else (1, k))
     b = rng.normal(size=(n, k) if trans_b else (k, n))
     before = lmcore.num_threads()

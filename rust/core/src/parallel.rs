@@ -282,11 +282,7 @@ impl<T> Chunks<T> {
     }
 }
 
-/// Multiply-adds below which a one-row product stays on one thread (splitting costs a few us).
-const GEMV_SPLIT_MIN: usize = 32 * 1024;
-
-/// `gemm` with its output rows (for a single row, its columns) split among the threads; same
-/// arguments and result.
+/// `gemm` with its output rows split among the threads; same arguments and result.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_rows<F: Real>(
     trans_a: bool,
@@ -303,16 +299,6 @@ pub fn gemm_rows<F: Real>(
     c: &mut [F],
     ldc: usize,
 ) {
-    if m == 1 && n * k >= GEMV_SPLIT_MIN {
-        // One row (a token step of the key/value cache) is a matrix-vector product that reads
-        // all of B: split its columns, so each thread streams part of B.
-        let cols = rows_per_task(n);
-        return for_each_chunk(&mut c[..n], cols, |i, c_part| {
-            let j0 = i * cols; // column j0 of op(B) is row j0 of B, or column j0 when not transposed
-            let b_part = if trans_b { &b[j0 * ldb..] } else { &b[j0..] };
-            gemm(trans_a, trans_b, 1, c_part.len(), k, alpha, a, lda, b_part, ldb, beta, c_part, ldc);
-        });
-    }
     let rows = rows_per_task(m);
     if rows >= m || n == 0 || k == 0 {
         return gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
