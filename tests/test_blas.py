@@ -30,9 +30,10 @@ def test_matmul_matches_reference_and_numpy(m, n, k, trans_a, trans_b, dtype, se
 @pytest.mark.parametrize("trans_a, trans_b", [(False, False), (False, True), (True, False), (True, True)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_one_row_products_through_gemv(trans_a, trans_b, threads):
-    """A single output row (the KV cache's one-token steps) goes through gemv, not gemm."""
+    """A single output row (the KV cache's one-token steps) goes through gemv, not gemm; a large
+    one is split by columns across the threads (uneven chunks: n is odd)."""
     rng = np.random.default_rng(threads)
-    n, k = 515, 130
+    n, k = 1031, 130  # n * k above the split threshold
     a = rng.normal(size=(k, 1) if trans_a else (1, k))
     b = rng.normal(size=(n, k) if trans_b else (k, n))
     before = lmcore.num_threads()
