@@ -31,14 +31,19 @@ def random_model(block_size: int = 8, vocab_size: int = 13) -> lmcore.Model:
     return model
 
 
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, name: str, *args: str) -> Path:
+    """The output directory of a quiet, one-thread tiny run with these extra flags."""
+    out = tmp_path_factory.mktemp(name) / "run"
+    assert run_main(["--tiny", "--eval-iters", "2", "--sample-tokens", "0", "--threads", "1", "--out-dir", str(out),
+                     *args]) == 0
+    return out
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The output directory of a 40-step tiny run."""
-    out = tmp_path_factory.mktemp("generate") / "run"
-    argv = ["--tiny", "--max-iters", "40", "--eval-interval", "20", "--eval-iters", "2", "--ckpt-interval", "10",
-            "--log-interval", "5", "--sample-tokens", "0", "--threads", "1", "--out-dir", str(out)]
-    assert run_main(argv) == 0
-    return out
+    return tiny_run(tmp_path_factory, "generate", "--max-iters", "40", "--eval-interval", "20", "--ckpt-interval", "10",
+                    "--log-interval", "5")
 
 
 @pytest.fixture(scope="module")
@@ -312,11 +317,8 @@ def test_cli_refuses_a_corrupt_checkpoint(trained: Path, tmp_path: Path) -> None
 @pytest.fixture(scope="module")
 def trained_bpe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The output directory of a 30-step tiny run with a 400-token byte-level BPE."""
-    out = tmp_path_factory.mktemp("generate-bpe") / "run"
-    argv = ["--tiny", "--max-iters", "30", "--eval-interval", "30", "--eval-iters", "2", "--tokenizer", "bpe",
-            "--vocab-size", "400", "--sample-tokens", "0", "--threads", "1", "--out-dir", str(out)]
-    assert run_main(argv) == 0
-    return out
+    return tiny_run(tmp_path_factory, "generate-bpe", "--max-iters", "30", "--eval-interval", "30",
+                    "--tokenizer", "bpe", "--vocab-size", "400")
 
 
 @needs_corpus
