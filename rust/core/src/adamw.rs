@@ -58,19 +58,24 @@ pub struct AdamW<F: Real> {
 }
 
 impl<F: Real> AdamW<F> {
-    pub fn new(config: AdamWConfig, n_params: usize) -> Result<Self> {
+    /// An optimizer for the parameters registered in `store` (register them all first).
+    pub fn new(config: AdamWConfig, store: &Store<F>) -> Result<Self> {
         config.validate()?;
-        let (m, v) = (vec![F::ZERO; n_params], vec![F::ZERO; n_params]);
-        Ok(AdamW { config, m, v, step: 0, partials: vec![0.0; n_params.div_ceil(SPAN)], layout: Vec::new() })
+        let n = store.param_len();
+        let layout = store.params().iter().map(|p| (p.offset, p.offset + p.shape.numel(), p.decay)).collect();
+        let (m, v) = (vec![F::ZERO; n], vec![F::ZERO; n]);
+        Ok(AdamW { config, m, v, step: 0, partials: vec![0.0; n.div_ceil(SPAN)], layout })
     }
 
-    /// Bytes reserved by the moment buffers m and v and the norm's partial sums.
+    /// Bytes reserved by the moment buffers m and v and the optimizer's bookkeeping.
     pub fn capacity_bytes(&self) -> usize {
-        (self.m.capacity() + self.v.capacity()) * std::mem::size_of::<F>() + self.partials.capacity() * 8
+        (self.m.capacity() + self.v.capacity()) * size_of::<F>()
+            + self.partials.capacity() * size_of::<f64>()
+            + self.layout.capacity() * size_of::<(usize, usize, bool)>()
     }
 
-    /// One update of every parameter in `store` from its gradient. Returns the gradient norm
-    /// before clipping. A non-finite norm is an error and leaves parameters and moments untouched.
+    /// One update of every parameter in `store` (the one it was made for) from its gradient.
+    /// Returns the gradient norm before clipping. A non-finite norm is an error and leaves parameters and moments untouched.
     pub fn update(&mut self, store: &mut Store<F>, lr: f64) -> Result<f64> {
         if !(lr.is_finite() && lr >= 0.0) {
             return Err(Error::Invalid(format!("learning rate must be a finite number >= 0, got {lr}")));
@@ -97,10 +102,6 @@ impl<F: Real> AdamW<F> {
             eps: F::from_f64(c.eps),
         };
         let shrink = F::from_f64(1.0 - lr * c.weight_decay);
-        if self.layout.len() != store.params().len() {
-            // Made on the first update (the only one that may allocate).
-            self.layout = store.params().iter().map(|p| (p.offset, p.offset + p.shape.numel(), p.decay)).collect();
-        }
         let layout = &self.layout;
         let (values, grads) = store.param_buffers_mut();
         for_each_chunk3(values, SPAN, &mut self.m, SPAN, &mut self.v, SPAN, |i, p, m, v| {

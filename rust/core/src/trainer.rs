@@ -33,7 +33,7 @@ impl<F: Real> Trainer<F> {
         let gpt = Gpt::new(&mut graph, config, seed)?;
         // A stream of its own for dropout, distinct from the one that drew the weights.
         graph.rng = Rng::new(seed ^ 0xD1B5_4A32_D192_ED03);
-        let opt = AdamW::new(opt, graph.store.param_len())?;
+        let opt = AdamW::new(opt, &graph.store)?;
         Ok(Trainer { graph, gpt, opt, kv: None })
     }
 
