@@ -75,7 +75,8 @@ impl<F: Real> AdamW<F> {
     }
 
     /// One update of every parameter in `store` (the one it was made for) from its gradient.
-    /// Returns the gradient norm before clipping. A non-finite norm is an error and leaves parameters and moments untouched.
+    /// Returns the gradient norm before clipping. A non-finite norm is an error and leaves
+    /// parameters and moments untouched.
     pub fn update(&mut self, store: &mut Store<F>, lr: f64) -> Result<f64> {
         if !(lr.is_finite() && lr >= 0.0) {
             return Err(Error::Invalid(format!("learning rate must be a finite number >= 0, got {lr}")));
