@@ -3,8 +3,8 @@ without the key/value cache.
 
 Both paths see the same context window: the last ``block_size`` tokens at most; when a new token
 no longer fits, the window restarts at the last ``block_size // 2`` tokens (the cache is refilled
-once, in one pass, so each token still costs O(T) on average). Hence cached and uncached generation compute
-the same logits and, for the same seed, pick the same tokens.
+once, in one pass, so each token still costs O(T) on average). Hence cached and uncached
+generation compute the same logits and, for the same seed, pick the same tokens.
 """
 
 from __future__ import annotations
