@@ -162,6 +162,10 @@ def test_reading_a_big_corpus_shows_progress(tmp_path: Path, monkeypatch: pytest
     assert lines[-1].startswith("[########################] reading 0/0 MB") and len(lines) == 10
     "".join(c.chunks(label="tokenizing"))
     assert "tokenizing" in capsys.readouterr().err
+    # The bar of a range counts that range's characters, not the whole file's (issue 10).
+    assert "".join(c.chunks(4500, 5000, label="tokenizing the validation text")) == "word " * 100
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("[########################] tokenizing the validation text 500/500 characters"), last
     monkeypatch.setattr(data, "PROGRESS_MIN_BYTES", 5001)
     "".join(c.chunks(label="tokenizing"))
     assert capsys.readouterr().err == ""  # a small corpus is read quietly

@@ -327,3 +327,49 @@ def test_former_engine_crashes_raise_or_work(code):
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "engine ok" in done.stdout, done.stderr[-500:]
+
+
+# --- issue 10: one exception type, one message style, help for every flag ---
+
+
+def test_shape_and_value_errors_are_lmcore_errors() -> None:
+    """The README promises LmcoreError (a ValueError) for bad input to the engine."""
+    m = lmcore.Model(**TINY)
+    x = np.zeros((2, 4), np.int64)
+    calls = [
+        lambda: m.forward(np.zeros(4, np.int64)),
+        lambda: m.forward(np.zeros((0, 4), np.int64)),
+        lambda: m.train_step(x, np.zeros((2, 3), np.int64), 1e-3),
+        lambda: m.set_param("transformer.wte.weight", np.zeros((3, 3), np.float32)),
+        lambda: m.kv_push(np.zeros((1, 2, 3), np.int64)),
+        lambda: lmcore.matmul(np.ones(3, np.float32), np.ones((3, 3), np.float32)),
+        lambda: lmcore.Graph("float64").tensor(np.ones((0, 3))),
+        lambda: lmcore.Graph("float16"),
+    ]
+    for call in calls:
+        with pytest.raises(lmcore.LmcoreError):
+            call()
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(top_p=2.0), "top-p must be in (0, 1], got 2"),
+    (dict(top_k=0), "top-k must be at least 1, got 0"),
+    (dict(temperature=-1.0), "temperature"),
+])
+def test_sampling_errors_read_alike(settings: dict, message: str) -> None:
+    from lmcore._core import validate_sampling
+    kw = dict(temperature=1.0, top_k=None, top_p=None) | settings
+    with pytest.raises(lmcore.LmcoreError) as e:
+        validate_sampling(kw["temperature"], kw["top_k"], kw["top_p"])
+    assert str(e.value).startswith(message.split(" ")[0]), e.value  # no "invalid argument:" in front
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("module", ["train", "generate"])
+def test_every_flag_has_help(module: str) -> None:
+    import importlib
+    parser = importlib.import_module(f"lmcore.{module}").parser()
+    for action in parser._actions:
+        assert action.help, f"{action.option_strings} has no help text"
+        if action.default not in (None, False) and action.dest != "help":
+            assert "default" in action.help, f"{action.option_strings}: the help does not say its default"

@@ -153,27 +153,57 @@ def test_sigkill_then_resume_is_the_same_run(tmp_path: Path, long_run: Path) -> 
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_a_checkpoint_and_resume_is_the_same_run(tmp_path: Path, long_run: Path) -> None:
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1"])
+def test_a_stop_signal_saves_a_checkpoint_and_resume_is_the_same_run(tmp_path: Path, long_run: Path,
+                                                                     stop: str) -> None:
+    """Ctrl-C, and the signals that kill, systemd, Kubernetes and Slurm send, stop at a checkpoint."""
+    sig = signal.Signals[stop]
     out = tmp_path / "interrupted"
     proc = spawn(out, *LONG, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wait_for_checkpoint(proc, out / "ckpt.safetensors")
     time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
 
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == 128 + sig, stderr  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     assert "Traceback" not in stderr
     told = [line for line in stderr.splitlines() if "--resume" in line]
     assert len(told) == 1, stderr
     stopped = iter_num(out)
     assert 10 <= stopped < 300
-    assert f"step {stopped}" in told[0] and str(out / "ckpt.safetensors") in told[0]
+    assert f"interrupted by {stop} at step {stopped}" in told[0] and str(out / "ckpt.safetensors") in told[0]
     assert not (out / "model.safetensors").exists()  # an interrupted run has no final weights yet
 
     resume(out)
     assert_same_weights(long_run, out)
     assert_same_checkpoint(long_run, out)
     assert metrics(out) == metrics(long_run)
+
+
+def test_signals_during_the_save_do_not_corrupt_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second and third signal arriving while the checkpoint is written change nothing: the
+    first one decides, the save completes, and the run resumes to the continuous one."""
+    real_save = lmcore.train.save_run
+    calls = []
+
+    def save_under_fire(path: Path, *args: Any) -> None:
+        calls.append(path)
+        if len(calls) == 2:  # the second interval checkpoint: signals before and during its write
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGHUP)
+        real_save(path, *args)
+
+    monkeypatch.setattr(lmcore.train, "save_run", save_under_fire)
+    out = tmp_path / "run"
+    argv = [*RECIPE, *QUIET, "--max-iters", "40", "--out-dir", str(out)]
+    assert run_main(argv) == 128 + signal.SIGTERM
+    assert iter_num(out) == 20 and len(calls) == 3  # stopped at the checkpoint of step 20, saved again
+    monkeypatch.setattr(lmcore.train, "save_run", real_save)
+    resume(out)
+    train(tmp_path / "whole", "--max-iters", "40")
+    assert_same_weights(tmp_path / "whole", out)
+    assert_same_checkpoint(tmp_path / "whole", out)
 
 
 # --- 5. a longer planned schedule, resumed in pieces; the schedule itself ---
@@ -310,6 +340,9 @@ BAD_INPUT = [
     ("heads-do-not-divide", "fresh", ["--n-head", "3", "--d-model", "32"], None,
      r"--n-head 3 does not divide --d-model 32"),
     ("zero-threads", "fresh", ["--threads", "0"], None, r"--threads must be at least 1"),
+    ("max-iters-zero-alone", "fresh", ["--max-iters", "0"], None, r"--max-iters 0 plans no steps: pass --lr-decay-iters"),
+    ("batch-larger-than-memory", "fresh", ["--block-size", "100000"], None,
+     r"--batch-size 8 with --block-size 100000: out of memory: .* needs at least [\d.]+ GiB"),
     ("negative-sample-tokens", "fresh", ["--sample-tokens", "-1"], None, r"--sample-tokens must not be negative"),
     ("fresh-run-over-checkpoint", "run", [], None, r"already holds a checkpoint.*--resume"),
     ("resume-changes-lr", "run", ["--resume", "--lr", "0.5"], None, r"--lr cannot change on --resume"),

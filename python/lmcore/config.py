@@ -86,6 +86,37 @@ class RunConfig:
             raise ValueError(f"--lr-decay-iters must be at least 1, got {self.lr_decay_iters}")
 
 
+def _preset_default(name: str) -> str:
+    return "default: the preset's, " + ", ".join(f"{p} {v[name]}" for p, v in PRESETS.items())
+
+
+# The --help text of every field's flag.
+FIELD_HELP: dict[str, str] = {
+    "d_model": f"width of the residual stream ({_preset_default('d_model')})",
+    "n_head": f"attention heads; must divide --d-model ({_preset_default('n_head')})",
+    "n_layer": f"transformer blocks ({_preset_default('n_layer')})",
+    "block_size": f"context length in tokens ({_preset_default('block_size')})",
+    "dropout": f"dropout probability in [0, 1) (default {RunConfig.dropout})",
+    "batch_size": f"sequences per step ({_preset_default('batch_size')})",
+    "max_iters": f"steps to train to ({_preset_default('max_iters')})",
+    "lr_decay_iters": "step where the cosine reaches --min-lr and stays (default: --max-iters of the first run)",
+    "lr": f"peak learning rate (default {RunConfig.lr})",
+    "min_lr": f"final learning rate (default {RunConfig.min_lr})",
+    "warmup_iters": f"steps of linear warmup (default {RunConfig.warmup_iters})",
+    "beta1": f"AdamW beta1 (default {RunConfig.beta1})",
+    "beta2": f"AdamW beta2 (default {RunConfig.beta2})",
+    "eps": f"AdamW epsilon (default {RunConfig.eps})",
+    "weight_decay": f"AdamW weight decay of 2-D weights (default {RunConfig.weight_decay})",
+    "grad_clip": f"clip the global gradient norm to this; 0: off (default {RunConfig.grad_clip})",
+    "eval_interval": f"steps between validation evaluations (default {RunConfig.eval_interval})",
+    "eval_iters": f"batches per evaluation (default {RunConfig.eval_iters})",
+    "ckpt_interval": f"steps between checkpoints (default {RunConfig.ckpt_interval})",
+    "log_interval": f"steps between metrics lines (default {RunConfig.log_interval})",
+    "seed": f"seed of the weights, batches and dropout (default {RunConfig.seed})",
+}
+assert set(FIELD_HELP) == {f.name for f in fields(RunConfig)}
+
+
 def lr_at(it: int, cfg: RunConfig) -> float:
     """Learning rate for iteration ``it`` (0-based): warmup, cosine, then flat at min_lr."""
     decay_iters = cfg.lr_decay_iters if cfg.lr_decay_iters is not None else cfg.max_iters

@@ -78,16 +78,26 @@ class Corpus:
     def chunks(self, start: int = 0, end: int | None = None, label: str | None = None) -> Iterator[str]:
         """Characters ``start`` to ``end`` of the text, a block at a time; a big corpus shows ``label``
         on a progress bar."""
-        blocks = (_read_files(self.files, label=label) if self.memory is None else
+        blocks = (_read_files(self.files) if self.memory is None else
                   (self.memory[i:i + READ_BLOCK] for i in range(0, len(self.memory), READ_BLOCK)))
         pos, end = 0, self.n_chars if end is None else end
-        for block in blocks:
-            lo, hi = max(start - pos, 0), min(end - pos, len(block))
-            if lo < hi:
-                yield block if (lo, hi) == (0, len(block)) else block[lo:hi]
-            pos += len(block)
-            if pos >= end:
-                break
+        # The bar counts the characters of this range (the text before it is read, not counted).
+        big = self.memory is None and sum(f.stat().st_size for f in self.files if f.is_file()) >= PROGRESS_MIN_BYTES
+        progress = Progress(end - start) if label and big else None
+        try:
+            for block in blocks:
+                lo, hi = max(start - pos, 0), min(end - pos, len(block))
+                if lo < hi:
+                    yield block if (lo, hi) == (0, len(block)) else block[lo:hi]
+                pos += len(block)
+                if progress:
+                    done = min(max(pos - start, 0), end - start)
+                    progress.show(done, f"{label} {done:,}/{end - start:,} characters")
+                if pos >= end:
+                    break
+        finally:
+            if progress:
+                progress.close()
 
 
 def split_index(n: int, train_fraction: float = TRAIN_FRACTION) -> int:
@@ -98,38 +108,43 @@ def split_index(n: int, train_fraction: float = TRAIN_FRACTION) -> int:
 
 
 def _read_files(files: tuple[Path, ...], hasher: Any = None, label: str | None = None) -> Iterator[str]:
-    """The corpus text of ``files``, decoded block by block (and hashed into ``hasher``).
+    """The corpus text of ``files``, decoded block by block (and hashed into ``hasher``); a big one
+    shows ``label`` on a progress bar of its bytes.
 
     Bytes that are not UTF-8, or a NUL (binary data, or UTF-16), are a DataError naming the file
     and the byte offset."""
     total = sum(f.stat().st_size for f in files if f.is_file())  # (a missing file is reported below)
     progress = Progress(total) if label and total >= PROGRESS_MIN_BYTES else None
-    done, last = 0, ""
     try:
-        for path in files:
-            decoder = codecs.getincrementaldecoder("utf-8")()
-            first = True
-            with _open_corpus_file(path) as f:
-                while raw := f.read(READ_BLOCK):
-                    block = _decode_block(decoder, raw, path, end_offset=f.tell())
-                    if first and last not in ("", "\n"):  # the previous file's last line ends here
-                        if hasher is not None:
-                            hasher.update(b"\n")
-                        yield "\n"
-                    first = False
-                    if hasher is not None:
-                        hasher.update(raw)
-                    done += len(raw)
-                    last = block[-1:] or last
-                    if progress:
-                        progress.show(done, f"{label} {done / 2**20:,.0f}/{total / 2**20:,.0f} MB")
-                    if block:
-                        yield block
-            if decoder.getstate()[0]:
-                raise DataError(f"corpus file is not UTF-8 text (it ends inside a character): {path}")
+        yield from _decoded(files, hasher, progress, label)
     finally:
         if progress:
             progress.close()
+
+
+def _decoded(files: tuple[Path, ...], hasher: Any, progress: Progress | None, label: str | None) -> Iterator[str]:
+    done, last = 0, ""
+    for path in files:
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        first = True
+        with _open_corpus_file(path) as f:
+            while raw := f.read(READ_BLOCK):
+                block = _decode_block(decoder, raw, path, end_offset=f.tell())
+                if first and last not in ("", "\n"):  # the previous file's last line ends here
+                    if hasher is not None:
+                        hasher.update(b"\n")
+                    yield "\n"
+                first = False
+                if hasher is not None:
+                    hasher.update(raw)
+                done += len(raw)
+                last = block[-1:] or last
+                if progress:
+                    progress.show(done, f"{label} {done / 2**20:,.0f}/{progress.total / 2**20:,.0f} MB")
+                if block:
+                    yield block
+        if decoder.getstate()[0]:
+            raise DataError(f"corpus file is not UTF-8 text (it ends inside a character): {path}")
 
 
 @contextlib.contextmanager

@@ -44,7 +44,11 @@ def generate(model: Model, prompt: np.ndarray, max_new_tokens: int, *, temperatu
         raise ValueError("the prompt must not be empty")
     rng = np.random.default_rng(seed)
     block = model.config["block_size"]
-    tokens = np.empty((rows, given + max_new_tokens), dtype=np.int64)
+    try:
+        tokens = np.empty((rows, given + max_new_tokens), dtype=np.int64)
+    except (MemoryError, ValueError):
+        raise MemoryError(f"out of memory: {rows} rows of {given} + {max_new_tokens} tokens need "
+                          f"{rows * (given + max_new_tokens) * 8 / 2**30:,.1f} GiB; ask for fewer new tokens") from None
     tokens[:, :given] = prompt
     end = given  # tokens[:, :end] are known
     start = max(0, end - block)  # the window is tokens[:, start:end]

@@ -12,14 +12,11 @@ weights), ``metrics.jsonl`` and ``loss.png``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import signal
 import sys
 import time
-import warnings
-from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -28,7 +25,8 @@ import numpy as np
 
 import lmcore
 from lmcore.checkpoint import CheckpointError, remove_temp_files, save_weights
-from lmcore.config import PRESETS, RunConfig, lr_at
+from lmcore.cli import STOP_SIGNALS, plural, printed_warnings, use_threads
+from lmcore.config import FIELD_HELP, PRESETS, RunConfig, lr_at
 from lmcore.data import BatchSampler, Corpus, DataError, resolve_corpus
 from lmcore.metrics import MetricsLog, plot_losses, read_metrics, rss_mb
 from lmcore.progress import Progress
@@ -47,10 +45,10 @@ class UsageError(Exception):
 
 
 # What `main` reports as a one-line ``error: ...`` (anything else is a bug, and gets a traceback).
-REPORTED_ERRORS = (UsageError, DataError, CheckpointError, ValueError, lmcore.LmcoreError, OSError)
+REPORTED_ERRORS = (UsageError, DataError, CheckpointError, ValueError, lmcore.LmcoreError, OSError, MemoryError)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lmcore.train", description=__doc__.split("\n")[0])
     preset = p.add_mutually_exclusive_group()
     for name, values in PRESETS.items():
@@ -65,12 +63,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out-dir", default=None, help="output directory (default out/<preset>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its checkpoint")
     p.add_argument("--init-from", default=None, help="fine-tune: start a new run from this checkpoint's weights")
-    p.add_argument("--threads", type=int, default=None, help="BLAS threads (default: all cores)")
-    p.add_argument("--sample-tokens", type=int, default=300, help="length of the sample printed at the end")
+    p.add_argument("--threads", type=int, default=None,
+                   help="engine threads (default: the cores this process may use; more are capped to them)")
+    p.add_argument("--sample-tokens", type=int, default=300,
+                   help="length of the sample printed at the end (default %(default)s; 0: none)")
     for f in fields(RunConfig):
         kind = float if f.type in ("float", float) else int
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None)
-    args = p.parse_args(argv)
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
+                       metavar="F" if kind is float else "N", help=FIELD_HELP[f.name])
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    args = parser().parse_args(argv)
     args.preset = args.preset or "small"
     return args
 
@@ -82,18 +87,11 @@ def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
 def fresh_config(args: argparse.Namespace) -> RunConfig:
     cfg = RunConfig.from_dict({**PRESETS[args.preset], **explicit_settings(args)})
     if cfg.lr_decay_iters is None:
+        if cfg.max_iters < 1:  # (validate() would blame --lr-decay-iters, a flag not passed)
+            raise UsageError(f"--max-iters {cfg.max_iters} plans no steps: pass --lr-decay-iters N as well, "
+                             "the length of the schedule that --resume will continue")
         cfg.lr_decay_iters = cfg.max_iters  # fixed now, so a longer resumed run keeps this schedule
     return cfg
-
-
-@contextlib.contextmanager
-def printed_warnings() -> Iterator[None]:
-    """Warnings raised in the block, printed as ``warning: ...`` lines (unless the block fails)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
 
 
 def load_corpus(args: argparse.Namespace, stored: dict[str, Any] | None) -> tuple[Corpus, dict[str, Any]]:
@@ -187,6 +185,10 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     for split, data in (("training", train_ids), ("validation", val_ids)):
         if len(data) < cfg.block_size + 1:
             raise DataError(f"the {split} split has {len(data)} tokens, fewer than one block of {cfg.block_size} + 1")
+    try:  # a batch too large for this machine is refused here, before anything is written
+        model.reserve(cfg.batch_size, cfg.block_size)
+    except lmcore.LmcoreError as e:
+        raise UsageError(f"--batch-size {cfg.batch_size} with --block-size {cfg.block_size}: {e}") from None
     sampler = BatchSampler(train_ids, cfg.block_size, cfg.batch_size, seed=cfg.seed)
     if state["sampler_state"] is not None:
         try:
@@ -245,8 +247,14 @@ def train(s: dict[str, Any]) -> int:
     for name in (CHECKPOINT_NAME, WEIGHTS_NAME):
         remove_temp_files(out_dir / name)  # half-written by a run that was killed
     trim_metrics(metrics_path, it)
-    stop = {"signal": None}
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.update(signal=signum))
+    # A stop signal ends the loop after the current step, with a checkpoint; the first one counts,
+    # and later ones (during that save) change nothing.
+    stop: dict[str, int | None] = {"signal": None}
+
+    def on_stop(signum: int, frame: Any) -> None:
+        stop["signal"] = stop["signal"] or signum
+
+    previous = {sig: signal.signal(sig, on_stop) for sig in STOP_SIGNALS}
 
     def kept() -> str:
         if saved_step is None:
@@ -313,10 +321,13 @@ def train(s: dict[str, Any]) -> int:
         raise UsageError(f"training stopped at step {it}: metrics log {metrics_path} not written "
                          f"({e.strerror or e}); {kept()}") from None
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if stop["signal"] is not None:
-        print(f"interrupted at step {it}: checkpoint saved to {ckpt_path}; continue with --resume", file=sys.stderr)
-        return 130
+        name = signal.Signals(stop["signal"]).name
+        print(f"interrupted by {name} at step {it}: checkpoint saved to {ckpt_path}; continue with --resume",
+              file=sys.stderr)
+        return 128 + stop["signal"]  # the shell's convention for a process a signal stopped
     try:
         save_weights(out_dir / WEIGHTS_NAME, {n: model.get_param(n) for n in model.param_names()})
     except OSError as e:
@@ -338,10 +349,7 @@ def print_sample(s: dict[str, Any], n_tokens: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.threads is not None:
-            if args.threads < 1:
-                raise UsageError(f"--threads must be at least 1, got {args.threads}")
-            lmcore.set_num_threads(args.threads)
+        use_threads(args.threads)
         if args.sample_tokens < 0:
             raise UsageError(f"--sample-tokens must not be negative, got {args.sample_tokens}")
         s = prepare(args)
@@ -349,8 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data: {c.name} ({c.n_chars:,} chars, sha256 {c.sha256[:12]}...) from {c.source}")
         print(f"tokens: {tok.kind} tokenizer, vocab {tok.vocab_size}; {len(tokens.train):,} training and "
               f"{len(tokens.val):,} validation tokens ({tokens.train_chars / len(tokens.train):.2f} chars/token)")
-        print(f"model: {s['model'].num_params:,} parameters, d_model {cfg.d_model}, {cfg.n_head} heads, "
-              f"{cfg.n_layer} layers, block {cfg.block_size}, batch {cfg.batch_size}, vocab {tok.vocab_size}")
+        print(f"model: {s['model'].num_params:,} parameters, d_model {cfg.d_model}, {plural(cfg.n_head, 'head')}, "
+              f"{plural(cfg.n_layer, 'layer')}, block {cfg.block_size}, batch {cfg.batch_size}, vocab {tok.vocab_size}")
         print(f"run: steps {s['iter_num']} -> {cfg.max_iters}, output in {s['out_dir']}")
         code = train(s)
         if code == 0:

@@ -5,6 +5,7 @@
 //! results never depend on the thread count.
 
 use crate::error::{Error, Result};
+use crate::memory;
 use crate::parallel::{for_each_chunk, for_each_chunk3};
 use crate::real::Real;
 use crate::store::Store;
@@ -63,7 +64,7 @@ impl<F: Real> AdamW<F> {
         config.validate()?;
         let n = store.param_len();
         let layout = store.params().iter().map(|p| (p.offset, p.offset + p.shape.numel(), p.decay)).collect();
-        let (m, v) = (vec![F::ZERO; n], vec![F::ZERO; n]);
+        let (m, v) = (memory::filled(n, F::ZERO, "AdamW's m")?, memory::filled(n, F::ZERO, "AdamW's v")?);
         Ok(AdamW { config, m, v, step: 0, partials: vec![0.0; n.div_ceil(SPAN)], layout })
     }
 

@@ -1,6 +1,7 @@
 //! The one error type of the engine. Every failure a caller can cause is a variant here, so the
 //! Python binding can turn it into an exception with a readable message instead of a panic.
 
+use crate::memory::format_bytes;
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -19,6 +20,22 @@ pub enum Error {
     UnknownParam(String),
     /// NaN or infinity in the loss or the gradients.
     NonFinite(String),
+    /// A buffer could not grow: `what` needs `bytes` (more than is `available`); `hint` says
+    /// which settings drive its size.
+    OutOfMemory { what: String, bytes: usize, available: Option<usize>, hint: String },
+}
+
+impl Error {
+    /// An out-of-memory error re-told in the caller's terms; any other error unchanged.
+    pub fn out_of_memory_as(self, what: impl FnOnce(usize) -> (String, String)) -> Error {
+        match self {
+            Error::OutOfMemory { bytes, available, .. } => {
+                let (what, hint) = what(bytes);
+                Error::OutOfMemory { what, bytes, available, hint }
+            }
+            other => other,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -36,9 +53,20 @@ impl fmt::Display for Error {
             Error::TokenOutOfRange { id, limit } => {
                 write!(f, "token id {id} is out of range: ids must be in [0, {limit})")
             }
-            Error::Invalid(msg) => write!(f, "invalid argument: {msg}"),
+            Error::Invalid(msg) => write!(f, "{msg}"),
             Error::UnknownParam(name) => write!(f, "no parameter named {name:?}"),
             Error::NonFinite(msg) => write!(f, "non-finite value: {msg}"),
+            Error::OutOfMemory { what, bytes, available, hint } => {
+                write!(f, "out of memory: {what} needs at least {}", format_bytes(*bytes))?;
+                match available {
+                    Some(a) => write!(f, ", more than the {} this process can still use", format_bytes(*a))?,
+                    None => write!(f, ", more than the system could allocate")?,
+                }
+                if !hint.is_empty() {
+                    write!(f, "; {hint}")?;
+                }
+                Ok(())
+            }
         }
     }
 }

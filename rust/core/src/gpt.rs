@@ -41,7 +41,12 @@ impl GptConfig {
             return fail(format!("n_head {} does not divide d_model {}", self.n_head, self.d_model));
         }
         if self.vocab_size > u32::MAX as usize || self.param_count().is_none_or(|n| n > MAX_PARAMS) {
-            return fail(format!("model is too large (more than {MAX_PARAMS} parameters): {self:?}"));
+            let count = self.param_count().map_or("more than 2^64".to_string(), |n| n.to_string());
+            return fail(format!(
+                "the model is too large: {count} parameters (vocab_size {}, d_model {}, n_layer {}, block_size {}), \
+                 more than lmcore's limit of {MAX_PARAMS} (4 GiB of float32 weights)",
+                self.vocab_size, self.d_model, self.n_layer, self.block_size
+            ));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return fail(format!("dropout must be in [0, 1), got {}", self.dropout));

@@ -9,6 +9,7 @@
 //!
 //! Positions: the node at tape index i runs at backward position p = len - 1 - i.
 
+use crate::error::Result;
 use crate::graph::Op;
 use crate::real::Real;
 use crate::store::{Store, Var};
@@ -34,7 +35,7 @@ impl GradPlan {
     }
 
     /// Place every activation gradient for a backward pass from `root` over `tape`.
-    pub(crate) fn place<F: Real>(&mut self, store: &mut Store<F>, tape: &[Op], root: Var) {
+    pub(crate) fn place<F: Real>(&mut self, store: &mut Store<F>, tape: &[Op], root: Var) -> Result<()> {
         let n = store.entry_count();
         self.start.clear();
         self.start.resize(n, UNSET);
@@ -94,7 +95,7 @@ impl GradPlan {
                 f += 1;
             }
         }
-        store.reserve_grads(top);
+        store.reserve_grads(top)
     }
 }
 

@@ -136,7 +136,7 @@ impl<F: Real> Graph<F> {
     }
 
     fn backward_seeded(&mut self, out: Var, seed: impl FnOnce(&mut [F])) -> Result<()> {
-        self.grad_plan.place(&mut self.store, &self.tape, out);
+        self.grad_plan.place(&mut self.store, &self.tape, out)?;
         self.store.zero_param_grads();
         let order = &self.grad_plan.by_start;
         let mut next = 0; // entries in `order` before this one are zeroed

@@ -8,12 +8,10 @@
 use crate::blas::gemm;
 use crate::error::{Error, Result};
 use crate::gpt::Gpt;
+use crate::memory;
 use crate::ops::{attention, embedding, gelu, layernorm, linear};
 use crate::real::Real;
 use crate::store::Store;
-
-/// The most floats a cache may hold, keys, values and scratch together (16 GiB of f32).
-const MAX_CACHE_FLOATS: usize = 1 << 32;
 
 pub struct KvCache<F: Real> {
     batch: usize,
@@ -43,31 +41,41 @@ impl<F: Real> KvCache<F> {
         let c = gpt.config;
         let (d, l, t) = (c.d_model, c.n_layer, c.block_size);
         // Keys and values (2L floats per position and channel) and the scratch (15) for B * block
-        // positions: refuse what no machine could hold (a failed allocation would abort the
-        // process instead of raising).
-        let floats = batch.checked_mul(t * d).and_then(|n| n.checked_mul(2 * l + 15));
-        if floats.is_none_or(|n| n > MAX_CACHE_FLOATS) {
-            return Err(Error::Invalid(format!("a key/value cache for {batch} rows would be too large")));
+        // positions, checked against the memory this process can still use before any of it is made.
+        let floats = batch.checked_mul(t * d).and_then(|n| n.checked_mul(2 * l + 15)).and_then(|n| n.checked_add(t * t + batch * c.vocab_size));
+        let bytes = floats.and_then(|n| n.checked_mul(size_of::<F>())).unwrap_or(usize::MAX);
+        let in_cache_terms = |e: Error| {
+            e.out_of_memory_as(|_| {
+                (
+                    format!("a key/value cache for {batch} rows of {t} positions"),
+                    "it grows with rows x block_size x d_model x (2 n_layer + 15): generate fewer rows at once".into(),
+                )
+            })
+        };
+        if floats.is_none() {
+            let e = Error::OutOfMemory { what: String::new(), bytes, available: memory::available_bytes(), hint: String::new() };
+            return Err(in_cache_terms(e));
         }
-        let z = |n: usize| vec![F::ZERO; n];
+        memory::check_available(bytes, "").map_err(in_cache_terms)?;
+        let z = |n: usize| memory::filled(n, F::ZERO, "").map_err(in_cache_terms);
         let rows = batch * t;
         Ok(KvCache {
             batch,
             len: 0,
-            k: z(l * rows * d),
-            v: z(l * rows * d),
-            x: z(rows * d),
-            h: z(rows * d),
-            qkv: z(rows * 3 * d),
-            att: z(rows * d),
-            fc: z(rows * 4 * d),
-            fc_act: z(rows * 4 * d),
-            proj: z(rows * d),
-            scores: z(t * t),
-            stats: z(rows * 2),
-            ids: vec![0; rows],
-            last: z(batch * d),
-            logits: z(batch * c.vocab_size),
+            k: z(l * rows * d)?,
+            v: z(l * rows * d)?,
+            x: z(rows * d)?,
+            h: z(rows * d)?,
+            qkv: z(rows * 3 * d)?,
+            att: z(rows * d)?,
+            fc: z(rows * 4 * d)?,
+            fc_act: z(rows * 4 * d)?,
+            proj: z(rows * d)?,
+            scores: z(t * t)?,
+            stats: z(rows * 2)?,
+            ids: memory::filled(rows, 0, "").map_err(in_cache_terms)?,
+            last: z(batch * d)?,
+            logits: z(batch * c.vocab_size)?,
         })
     }
 

@@ -19,6 +19,7 @@ pub mod gpt;
 mod grad_plan;
 pub mod graph;
 pub mod kv_cache;
+pub mod memory;
 pub mod ops;
 pub mod parallel;
 pub mod real;

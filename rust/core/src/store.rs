@@ -11,9 +11,12 @@
 //! of activations are placed by `GradPlan` when backward starts: a gradient lives only from its
 //! first use to its producer's backward, so slots are shared and the gradient part of the arena
 //! is a fraction of the value part. The buffers only grow while the first step reaches its
-//! high-water mark; after that a step allocates nothing.
+//! high-water mark; after that a step allocates nothing. They grow through `memory::grow`, so a
+//! step too large for the machine is an `Error::OutOfMemory` (and the arena is released), never
+//! an abort.
 
 use crate::error::{shape_err, Error, Result};
+use crate::memory;
 use crate::real::Real;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -202,30 +205,62 @@ impl<F: Real> Store<F> {
         self.high_water = self.high_water.max(bytes);
     }
 
-    fn push_entry(&mut self, entry: Entry) -> Var {
+    fn push_entry(&mut self, entry: Entry) -> Result<Var> {
+        if self.entries.len() >= u32::MAX as usize {
+            return Err(Error::Invalid("a graph holds at most 2^32 tensors".into()));
+        }
+        self.entries.try_reserve(1).map_err(|_| self.arena_out_of_memory(size_of::<Entry>()))?;
         self.entries.push(entry);
-        Var { index: (self.entries.len() - 1) as u32, store: self.id, generation: self.generation }
+        Ok(Var { index: (self.entries.len() - 1) as u32, store: self.id, generation: self.generation })
     }
 
-    /// Bump-allocate `n` floats at the end of `buf`, growing it only past its high-water mark.
-    fn bump(buf: &mut Vec<F>, used: &mut usize, n: usize) -> usize {
-        let offset = *used;
-        *used += n;
-        if buf.len() < *used {
-            buf.resize(*used, F::ZERO);
+    /// Bytes the arena holds in use now (activations, their gradients, ids).
+    fn arena_bytes(&self) -> usize {
+        (self.values_used - self.param_len + self.grads_planned) * size_of::<F>() + self.ids_used * 4
+    }
+
+    /// The arena could not take `extra` more bytes: give back all of its memory (its handles go
+    /// stale, as after a reset) and say how much it needed at least.
+    fn arena_out_of_memory(&mut self, extra: usize) -> Error {
+        let bytes = self.arena_bytes().saturating_add(extra);
+        self.reset();
+        self.values.truncate(self.param_len);
+        self.values.shrink_to_fit();
+        self.grads.truncate(self.param_len);
+        self.grads.shrink_to_fit();
+        self.ids = Vec::new();
+        let available = memory::available_bytes();
+        Error::OutOfMemory { what: "the activation arena".into(), bytes, available, hint: String::new() }
+    }
+
+    /// Grow one of the arena's buffers to `len`, or release the arena and fail.
+    fn grow_arena<T: Clone>(&mut self, pick: fn(&mut Self) -> &mut Vec<T>, len: usize, fill: T) -> Result<()> {
+        let buf = pick(self);
+        let extra = len.saturating_sub(buf.len()).saturating_mul(size_of::<T>());
+        match memory::grow(buf, len, fill, "the activation arena") {
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.arena_out_of_memory(extra)),
         }
-        offset
+    }
+
+    /// Bump-allocate `n` floats at the end of the values, growing them only past the high-water mark.
+    fn bump(&mut self, n: usize) -> Result<usize> {
+        let offset = self.values_used;
+        let used = offset.checked_add(n).ok_or_else(|| self.arena_out_of_memory(usize::MAX))?;
+        self.grow_arena(|s| &mut s.values, used, F::ZERO)?;
+        self.values_used = used;
+        Ok(offset)
     }
 
     /// A new activation (value and gradient). Its values are unspecified until a kernel writes them.
-    pub fn alloc(&mut self, shape: Shape) -> Var {
+    pub fn alloc(&mut self, shape: Shape) -> Result<Var> {
         self.alloc_slots(shape, Slots::Both)
     }
 
     /// A new float tensor with the given slots.
-    pub fn alloc_slots(&mut self, shape: Shape, slots: Slots) -> Var {
+    pub fn alloc_slots(&mut self, shape: Shape, slots: Slots) -> Result<Var> {
         let n = shape.numel();
-        let value = if slots == Slots::GradOnly { NONE } else { Self::bump(&mut self.values, &mut self.values_used, n) };
+        let value = if slots == Slots::GradOnly { NONE } else { self.bump(n)? };
         let grad = if slots == Slots::ValueOnly { NONE } else { PENDING };
         self.note_high_water();
         self.push_entry(Entry { value, grad, leaf: false, shape, dtype: Dtype::Float })
@@ -236,7 +271,7 @@ impl<F: Real> Store<F> {
         if data.len() != shape.numel() {
             return shape_err!("{} values given for shape {:?}", data.len(), shape.dims());
         }
-        let v = self.alloc(shape);
+        let v = self.alloc(shape)?;
         self.values_mut(v).copy_from_slice(data);
         self.entries[v.index as usize].leaf = true;
         Ok(v)
@@ -248,10 +283,8 @@ impl<F: Real> Store<F> {
             return shape_err!("{} ids given for shape {:?}", data.len(), shape.dims());
         }
         let offset = self.ids_used;
-        let end = offset + shape.numel();
-        if self.ids.len() < end {
-            self.ids.resize(end, 0);
-        }
+        let end = offset.checked_add(shape.numel()).ok_or_else(|| self.arena_out_of_memory(usize::MAX))?;
+        self.grow_arena(|s| &mut s.ids, end, 0)?;
         for (slot, id) in self.ids[offset..end].iter_mut().zip(data) {
             if id < 0 || id >= limit as i64 {
                 return Err(Error::TokenOutOfRange { id, limit });
@@ -260,7 +293,7 @@ impl<F: Real> Store<F> {
         }
         self.ids_used = end;
         self.note_high_water();
-        Ok(self.push_entry(Entry { value: offset, grad: NONE, leaf: true, shape, dtype: Dtype::Ids }))
+        self.push_entry(Entry { value: offset, grad: NONE, leaf: true, shape, dtype: Dtype::Ids })
     }
 
     /// Register a persistent parameter. Only allowed before any activation exists.
@@ -271,11 +304,11 @@ impl<F: Real> Store<F> {
         if self.params.iter().any(|p| p.name == name) {
             return Err(Error::Invalid(format!("duplicate parameter name {name:?}")));
         }
-        let var = self.alloc(shape);
+        let var = self.alloc(shape)?;
         let offset = self.param_len;
         self.param_len = self.values_used;
         // Parameter gradients are persistent: they sit at the front of `grads` like the values.
-        self.grads.resize(self.param_len, F::ZERO);
+        memory::grow(&mut self.grads, self.param_len, F::ZERO, "the parameters' gradients")?;
         let e = &mut self.entries[var.index as usize];
         (e.grad, e.leaf) = (offset, true);
         self.high_water = 0;
@@ -365,12 +398,12 @@ impl<F: Real> Store<F> {
         self.entries[i].grad = self.param_len + offset;
     }
     /// Make room for `floats` floats of activation gradients.
-    pub(crate) fn reserve_grads(&mut self, floats: usize) {
-        if self.grads.len() < self.param_len + floats {
-            self.grads.resize(self.param_len + floats, F::ZERO);
-        }
+    pub(crate) fn reserve_grads(&mut self, floats: usize) -> Result<()> {
+        let len = self.param_len.saturating_add(floats);
+        self.grow_arena(|s| &mut s.grads, len, F::ZERO)?;
         self.grads_planned = floats;
         self.note_high_water();
+        Ok(())
     }
     /// Zero entry `i`'s gradient slot.
     pub(crate) fn zero_grad_of(&mut self, i: usize) {

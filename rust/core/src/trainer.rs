@@ -7,9 +7,15 @@ use crate::error::{Error, Result};
 use crate::gpt::{Gpt, GptConfig};
 use crate::graph::Graph;
 use crate::kv_cache::KvCache;
+use crate::memory;
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::store::Var;
+
+/// Bytes of tables per layer beside the floats (parameter names and entries, the tape and the
+/// gradient plan of its ~30 tensors), an upper bound: a model of millions of tiny layers is
+/// refused for its bookkeeping, not aborted by it.
+const BOOKKEEPING_PER_LAYER: usize = 8 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepStats {
@@ -29,12 +35,58 @@ pub struct Trainer<F: Real> {
 impl<F: Real> Trainer<F> {
     /// A freshly initialised model. `seed` drives the initial weights and the dropout stream.
     pub fn new(config: GptConfig, seed: u64, opt: AdamWConfig) -> Result<Self> {
-        let mut graph = Graph::new();
-        let gpt = Gpt::new(&mut graph, config, seed)?;
-        // A stream of its own for dropout, distinct from the one that drew the weights.
-        graph.rng = Rng::new(seed ^ 0xD1B5_4A32_D192_ED03);
-        let opt = AdamW::new(opt, &graph.store)?;
-        Ok(Trainer { graph, gpt, opt, kv: None })
+        config.validate()?;
+        opt.validate()?;
+        let n = config.param_count().expect("a valid config's parameter count fits");
+        // Weights, their gradients and AdamW's m and v: four floats per parameter.
+        let in_model_terms = |_| {
+            (
+                format!("a model of {n} parameters (weights, gradients and AdamW's two moments, 4 x {} bytes each)", size_of::<F>()),
+                "parameters grow with vocab_size x d_model, block_size x d_model and n_layer x 12 d_model^2".to_string(),
+            )
+        };
+        let build = || -> Result<Self> {
+            let bookkeeping = config.n_layer.saturating_mul(BOOKKEEPING_PER_LAYER);
+            memory::check_available(n.saturating_mul(4 * size_of::<F>()).saturating_add(bookkeeping), "")?;
+            let mut graph = Graph::new();
+            let gpt = Gpt::new(&mut graph, config, seed)?;
+            // A stream of its own for dropout, distinct from the one that drew the weights.
+            graph.rng = Rng::new(seed ^ 0xD1B5_4A32_D192_ED03);
+            let opt = AdamW::new(opt, &graph.store)?;
+            Ok(Trainer { graph, gpt, opt, kv: None })
+        };
+        build().map_err(|e| e.out_of_memory_as(in_model_terms))
+    }
+
+    /// The error of a (b, t) step that ran out of memory, in the terms of its batch.
+    fn batch_out_of_memory(e: Error, pass: &str, b: usize, t: usize) -> Error {
+        e.out_of_memory_as(|_| {
+            (
+                format!("{pass} on a batch of {b} x {t} tokens"),
+                "the arena grows with batch x sequence length x d_model x n_layer, and attention with the \
+                 square of the sequence length: use a smaller batch or a shorter sequence (block size)"
+                    .to_string(),
+            )
+        })
+    }
+
+    /// Size the arena for a training step on a (b, t) batch now: a batch too large for this
+    /// machine's memory is an `Error::OutOfMemory` before any work is done, and the first real
+    /// step allocates nothing. Runs forward and backward on a batch of zeros; the weights, the
+    /// optimizer and the dropout stream are untouched, the parameters' gradients are zeroed.
+    pub fn reserve(&mut self, b: usize, t: usize) -> Result<()> {
+        let n = b.checked_mul(t).ok_or_else(|| Error::Shape(format!("a ({b}, {t}) batch is too large")))?;
+        let zeros = memory::filled(n, 0i64, "the batch's token ids").map_err(|e| Self::batch_out_of_memory(e, "a training step", b, t))?;
+        let rng = self.graph.rng;
+        let result = (|| {
+            let (ids, tg) = self.load_batch(&zeros, Some(&zeros), b, t)?;
+            let (_, loss) = self.gpt.forward(&mut self.graph, ids, tg, true)?;
+            self.graph.backward(loss.expect("targets were given"))
+        })();
+        self.graph.rng = rng;
+        self.graph.store.zero_param_grads();
+        self.graph.reset();
+        result.map_err(|e| Self::batch_out_of_memory(e, "a training step", b, t))
     }
 
     /// Rewind the arena and load one batch: ids and optional targets, both (B, T) row-major.
@@ -58,14 +110,14 @@ impl<F: Real> Trainer<F> {
     /// One AdamW step on a batch at learning rate `lr`. Returns the loss before the update.
     /// A non-finite loss or gradient is an error that leaves weights and optimizer untouched.
     pub fn train_step(&mut self, idx: &[i64], targets: &[i64], b: usize, t: usize, lr: f64) -> Result<StepStats> {
-        let (ids, tg) = self.load_batch(idx, Some(targets), b, t)?;
-        let (_, loss) = self.gpt.forward(&mut self.graph, ids, tg, true)?;
+        let (ids, tg) = self.load_batch(idx, Some(targets), b, t).map_err(|e| Self::batch_out_of_memory(e, "a training step", b, t))?;
+        let (_, loss) = self.gpt.forward(&mut self.graph, ids, tg, true).map_err(|e| Self::batch_out_of_memory(e, "a training step", b, t))?;
         let loss = loss.expect("targets were given");
         let loss_value = self.graph.value(loss)?[0].to_f64();
         if !loss_value.is_finite() {
             return Err(Error::NonFinite(format!("loss is {loss_value}")));
         }
-        self.graph.backward(loss)?;
+        self.graph.backward(loss).map_err(|e| Self::batch_out_of_memory(e, "a training step", b, t))?;
         let grad_norm = self.opt.update(&mut self.graph.store, lr)?;
         Ok(StepStats { loss: loss_value, grad_norm })
     }
@@ -73,8 +125,8 @@ impl<F: Real> Trainer<F> {
     /// Forward without dropout and without a backward pass. Returns the logits (B, T, V) and the
     /// loss when targets are given. Does not touch the dropout stream.
     pub fn forward(&mut self, idx: &[i64], targets: Option<&[i64]>, b: usize, t: usize) -> Result<(&[F], Option<f64>)> {
-        let (ids, tg) = self.load_batch(idx, targets, b, t)?;
-        let (logits, loss) = self.gpt.forward(&mut self.graph, ids, tg, false)?;
+        let (ids, tg) = self.load_batch(idx, targets, b, t).map_err(|e| Self::batch_out_of_memory(e, "a forward pass", b, t))?;
+        let (logits, loss) = self.gpt.forward(&mut self.graph, ids, tg, false).map_err(|e| Self::batch_out_of_memory(e, "a forward pass", b, t))?;
         let loss = match loss {
             Some(l) => Some(self.graph.value(l)?[0].to_f64()),
             None => None,

@@ -3,7 +3,7 @@
 use lmcore_core::Real;
 use numpy::{Element, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use std::borrow::Cow;
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 
 /// The numpy dtype name of `obj`, or its Python type name if it is not an array.
@@ -19,7 +19,7 @@ pub fn readonly_floats<'py, F: Real + Element>(obj: &Bound<'py, PyAny>, what: &s
     let arr = obj.downcast::<PyArrayDyn<F>>().map_err(|_| {
         PyTypeError::new_err(format!("{what} must be a numpy array of dtype {}, got {}", F::NAME, dtype_name(obj)))
     })?;
-    arr.try_readonly().map_err(|e| PyValueError::new_err(format!("{what}: {e}")))
+    arr.try_readonly().map_err(|e| crate::LmcoreError::new_err(format!("{what}: {e}")))
 }
 
 /// The array's elements in row-major order: borrowed when contiguous, copied when strided.
@@ -47,7 +47,7 @@ pub fn read_floats<F: Real + Element>(obj: &Bound<'_, PyAny>, what: &str) -> PyR
 /// Reject NaN and infinities (for values that are stored, such as parameters).
 pub fn require_finite<F: Real>(data: &[F], what: &str) -> PyResult<()> {
     match data.iter().position(|x| !x.is_finite()) {
-        Some(i) => Err(PyValueError::new_err(format!("{what} contains a non-finite value ({:?}) at flat index {i}", data[i]))),
+        Some(i) => Err(crate::LmcoreError::new_err(format!("{what} contains a non-finite value ({:?}) at flat index {i}", data[i]))),
         None => Ok(()),
     }
 }
@@ -57,6 +57,8 @@ macro_rules! try_int_dtype {
         $(
             if let Ok(arr) = $obj.downcast::<PyArrayDyn<$t>>() {
                 let ro = arr.readonly();
+                $out.clear();
+                lmcore_core::memory::grow($out, arr.len(), 0, "a copy of the ids").map_err(crate::to_py)?;
                 $out.clear();
                 $out.extend(ro.as_array().iter().map(|&x| x as i64));
                 return Ok(arr.shape().to_vec());
@@ -72,8 +74,10 @@ pub fn read_ids_into(obj: &Bound<'_, PyAny>, what: &str, out: &mut Vec<i64>) -> 
     if let Ok(arr) = obj.downcast::<PyArrayDyn<u64>>() {
         let ro = arr.readonly();
         out.clear();
+        lmcore_core::memory::grow(out, arr.len(), 0, "a copy of the ids").map_err(crate::to_py)?;
+        out.clear();
         for &x in ro.as_array().iter() {
-            out.push(i64::try_from(x).map_err(|_| PyValueError::new_err(format!("{what}: id {x} is out of range")))?);
+            out.push(i64::try_from(x).map_err(|_| crate::LmcoreError::new_err(format!("{what}: id {x} is out of range")))?);
         }
         return Ok(arr.shape().to_vec());
     }
@@ -84,13 +88,21 @@ pub fn read_ids_into(obj: &Bound<'_, PyAny>, what: &str, out: &mut Vec<i64>) -> 
 pub fn batch_dims(shape: &[usize], what: &str) -> PyResult<(usize, usize)> {
     match shape {
         [b, t] if *b > 0 && *t > 0 => Ok((*b, *t)),
-        [_, _] => Err(PyValueError::new_err(format!("{what} is empty (shape {shape:?})"))),
-        _ => Err(PyValueError::new_err(format!("{what} must be 2-D (batch, time), got shape {shape:?}"))),
+        [_, _] => Err(crate::LmcoreError::new_err(format!("{what} is empty (shape {shape:?})"))),
+        _ => Err(crate::LmcoreError::new_err(format!("{what} must be 2-D (batch, time), got shape {shape:?}"))),
     }
 }
 
 /// A new numpy array of the given shape holding `data`.
 pub fn to_numpy<'py, F: Real + Element>(py: Python<'py>, data: &[F], shape: &[usize]) -> PyResult<Bound<'py, PyAny>> {
+    check_output_memory::<F>(data.len(), "the result")?;
     let flat = numpy::PyArray1::<F>::from_slice(py, data);
     Ok(flat.reshape(shape.to_vec())?.into_any())
+}
+
+/// Refuse an output array of `len` floats that this process has no memory for (numpy's own
+/// allocation would be granted lazily and the process killed when it is filled).
+pub fn check_output_memory<F>(len: usize, what: &str) -> PyResult<()> {
+    let bytes = len.saturating_mul(size_of::<F>());
+    lmcore_core::memory::check_available(bytes, what).map_err(crate::to_py)
 }

@@ -1,12 +1,11 @@
 //! Python access to the BLAS layer: matmul through sgemm/dgemm and the naive reference, so
 //! tests can check every transpose combination, and the thread count.
 
-use crate::arrays::{contiguous, readonly_floats};
+use crate::arrays::{check_output_memory, contiguous, readonly_floats};
 use lmcore_core::blas::gemm_reference;
 use lmcore_core::parallel::{self, gemm_rows};
 use lmcore_core::Real;
 use numpy::{Element, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 fn matmul_generic<'py, F: Real + Element>(
@@ -20,18 +19,19 @@ fn matmul_generic<'py, F: Real + Element>(
     let (a_ro, b_ro) = (readonly_floats::<F>(a, "a")?, readonly_floats::<F>(b, "b")?);
     let (sa, sb) = (a_ro.shape().to_vec(), b_ro.shape().to_vec());
     let (&[ar, ac], &[br, bc]) = (sa.as_slice(), sb.as_slice()) else {
-        return Err(PyValueError::new_err(format!("matmul needs 2-D arrays, got shapes {sa:?} and {sb:?}")));
+        return Err(crate::LmcoreError::new_err(format!("matmul needs 2-D arrays, got shapes {sa:?} and {sb:?}")));
     };
     let (m, k) = if trans_a { (ac, ar) } else { (ar, ac) };
     let (k2, n) = if trans_b { (bc, br) } else { (br, bc) };
     if k != k2 {
-        return Err(PyValueError::new_err(format!("matmul: inner dimensions differ ({k} vs {k2}) for shapes {sa:?}, {sb:?}")));
+        return Err(crate::LmcoreError::new_err(format!("matmul: inner dimensions differ ({k} vs {k2}) for shapes {sa:?}, {sb:?}")));
     }
     if m.max(n).max(k) > i32::MAX as usize {
-        return Err(PyValueError::new_err("matmul: dimensions exceed what BLAS can index"));
+        return Err(crate::LmcoreError::new_err("matmul: dimensions exceed what BLAS can index"));
     }
     // Contiguous inputs are read in place; only strided views are copied.
     let (av, bv) = (contiguous(&a_ro), contiguous(&b_ro));
+    check_output_memory::<F>(m.saturating_mul(n), &format!("a ({m}, {n}) matmul result"))?;
     let out = PyArray2::<F>::zeros(py, [m, n], false);
     {
         let mut c = out.readwrite();
@@ -72,14 +72,20 @@ fn matmul_reference<'py>(py: Python<'py>, a: &Bound<'py, PyAny>, b: &Bound<'py, 
     matmul_dispatch(py, a, b, trans_a, trans_b, true)
 }
 
-/// Set the number of threads the engine uses (BLAS itself always runs single-threaded inside them).
+/// Set the number of threads the engine uses (BLAS itself always runs single-threaded inside
+/// them). More than the cores this process may use is capped, with a `RuntimeWarning`.
+/// Returns the number in use.
 #[pyfunction]
-fn set_num_threads(n: usize) -> PyResult<()> {
+fn set_num_threads(py: Python<'_>, n: usize) -> PyResult<usize> {
     if n == 0 {
-        return Err(PyValueError::new_err("thread count must be at least 1"));
+        return Err(crate::LmcoreError::new_err("thread count must be at least 1"));
     }
-    parallel::set_num_threads(n);
-    Ok(())
+    let used = parallel::set_num_threads(n);
+    if used < n {
+        let msg = format!("{n} threads requested, but this process may use {used} cores: using {used} (more threads than cores only wait for each other)");
+        PyErr::warn(py, &py.get_type::<pyo3::exceptions::PyRuntimeWarning>(), &std::ffi::CString::new(msg)?, 1)?;
+    }
+    Ok(used)
 }
 
 /// The number of threads the engine uses.

@@ -2,10 +2,10 @@
 //! tests can check each op and its gradient in isolation.
 
 use crate::arrays::{read_floats, read_ids_into, to_numpy};
-use crate::to_py;
+use crate::exclusive::Exclusive;
+use crate::{to_py, LmcoreError};
 use lmcore_core::{Graph as CoreGraph, Real, Rng, Var};
 use numpy::Element;
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 /// A handle to a tensor in a `Graph`. It goes stale when the graph is reset.
@@ -20,10 +20,11 @@ enum Inner {
     F64(CoreGraph<f64>),
 }
 
-/// Run `$body` with `$g` bound to the graph, whatever its precision (`$F` names the float type).
+/// Run `$body` with `$g` bound to the graph, whatever its precision (`$F` names the float type),
+/// once no other thread uses it.
 macro_rules! with_graph {
-    ($self:expr, $g:ident, $F:ident => $body:expr) => {
-        match &mut $self.inner {
+    ($self:expr, $py:expr, $g:ident, $F:ident => $body:expr) => {
+        match &mut *$self.inner.lock($py) {
             Inner::F32($g) => {
                 #[allow(dead_code)]
                 type $F = f32;
@@ -38,10 +39,11 @@ macro_rules! with_graph {
     };
 }
 
-/// A tape of engine ops on tensors made from numpy arrays.
-#[pyclass(module = "lmcore._core")]
+/// A tape of engine ops on tensors made from numpy arrays. Calls from several Python threads
+/// take turns.
+#[pyclass(frozen, module = "lmcore._core")]
 pub struct Graph {
-    inner: Inner,
+    inner: Exclusive<Inner>,
 }
 
 fn tensor(r: lmcore_core::Result<Var>) -> PyResult<Tensor> {
@@ -51,7 +53,7 @@ fn tensor(r: lmcore_core::Result<Var>) -> PyResult<Tensor> {
 fn new_input<F: Real + Element>(g: &mut CoreGraph<F>, array: &Bound<'_, PyAny>) -> PyResult<Tensor> {
     let (shape, data) = read_floats::<F>(array, "array")?;
     if data.is_empty() {
-        return Err(PyValueError::new_err(format!("array is empty (shape {shape:?})")));
+        return Err(LmcoreError::new_err(format!("array is empty (shape {shape:?})")));
     }
     tensor(g.input(&shape, &data))
 }
@@ -67,19 +69,22 @@ impl Graph {
     #[new]
     #[pyo3(signature = (dtype="float64", seed=0))]
     fn new(dtype: &str, seed: u64) -> PyResult<Self> {
+        fn graph<F: Real>(seed: u64) -> CoreGraph<F> {
+            let mut g = CoreGraph::new();
+            g.rng = Rng::new(seed);
+            g
+        }
         let inner = match dtype {
-            "float32" => Inner::F32(CoreGraph::new()),
-            "float64" => Inner::F64(CoreGraph::new()),
-            other => return Err(PyValueError::new_err(format!("dtype must be 'float32' or 'float64', got {other:?}"))),
+            "float32" => Inner::F32(graph(seed)),
+            "float64" => Inner::F64(graph(seed)),
+            other => return Err(LmcoreError::new_err(format!("dtype must be 'float32' or 'float64', got {other:?}"))),
         };
-        let mut g = Graph { inner };
-        with_graph!(g, core, F => core.rng = Rng::new(seed));
-        Ok(g)
+        Ok(Graph { inner: Exclusive::new(inner) })
     }
 
     #[getter]
-    fn dtype(&self) -> &'static str {
-        match self.inner {
+    fn dtype(&self, py: Python<'_>) -> &'static str {
+        match *self.inner.lock(py) {
             Inner::F32(_) => "float32",
             Inner::F64(_) => "float64",
         }
@@ -87,71 +92,71 @@ impl Graph {
 
     /// How many times the graph has been reset.
     #[getter]
-    fn generation(&mut self) -> u64 {
-        with_graph!(self, g, F => g.store.generation())
+    fn generation(&self, py: Python<'_>) -> u64 {
+        with_graph!(self, py, g, F => g.store.generation())
     }
 
     /// Forget the tape and rewind the arena: every tensor made so far becomes stale.
-    fn reset(&mut self) {
-        with_graph!(self, g, F => g.reset())
+    fn reset(&self, py: Python<'_>) {
+        with_graph!(self, py, g, F => g.reset())
     }
 
     /// A leaf tensor holding a copy of `array` (dtype must match the graph's).
-    fn tensor(&mut self, array: &Bound<'_, PyAny>) -> PyResult<Tensor> {
-        with_graph!(self, g, F => new_input::<F>(g, array))
+    fn tensor(&self, py: Python<'_>, array: &Bound<'_, PyAny>) -> PyResult<Tensor> {
+        with_graph!(self, py, g, F => new_input::<F>(g, array))
     }
 
     /// A leaf tensor of integer ids (token ids or targets).
-    fn ids(&mut self, array: &Bound<'_, PyAny>) -> PyResult<Tensor> {
+    fn ids(&self, py: Python<'_>, array: &Bound<'_, PyAny>) -> PyResult<Tensor> {
         let mut ids = Vec::new();
         let shape = read_ids_into(array, "ids", &mut ids)?;
         if ids.is_empty() {
-            return Err(PyValueError::new_err(format!("ids array is empty (shape {shape:?})")));
+            return Err(LmcoreError::new_err(format!("ids array is empty (shape {shape:?})")));
         }
-        with_graph!(self, g, F => tensor(g.input_ids(&shape, ids.iter().copied(), u32::MAX as usize)))
+        with_graph!(self, py, g, F => tensor(g.input_ids(&shape, ids.iter().copied(), u32::MAX as usize)))
     }
 
-    fn embedding(&mut self, ids: Tensor, table: Tensor) -> PyResult<Tensor> {
-        with_graph!(self, g, F => tensor(g.embedding(ids.var, table.var)))
+    fn embedding(&self, py: Python<'_>, ids: Tensor, table: Tensor) -> PyResult<Tensor> {
+        with_graph!(self, py, g, F => tensor(g.embedding(ids.var, table.var)))
     }
 
-    fn add(&mut self, a: Tensor, b: Tensor) -> PyResult<Tensor> {
-        with_graph!(self, g, F => tensor(g.add(a.var, b.var)))
+    fn add(&self, py: Python<'_>, a: Tensor, b: Tensor) -> PyResult<Tensor> {
+        with_graph!(self, py, g, F => tensor(g.add(a.var, b.var)))
     }
 
     #[pyo3(signature = (x, weight, bias=None))]
-    fn linear(&mut self, x: Tensor, weight: Tensor, bias: Option<Tensor>) -> PyResult<Tensor> {
-        with_graph!(self, g, F => tensor(g.linear(x.var, weight.var, bias.map(|b| b.var))))
+    fn linear(&self, py: Python<'_>, x: Tensor, weight: Tensor, bias: Option<Tensor>) -> PyResult<Tensor> {
+        with_graph!(self, py, g, F => tensor(g.linear(x.var, weight.var, bias.map(|b| b.var))))
     }
 
-    fn layernorm(&mut self, x: Tensor, gamma: Tensor, beta: Tensor) -> PyResult<Tensor> {
-        with_graph!(self, g, F => tensor(g.layernorm(x.var, gamma.var, beta.var)))
+    fn layernorm(&self, py: Python<'_>, x: Tensor, gamma: Tensor, beta: Tensor) -> PyResult<Tensor> {
+        with_graph!(self, py, g, F => tensor(g.layernorm(x.var, gamma.var, beta.var)))
     }
 
-    fn gelu(&mut self, x: Tensor) -> PyResult<Tensor> {
-        with_graph!(self, g, F => tensor(g.gelu(x.var)))
+    fn gelu(&self, py: Python<'_>, x: Tensor) -> PyResult<Tensor> {
+        with_graph!(self, py, g, F => tensor(g.gelu(x.var)))
     }
 
     /// Causal self-attention on qkv (B, T, 3C) with `n_head` heads; returns (B, T, C).
-    fn attention(&mut self, qkv: Tensor, n_head: usize) -> PyResult<Tensor> {
-        with_graph!(self, g, F => tensor(g.attention(qkv.var, n_head)))
+    fn attention(&self, py: Python<'_>, qkv: Tensor, n_head: usize) -> PyResult<Tensor> {
+        with_graph!(self, py, g, F => tensor(g.attention(qkv.var, n_head)))
     }
 
     /// Mean cross-entropy of logits (..., V) against integer targets (...); a scalar.
-    fn cross_entropy(&mut self, logits: Tensor, targets: Tensor) -> PyResult<Tensor> {
-        with_graph!(self, g, F => tensor(g.cross_entropy(logits.var, targets.var)))
+    fn cross_entropy(&self, py: Python<'_>, logits: Tensor, targets: Tensor) -> PyResult<Tensor> {
+        with_graph!(self, py, g, F => tensor(g.cross_entropy(logits.var, targets.var)))
     }
 
     /// Dropout with probability `p`, masks drawn from the graph's seeded generator.
-    fn dropout(&mut self, x: Tensor, p: f64) -> PyResult<Tensor> {
-        with_graph!(self, g, F => tensor(g.dropout(x.var, p)))
+    fn dropout(&self, py: Python<'_>, x: Tensor, p: f64) -> PyResult<Tensor> {
+        with_graph!(self, py, g, F => tensor(g.dropout(x.var, p)))
     }
 
     /// Backpropagate from `t`: a scalar, or any tensor given `grad`, the gradient of some
     /// scalar with respect to it.
     #[pyo3(signature = (t, grad=None))]
-    fn backward(&mut self, py: Python<'_>, t: Tensor, grad: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        with_graph!(self, g, F => {
+    fn backward(&self, py: Python<'_>, t: Tensor, grad: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        with_graph!(self, py, g, F => {
             match grad {
                 None => py.allow_threads(|| g.backward(t.var)).map_err(to_py),
                 Some(arr) => {
@@ -163,16 +168,16 @@ impl Graph {
     }
 
     /// A copy of the tensor's values.
-    fn value<'py>(&mut self, py: Python<'py>, t: Tensor) -> PyResult<Bound<'py, PyAny>> {
-        with_graph!(self, g, F => read_out(py, g, &t, false))
+    fn value<'py>(&self, py: Python<'py>, t: Tensor) -> PyResult<Bound<'py, PyAny>> {
+        with_graph!(self, py, g, F => read_out(py, g, &t, false))
     }
 
     /// A copy of the tensor's gradient from the last backward.
-    fn grad<'py>(&mut self, py: Python<'py>, t: Tensor) -> PyResult<Bound<'py, PyAny>> {
-        with_graph!(self, g, F => read_out(py, g, &t, true))
+    fn grad<'py>(&self, py: Python<'py>, t: Tensor) -> PyResult<Bound<'py, PyAny>> {
+        with_graph!(self, py, g, F => read_out(py, g, &t, true))
     }
 
-    fn shape(&mut self, t: Tensor) -> PyResult<Vec<usize>> {
-        with_graph!(self, g, F => g.shape(t.var).map(|s| s.dims().to_vec()).map_err(to_py))
+    fn shape(&self, py: Python<'_>, t: Tensor) -> PyResult<Vec<usize>> {
+        with_graph!(self, py, g, F => g.shape(t.var).map(|s| s.dims().to_vec()).map_err(to_py))
     }
 }

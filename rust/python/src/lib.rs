@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 
 mod arrays;
 mod blas;
+mod exclusive;
 mod graph;
 mod model;
 mod sampling;

@@ -1,12 +1,13 @@
 //! `Model` for Python: a GPT with its AdamW state. One training step releases the GIL; every
 //! parameter, gradient and optimizer moment can be read and written by name as numpy arrays
-//! (that is all a checkpoint needs, with `step` and `rng_state`).
+//! (that is all a checkpoint needs, with `step` and `rng_state`). Calls from several Python
+//! threads take turns (see `exclusive`).
 
 use crate::arrays::{batch_dims, read_floats, read_ids_into, require_finite, to_numpy};
-use crate::to_py;
+use crate::exclusive::Exclusive;
+use crate::{to_py, LmcoreError};
 use lmcore_core::{AdamWConfig, GptConfig, Real, Trainer};
 use numpy::Element;
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -49,7 +50,7 @@ fn write_buffer<F: Real + Element>(t: &mut Trainer<F>, name: &str, which: Buffer
     let info = t.graph.store.param(name).map_err(to_py)?.clone();
     let (shape, data) = read_floats::<F>(array, name)?;
     if shape != info.shape.dims() {
-        return Err(PyValueError::new_err(format!("{name}: expected shape {:?}, got {shape:?}", info.shape.dims())));
+        return Err(LmcoreError::new_err(format!("{name}: expected shape {:?}, got {shape:?}", info.shape.dims())));
     }
     require_finite(&data, name)?;
     let r = info.offset..info.offset + info.shape.numel();
@@ -58,22 +59,26 @@ fn write_buffer<F: Real + Element>(t: &mut Trainer<F>, name: &str, which: Buffer
         Buffer::AdamM => t.opt.m[r].copy_from_slice(&data),
         Buffer::AdamV => {
             if data.iter().any(|&x| x < F::ZERO) {
-                return Err(PyValueError::new_err(format!("{name}: AdamW's v must be non-negative")));
+                return Err(LmcoreError::new_err(format!("{name}: AdamW's v must be non-negative")));
             }
             t.opt.v[r].copy_from_slice(&data)
         }
-        Buffer::Grad => return Err(PyValueError::new_err("gradients are computed, not set")),
+        Buffer::Grad => return Err(LmcoreError::new_err("gradients are computed, not set")),
     }
     Ok(())
 }
 
-/// A GPT language model and its AdamW optimizer state.
-#[pyclass(module = "lmcore._core")]
-pub struct Model {
+struct State {
     inner: Inner,
     // Reused for every batch so a step allocates nothing once warm.
     idx_buf: Vec<i64>,
     tgt_buf: Vec<i64>,
+}
+
+/// A GPT language model and its AdamW optimizer state.
+#[pyclass(frozen, module = "lmcore._core")]
+pub struct Model {
+    state: Exclusive<State>,
 }
 
 #[pymethods]
@@ -102,61 +107,74 @@ impl Model {
         let inner = match dtype {
             "float32" => Inner::F32(Trainer::new(config, seed, opt).map_err(to_py)?),
             "float64" => Inner::F64(Trainer::new(config, seed, opt).map_err(to_py)?),
-            other => return Err(PyValueError::new_err(format!("dtype must be 'float32' or 'float64', got {other:?}"))),
+            other => return Err(LmcoreError::new_err(format!("dtype must be 'float32' or 'float64', got {other:?}"))),
         };
-        Ok(Model { inner, idx_buf: Vec::new(), tgt_buf: Vec::new() })
+        Ok(Model { state: Exclusive::new(State { inner, idx_buf: Vec::new(), tgt_buf: Vec::new() }) })
     }
 
     /// One AdamW step on a batch; returns (loss, gradient norm before clipping). Releases the GIL.
-    fn train_step(&mut self, py: Python<'_>, idx: &Bound<'_, PyAny>, targets: &Bound<'_, PyAny>, lr: f64) -> PyResult<(f64, f64)> {
-        let shape = read_ids_into(idx, "idx", &mut self.idx_buf)?;
+    fn train_step(&self, py: Python<'_>, idx: &Bound<'_, PyAny>, targets: &Bound<'_, PyAny>, lr: f64) -> PyResult<(f64, f64)> {
+        let st = &mut *self.state.lock(py);
+        let shape = read_ids_into(idx, "idx", &mut st.idx_buf)?;
         let (b, t) = batch_dims(&shape, "idx")?;
-        let tshape = read_ids_into(targets, "targets", &mut self.tgt_buf)?;
+        let tshape = read_ids_into(targets, "targets", &mut st.tgt_buf)?;
         if tshape != shape {
-            return Err(PyValueError::new_err(format!("targets shape {tshape:?} differs from idx shape {shape:?}")));
+            return Err(LmcoreError::new_err(format!("targets shape {tshape:?} differs from idx shape {shape:?}")));
         }
-        let (x, y) = (&self.idx_buf, &self.tgt_buf);
-        let stats = with_trainer!(&mut self.inner, tr => py.allow_threads(|| tr.train_step(x, y, b, t, lr))).map_err(to_py)?;
+        let (x, y) = (&st.idx_buf, &st.tgt_buf);
+        let stats = with_trainer!(&mut st.inner, tr => py.allow_threads(|| tr.train_step(x, y, b, t, lr))).map_err(to_py)?;
         Ok((stats.loss, stats.grad_norm))
     }
 
     /// Logits (B, T, V) for ids (B, T), and the mean loss if targets are given. No dropout,
     /// no gradient, no change to any state but the arena.
     #[pyo3(signature = (idx, targets=None))]
-    fn forward<'py>(&mut self, py: Python<'py>, idx: &Bound<'py, PyAny>, targets: Option<&Bound<'py, PyAny>>) -> PyResult<(Bound<'py, PyAny>, Option<f64>)> {
-        let shape = read_ids_into(idx, "idx", &mut self.idx_buf)?;
+    fn forward<'py>(&self, py: Python<'py>, idx: &Bound<'py, PyAny>, targets: Option<&Bound<'py, PyAny>>) -> PyResult<(Bound<'py, PyAny>, Option<f64>)> {
+        let st = &mut *self.state.lock(py);
+        let shape = read_ids_into(idx, "idx", &mut st.idx_buf)?;
         let (b, t) = batch_dims(&shape, "idx")?;
         if let Some(tg) = targets {
-            let tshape = read_ids_into(tg, "targets", &mut self.tgt_buf)?;
+            let tshape = read_ids_into(tg, "targets", &mut st.tgt_buf)?;
             if tshape != shape {
-                return Err(PyValueError::new_err(format!("targets shape {tshape:?} differs from idx shape {shape:?}")));
+                return Err(LmcoreError::new_err(format!("targets shape {tshape:?} differs from idx shape {shape:?}")));
             }
         }
-        let (x, y) = (&self.idx_buf, targets.map(|_| self.tgt_buf.as_slice()));
-        with_trainer!(&mut self.inner, tr => {
+        let (x, y) = (&st.idx_buf, targets.map(|_| st.tgt_buf.as_slice()));
+        with_trainer!(&mut st.inner, tr => {
             let v = tr.gpt.config.vocab_size;
             let (logits, loss) = py.allow_threads(|| tr.forward(x, y, b, t)).map_err(to_py)?;
             Ok((to_numpy(py, logits, &[b, t, v])?, loss))
         })
     }
 
+    /// Size the arena for a training step on a (batch, seq_len) batch now, so a batch too large
+    /// for this machine's memory raises here, before any work, and the first step allocates
+    /// nothing. Weights, optimizer state and the dropout stream are untouched; the parameters'
+    /// gradients are zeroed.
+    fn reserve(&self, py: Python<'_>, batch: usize, seq_len: usize) -> PyResult<()> {
+        let st = &mut *self.state.lock(py);
+        with_trainer!(&mut st.inner, t => py.allow_threads(|| t.reserve(batch, seq_len))).map_err(to_py)
+    }
+
     /// Start cached generation for `batch` rows (an empty key/value cache).
-    fn kv_start(&mut self, batch: usize) -> PyResult<()> {
-        with_trainer!(&mut self.inner, t => t.kv_start(batch)).map_err(to_py)
+    fn kv_start(&self, py: Python<'_>, batch: usize) -> PyResult<()> {
+        let st = &mut *self.state.lock(py);
+        with_trainer!(&mut st.inner, t => py.allow_threads(|| t.kv_start(batch))).map_err(to_py)
     }
 
     /// Feed tokens at the next positions of the cache: ids of shape (B,), one per row, or
     /// (B, P), P per row (a whole prompt in one call). Returns the logits (B, V) that follow each
     /// row's last token. Costs P positions plus attention over the cache, not a full forward.
-    fn kv_push<'py>(&mut self, py: Python<'py>, tokens: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        let shape = read_ids_into(tokens, "tokens", &mut self.idx_buf)?;
+    fn kv_push<'py>(&self, py: Python<'py>, tokens: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let st = &mut *self.state.lock(py);
+        let shape = read_ids_into(tokens, "tokens", &mut st.idx_buf)?;
         let (rows, steps) = match shape[..] {
             [b] => (b, 1),
             [b, p] => (b, p),
-            _ => return Err(PyValueError::new_err(format!("tokens must be (B,) or (B, P), got shape {shape:?}"))),
+            _ => return Err(LmcoreError::new_err(format!("tokens must be (B,) or (B, P), got shape {shape:?}"))),
         };
-        let x = &self.idx_buf;
-        with_trainer!(&mut self.inner, t => {
+        let x = &st.idx_buf;
+        with_trainer!(&mut st.inner, t => {
             let v = t.gpt.config.vocab_size;
             let logits = py.allow_threads(|| t.kv_push(x, steps)).map_err(to_py)?;
             to_numpy(py, logits, &[rows, v])
@@ -165,35 +183,35 @@ impl Model {
 
     /// Positions held in the key/value cache (0 before kv_start).
     #[getter]
-    fn kv_len(&self) -> usize {
-        with_trainer!(&self.inner, t => t.kv.as_ref().map_or(0, |kv| kv.len()))
+    fn kv_len(&self, py: Python<'_>) -> usize {
+        with_trainer!(&self.state.lock(py).inner, t => t.kv.as_ref().map_or(0, |kv| kv.len()))
     }
 
     /// Parameter names in a fixed order.
-    fn param_names(&self) -> Vec<String> {
-        with_trainer!(&self.inner, t => t.graph.store.params().iter().map(|p| p.name.clone()).collect())
+    fn param_names(&self, py: Python<'_>) -> Vec<String> {
+        with_trainer!(&self.state.lock(py).inner, t => t.graph.store.params().iter().map(|p| p.name.clone()).collect())
     }
 
     fn get_param<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
-        with_trainer!(&self.inner, t => read_buffer(py, t, name, Buffer::Value))
+        with_trainer!(&self.state.lock(py).inner, t => read_buffer(py, t, name, Buffer::Value))
     }
 
-    fn set_param(&mut self, name: &str, array: &Bound<'_, PyAny>) -> PyResult<()> {
-        with_trainer!(&mut self.inner, t => write_buffer(t, name, Buffer::Value, array))
+    fn set_param(&self, py: Python<'_>, name: &str, array: &Bound<'_, PyAny>) -> PyResult<()> {
+        with_trainer!(&mut self.state.lock(py).inner, t => write_buffer(t, name, Buffer::Value, array))
     }
 
     /// The gradient from the last training step.
     fn get_grad<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
-        with_trainer!(&self.inner, t => read_buffer(py, t, name, Buffer::Grad))
+        with_trainer!(&self.state.lock(py).inner, t => read_buffer(py, t, name, Buffer::Grad))
     }
 
     /// AdamW's first and second moments (m, v) for a parameter.
     fn get_adam_state<'py>(&self, py: Python<'py>, name: &str) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-        with_trainer!(&self.inner, t => Ok((read_buffer(py, t, name, Buffer::AdamM)?, read_buffer(py, t, name, Buffer::AdamV)?)))
+        with_trainer!(&self.state.lock(py).inner, t => Ok((read_buffer(py, t, name, Buffer::AdamM)?, read_buffer(py, t, name, Buffer::AdamV)?)))
     }
 
-    fn set_adam_state(&mut self, name: &str, m: &Bound<'_, PyAny>, v: &Bound<'_, PyAny>) -> PyResult<()> {
-        with_trainer!(&mut self.inner, t => {
+    fn set_adam_state(&self, py: Python<'_>, name: &str, m: &Bound<'_, PyAny>, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        with_trainer!(&mut self.state.lock(py).inner, t => {
             write_buffer(t, name, Buffer::AdamM, m)?;
             write_buffer(t, name, Buffer::AdamV, v)
         })
@@ -201,46 +219,46 @@ impl Model {
 
     /// AdamW updates done so far (bias correction's t).
     #[getter]
-    fn get_step(&self) -> u64 {
-        with_trainer!(&self.inner, t => t.opt.step)
+    fn get_step(&self, py: Python<'_>) -> u64 {
+        with_trainer!(&self.state.lock(py).inner, t => t.opt.step)
     }
 
     #[setter]
-    fn set_step(&mut self, step: u64) {
-        with_trainer!(&mut self.inner, t => t.opt.step = step)
+    fn set_step(&self, py: Python<'_>, step: u64) {
+        with_trainer!(&mut self.state.lock(py).inner, t => t.opt.step = step)
     }
 
     /// State of the dropout generator (one 64-bit integer).
     #[getter]
-    fn get_rng_state(&self) -> u64 {
-        with_trainer!(&self.inner, t => t.graph.rng.state)
+    fn get_rng_state(&self, py: Python<'_>) -> u64 {
+        with_trainer!(&self.state.lock(py).inner, t => t.graph.rng.state)
     }
 
     #[setter]
-    fn set_rng_state(&mut self, state: u64) {
-        with_trainer!(&mut self.inner, t => t.graph.rng.state = state)
+    fn set_rng_state(&self, py: Python<'_>, state: u64) {
+        with_trainer!(&mut self.state.lock(py).inner, t => t.graph.rng.state = state)
     }
 
     #[getter]
-    fn num_params(&self) -> usize {
-        with_trainer!(&self.inner, t => t.graph.store.param_len())
+    fn num_params(&self, py: Python<'_>) -> usize {
+        with_trainer!(&self.state.lock(py).inner, t => t.graph.store.param_len())
     }
 
     /// Bytes the activation arena has needed at most (values, gradients and ids).
     #[getter]
-    fn arena_high_water_bytes(&self) -> usize {
-        with_trainer!(&self.inner, t => t.graph.store.high_water_bytes())
+    fn arena_high_water_bytes(&self, py: Python<'_>) -> usize {
+        with_trainer!(&self.state.lock(py).inner, t => t.graph.store.high_water_bytes())
     }
 
     /// Bytes reserved by all of the engine's buffers for this model (parameters included).
     #[getter]
-    fn arena_capacity_bytes(&self) -> usize {
-        with_trainer!(&self.inner, t => t.graph.store.capacity_bytes() + t.opt.capacity_bytes())
+    fn arena_capacity_bytes(&self, py: Python<'_>) -> usize {
+        with_trainer!(&self.state.lock(py).inner, t => t.graph.store.capacity_bytes() + t.opt.capacity_bytes())
     }
 
     #[getter]
-    fn dtype(&self) -> &'static str {
-        match self.inner {
+    fn dtype(&self, py: Python<'_>) -> &'static str {
+        match self.state.lock(py).inner {
             Inner::F32(_) => "float32",
             Inner::F64(_) => "float64",
         }
@@ -249,7 +267,7 @@ impl Model {
     /// The model's configuration as a dict.
     #[getter]
     fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let c = with_trainer!(&self.inner, t => t.gpt.config);
+        let c = with_trainer!(&self.state.lock(py).inner, t => t.gpt.config);
         let d = PyDict::new(py);
         d.set_item("vocab_size", c.vocab_size)?;
         d.set_item("d_model", c.d_model)?;
@@ -263,7 +281,7 @@ impl Model {
     /// The optimizer's configuration as a dict.
     #[getter]
     fn optimizer_config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let c = with_trainer!(&self.inner, t => t.opt.config);
+        let c = with_trainer!(&self.state.lock(py).inner, t => t.opt.config);
         let d = PyDict::new(py);
         d.set_item("beta1", c.beta1)?;
         d.set_item("beta2", c.beta2)?;

@@ -5,12 +5,11 @@ use crate::to_py;
 use lmcore_core::sampling::{sample_row, Sampling, Scratch};
 use lmcore_core::Real;
 use numpy::{Element, PyArray1, PyArrayDyn, PyUntypedArrayMethods};
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 fn settings(temperature: f64, top_k: Option<i64>, top_p: Option<f64>) -> PyResult<Sampling> {
     let top_k = match top_k {
-        Some(k) if k < 1 => return Err(PyValueError::new_err(format!("top-k must be at least 1, got {k}"))),
+        Some(k) if k < 1 => return Err(crate::LmcoreError::new_err(format!("top-k must be at least 1, got {k}"))),
         k => k.map(|k| usize::try_from(k).unwrap_or(usize::MAX)),
     };
     let cfg = Sampling { temperature, top_k, top_p };
@@ -21,16 +20,16 @@ fn settings(temperature: f64, top_k: Option<i64>, top_p: Option<f64>) -> PyResul
 fn sample_rows<'py, F: Real + Element>(py: Python<'py>, logits: &Bound<'py, PyAny>, u: &[f64], cfg: &Sampling) -> PyResult<Bound<'py, PyAny>> {
     let ro = readonly_floats::<F>(logits, "logits")?;
     let &[rows, vocab] = ro.shape() else {
-        return Err(PyValueError::new_err(format!("logits must be 2-D (rows, vocab), got shape {:?}", ro.shape())));
+        return Err(crate::LmcoreError::new_err(format!("logits must be 2-D (rows, vocab), got shape {:?}", ro.shape())));
     };
     if vocab == 0 || u.len() != rows {
-        return Err(PyValueError::new_err(format!("{} uniform numbers for logits of shape ({rows}, {vocab})", u.len())));
+        return Err(crate::LmcoreError::new_err(format!("{} uniform numbers for logits of shape ({rows}, {vocab})", u.len())));
     }
     let data = contiguous(&ro);
     let mut scratch = Scratch::default();
     let mut ids = Vec::with_capacity(rows);
     for (row, &u) in data.chunks_exact(vocab).zip(u) {
-        ids.push(sample_row(row, u, cfg, &mut scratch).map_err(|e| PyValueError::new_err(format!("row {}: {e}", ids.len())))? as i64);
+        ids.push(sample_row(row, u, cfg, &mut scratch).map_err(|e| crate::LmcoreError::new_err(format!("row {}: {e}", ids.len())))? as i64);
     }
     Ok(PyArray1::from_vec(py, ids).into_any())
 }
@@ -51,7 +50,7 @@ fn sample<'py>(
     let u_ro = readonly_floats::<f64>(u, "u")?;
     let u = contiguous(&u_ro);
     if let Some(bad) = u.iter().find(|x| !(0.0..1.0).contains(*x)) {
-        return Err(PyValueError::new_err(format!("u must lie in [0, 1), got {bad}")));
+        return Err(crate::LmcoreError::new_err(format!("u must lie in [0, 1), got {bad}")));
     }
     if logits.downcast::<PyArrayDyn<f32>>().is_ok() {
         sample_rows::<f32>(py, logits, &u, &cfg)

@@ -29,10 +29,10 @@ impl<F: Real> Graph<F> {
             return shape_err!("attention input must not be empty, got {:?}", qs.dims());
         }
         let tasks = b.div_ceil(rows_per_task(b));
-        let out = self.store.alloc(Shape::new(&[b, t, c])?);
-        let lse = self.store.alloc_slots(Shape::new(&[b, n_head, t])?, Slots::ValueOnly);
-        let fwd_tiles = self.store.alloc_slots(Shape::new(&[tasks, t, t])?, Slots::ValueOnly);
-        let bwd_tiles = self.store.alloc_slots(Shape::new(&[tasks, 2, t, t])?, Slots::GradOnly);
+        let out = self.store.alloc(Shape::new(&[b, t, c])?)?;
+        let lse = self.store.alloc_slots(Shape::new(&[b, n_head, t])?, Slots::ValueOnly)?;
+        let fwd_tiles = self.store.alloc_slots(Shape::new(&[tasks, t, t])?, Slots::ValueOnly)?;
+        let bwd_tiles = self.store.alloc_slots(Shape::new(&[tasks, 2, t, t])?, Slots::GradOnly)?;
         let (r, mut w) = self.store.forward_io(out);
         let [o, l, tiles] = w.many([out, lse, fwd_tiles]);
         forward(r.f(qkv), o, l, tiles, Dims { b, t, c, nh: n_head });

@@ -23,8 +23,8 @@ impl<F: Real> Graph<F> {
         if let Some(&bad) = self.store.id_values(targets).iter().find(|&&t| t as usize >= v) {
             return Err(Error::TokenOutOfRange { id: bad as i64, limit: v });
         }
-        let out = self.store.alloc(Shape::new(&[])?);
-        let lse = self.store.alloc_slots(Shape::new(&[ls.rows(), 2])?, Slots::ValueOnly);
+        let out = self.store.alloc(Shape::new(&[])?)?;
+        let lse = self.store.alloc_slots(Shape::new(&[ls.rows(), 2])?, Slots::ValueOnly)?;
         let (r, mut w) = self.store.forward_io(out);
         let [o, lse_out] = w.many([out, lse]);
         o[0] = forward(r.f(logits), r.ids(targets), lse_out, v);

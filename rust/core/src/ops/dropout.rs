@@ -16,8 +16,8 @@ impl<F: Real> Graph<F> {
         if p == 0.0 {
             return Ok(x);
         }
-        let out = self.store.alloc(shape);
-        let mask = self.store.alloc_slots(shape, Slots::ValueOnly);
+        let out = self.store.alloc(shape)?;
+        let mask = self.store.alloc_slots(shape, Slots::ValueOnly)?;
         let (r, mut w) = self.store.forward_io(out);
         let [o, m] = w.many([out, mask]);
         let keep = F::from_f64(1.0 / (1.0 - p));

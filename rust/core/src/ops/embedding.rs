@@ -17,7 +17,7 @@ impl<F: Real> Graph<F> {
         if let Some(&bad) = self.store.id_values(ids).iter().find(|&&id| id as usize >= rows) {
             return Err(Error::TokenOutOfRange { id: bad as i64, limit: rows });
         }
-        let out = self.store.alloc(ids_shape.appended(table_shape.last())?);
+        let out = self.store.alloc(ids_shape.appended(table_shape.last())?)?;
         let (r, mut w) = self.store.forward_io(out);
         forward(r.ids(ids), r.f(table), w.one(out), table_shape.last());
         self.tape.push(Op::Embedding { ids, table, out });

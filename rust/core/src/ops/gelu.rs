@@ -12,7 +12,7 @@ const CUBIC: f64 = 0.044_715;
 impl<F: Real> Graph<F> {
     pub fn gelu(&mut self, x: Var) -> Result<Var> {
         let shape = self.store.float_shape(x)?;
-        let out = self.store.alloc(shape);
+        let out = self.store.alloc(shape)?;
         let (r, mut w) = self.store.forward_io(out);
         forward(r.f(x), w.one(out));
         self.tape.push(Op::Gelu { x, out });

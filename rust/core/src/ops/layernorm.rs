@@ -28,9 +28,9 @@ impl<F: Real> Graph<F> {
             return shape_err!("layernorm needs a non-empty last dimension, got {:?}", xs.dims());
         }
         require_distinct(&[x, gamma, beta], "layernorm")?;
-        let out = self.store.alloc(xs);
-        let stats = self.store.alloc_slots(Shape::new(&[xs.rows(), 2])?, Slots::ValueOnly);
-        let partials = self.store.alloc_slots(Shape::new(&[GROUPS, 2 * c])?, Slots::GradOnly);
+        let out = self.store.alloc(xs)?;
+        let stats = self.store.alloc_slots(Shape::new(&[xs.rows(), 2])?, Slots::ValueOnly)?;
+        let partials = self.store.alloc_slots(Shape::new(&[GROUPS, 2 * c])?, Slots::GradOnly)?;
         let (r, mut w) = self.store.forward_io(out);
         let [o, st] = w.many([out, stats]);
         forward(r.f(x), r.f(gamma), r.f(beta), o, st, c);

@@ -29,7 +29,7 @@ impl<F: Real> Graph<F> {
             require_distinct(&[x, w], "linear")?;
         }
         let n = xs.rows();
-        let out = self.store.alloc(xs.with_last(m));
+        let out = self.store.alloc(xs.with_last(m))?;
         let (r, mut wr) = self.store.forward_io(out);
         forward(r.f(x), r.f(w), b.map(|b| r.f(b)), wr.one(out), n, m, k);
         self.tape.push(Op::Linear { x, w, b, out });

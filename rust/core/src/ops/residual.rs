@@ -13,7 +13,7 @@ impl<F: Real> Graph<F> {
         if sa != sb {
             return shape_err!("add needs equal shapes, got {:?} and {:?}", sa.dims(), sb.dims());
         }
-        let out = self.store.alloc(sa);
+        let out = self.store.alloc(sa)?;
         let (r, mut w) = self.store.forward_io(out);
         let chunk = rows_per_task(sa.numel()).max(4096);
         let (o, av, bv) = (w.one(out), r.f(a), r.f(b));
