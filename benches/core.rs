@@ -17,8 +17,9 @@
 //! Run: `cargo bench -p lmcore-core --bench core`   (threads: `LMCORE_THREADS=1 cargo bench ...`,
 //! default 2). `cargo bench -p lmcore-core --bench core -- --quick` takes fewer repetitions.
 
-use lmcore_core::blas::gemm;
-use lmcore_core::parallel::{gemm_rows, num_threads, set_num_threads};
+use lmcore_core::blas::{gemm, Gemm};
+use lmcore_core::matmul::gemm_rows;
+use lmcore_core::parallel::{num_threads, set_num_threads};
 use lmcore_core::{AdamWConfig, GptConfig, Rng, Trainer};
 use std::hint::black_box;
 use std::os::raw::{c_char, c_int};
@@ -126,7 +127,7 @@ fn main() {
         let engine = |cm: &mut [f32]| {
             blas_threads(1);
             let s = median_secs(warm, reps, || {
-                (0..inner).for_each(|_| gemm_rows(ta, tb, m, nn, k, 1.0f32, &a, a_cols, &bm, b_cols, 0.0, &mut *cm, nn));
+                (0..inner).for_each(|_| gemm_rows(&Gemm::new(ta, tb, m, nn, k, &a, a_cols, &bm, b_cols), &mut *cm, nn));
                 black_box(&mut *cm);
             });
             s / inner as f64
@@ -134,7 +135,7 @@ fn main() {
         let peer = |cm: &mut [f32]| {
             blas_threads(threads);
             let s = median_secs(warm, reps, || {
-                (0..inner).for_each(|_| gemm(ta, tb, m, nn, k, 1.0f32, &a, a_cols, &bm, b_cols, 0.0, &mut *cm, nn));
+                (0..inner).for_each(|_| gemm(&Gemm::new(ta, tb, m, nn, k, &a, a_cols, &bm, b_cols), &mut *cm, nn));
                 black_box(&mut *cm);
             });
             s / inner as f64
@@ -156,8 +157,8 @@ fn main() {
 
     // (b) One full training step of the small model.
     let cfg = GptConfig { vocab_size: v, d_model: c, n_head: h, n_layer: l, block_size: t, dropout: 0.0 };
-    let opt = AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1, grad_clip: 1.0 };
-    let mut tr = Trainer::<f32>::new(cfg, 0, opt).expect("small model builds");
+    let opt = AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 };
+    let mut tr = Trainer::<f32>::new(cfg, 0, opt, 1.0).expect("small model builds");
     let ids: Vec<i64> = (0..n + 1).map(|_| (rng.next_u64() % v as u64) as i64).collect();
     let (x, y) = (&ids[..n], &ids[1..]);
     let steps = if quick { 5 } else { 20 };

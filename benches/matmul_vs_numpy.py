@@ -97,8 +97,8 @@ def bench_gemms(warm, reps, rng):
 
 
 def bench_train_step(warm, steps, rng):
-    model = lmcore.Model(V, C, H, L, T, dropout=0.0, seed=0, dtype="float32", beta1=0.9, beta2=0.99,
-                         eps=1e-8, weight_decay=0.1, grad_clip=1.0)
+    model = lmcore.Model(vocab_size=V, d_model=C, n_head=H, n_layer=L, block_size=T, dropout=0.0, seed=0,
+                         dtype="float32", beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, grad_clip=1.0)
     data = rng.integers(0, V, size=N + 1, dtype=np.int64)
     x, y = data[:-1].reshape(B, T), data[1:].reshape(B, T)
     loss = None

@@ -164,6 +164,8 @@ SEALED = [
     ("huge-n-layer", _config(n_layer=10**12), r"n_layer 1000000000000, but \d+ parameter tensors"),
     ("huge-d-model", _config(d_model=2**40, n_head=1), r"expected float32 \["),
     ("huge-vocab", _meta(vocab_size=10**15), r"tokenizer has \d+ symbols"),
+    ("unknown-optimizer", _meta(optimizer="muon"), r"written by an optimizer this lmcore does not have: .*\"muon\""),
+    ("optimizer-not-a-name", _meta(optimizer=3), r"optimizer is 3, expected an optimizer's name"),
     ("string-d-model", _config(d_model="16"), r"--d-model must be an integer"),
     ("float-overflowing-lr", _config(lr=10**400), r"invalid configuration"),
     ("nan-dropout", _config(dropout=float("nan")), r"--dropout"),
@@ -344,3 +346,16 @@ def test_fuzz_broken_checkpoints_are_refused_or_harmless(
     work_file.write_bytes(mutate(original, work_file, mutation))
     outcome = outcome_of(work_file)
     tally[f"{mutation[0]}: {outcome}"] += 1
+
+
+def test_a_checkpoint_from_before_optimizers_were_named_still_loads(original: bytes, tmp_path: Path) -> None:
+    """Issue 3's format has no "optimizer" field: it was AdamW's, and loads as such."""
+    path = tmp_path / "ckpt.safetensors"
+    tensors, meta = _tensors_and_meta(original, path)
+    assert meta.pop("optimizer") == "adamw"
+    path.write_bytes(seal(tensors, meta))
+    model, _, _, loaded = model_from_checkpoint(path)
+    assert model.optimizer == "adamw" and "optimizer" not in loaded
+    for key in [k for k in tensors if k.startswith("adam_m/")]:
+        name = key.removeprefix("adam_m/")
+        assert np.array_equal(model.get_optimizer_state(name, "adam_m"), tensors[key])

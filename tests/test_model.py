@@ -161,3 +161,33 @@ def test_arena_is_flat_after_first_step():
 def test_thread_count_is_settable(threads):
     lmcore.set_num_threads(threads)
     assert lmcore.num_threads() == threads
+
+
+def test_optimizer_state_is_read_and_written_by_buffer_name() -> None:
+    m = lmcore.Model(vocab_size=11, d_model=8, n_head=2, n_layer=1, block_size=6)
+    assert m.optimizer == "adamw" and m.optimizer_state_names() == ["adam_m", "adam_v"]
+    x = np.zeros((2, 6), np.int64)
+    m.train_step(x, x, 1e-3)
+    name = "transformer.wte.weight"
+    assert np.array_equal(m.get_optimizer_state(name, "adam_m"), m.get_adam_state(name)[0])
+    m.set_optimizer_state(name, "adam_v", np.full((11, 8), 0.5, np.float32))
+    assert np.array_equal(m.get_adam_state(name)[1], np.full((11, 8), 0.5, np.float32))
+    with pytest.raises(lmcore.LmcoreError, match=r"adamw has no state buffer \"momentum\""):
+        m.get_optimizer_state(name, "momentum")
+    with pytest.raises(lmcore.LmcoreError, match="non-negative"):
+        m.set_optimizer_state(name, "adam_v", np.full((11, 8), -1.0, np.float32))
+
+
+def test_settings_cross_once_and_the_engine_validates_them() -> None:
+    from lmcore._core import check_settings, param_layout
+    tiny = dict(vocab_size=11, d_model=8, n_head=2, n_layer=1, block_size=6)
+    with pytest.raises(TypeError, match="no setting \"n_heads\""):
+        lmcore.Model(**{**tiny, "n_heads": 2})
+    with pytest.raises(lmcore.LmcoreError, match="n_head 3 does not divide d_model 8"):
+        check_settings(**{**tiny, "n_head": 3})
+    with pytest.raises(lmcore.LmcoreError, match="weight_decay must be a finite number >= 0"):
+        check_settings(**tiny, weight_decay=-1.0)
+    model = lmcore.Model(**tiny)
+    layout = param_layout(**tiny)
+    assert [name for name, _ in layout] == model.param_names()
+    assert all(tuple(shape) == model.get_param(name).shape for name, shape in layout)

@@ -1,7 +1,8 @@
 """The whole state of a training run, to and from one checkpoint file.
 
-Tensors: every parameter and AdamW's m and v (``param/``, ``adam_m/``, ``adam_v/`` groups).
-Metadata: the recipe (`RunConfig`), iteration, AdamW step, the dropout generator's state, the
+Tensors: every parameter (``param/``) and each of the optimizer's state buffers, a group per buffer
+under the optimizer's own names (AdamW: ``adam_m/``, ``adam_v/``).
+Metadata: the recipe (`RunConfig`), the optimizer's name, iteration, optimizer step, the dropout generator's state, the
 batch sampler's state, the tokenizer and the dataset's identity, and a sha256 of all of it (a
 flipped bit in a weight is refused, not trained on). Restoring all of it makes a resumed run the
 same run as one never stopped, bit for bit.
@@ -20,6 +21,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from lmcore import Model
+from lmcore._core import optimizer_state_names, param_layout
 from lmcore.checkpoint import (
     CheckpointError,
     flatten_groups,
@@ -33,59 +35,46 @@ from lmcore.tokenizer import Tokenizer, tokenizer_from_dict
 
 CHECKPOINT_NAME = "ckpt.safetensors"
 WEIGHTS_NAME = "model.safetensors"
-GROUPS = ("param", "adam_m", "adam_v")
 DIGEST_KEY = "state_sha256"
+# Checkpoints from before optimizers were named were all AdamW's.
+DEFAULT_OPTIMIZER = "adamw"
 
 
 def new_model(cfg: RunConfig, vocab_size: int) -> Model:
-    return Model(
-        vocab_size=vocab_size, d_model=cfg.d_model, n_head=cfg.n_head, n_layer=cfg.n_layer,
-        block_size=cfg.block_size, dropout=cfg.dropout, seed=cfg.seed, dtype="float32",
-        beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
-    )
+    return Model(**cfg.model_settings(vocab_size))
+
+
+def groups_of(optimizer: str) -> tuple[str, ...]:
+    """The tensor groups of a checkpoint: the parameters, then the optimizer's state buffers."""
+    return ("param", *optimizer_state_names(optimizer))
 
 
 def model_tensors(model: Model) -> dict[str, dict[str, np.ndarray]]:
     names = model.param_names()
-    moments = {n: model.get_adam_state(n) for n in names}
-    return {
-        "param": {n: model.get_param(n) for n in names},
-        "adam_m": {n: moments[n][0] for n in names},
-        "adam_v": {n: moments[n][1] for n in names},
-    }
+    groups = {"param": {n: model.get_param(n) for n in names}}
+    for buffer in model.optimizer_state_names():
+        groups[buffer] = {n: model.get_optimizer_state(n, buffer) for n in names}
+    return groups
 
 
 def param_shapes(cfg: RunConfig, vocab_size: int) -> dict[str, tuple[int, ...]]:
-    """Name and shape of every parameter of the model `cfg` describes (the engine's layout; a test
-    checks the two agree), known without building it: a checkpoint is checked before it is used."""
-    d = cfg.d_model
-    shapes: dict[str, tuple[int, ...]] = {"transformer.wte.weight": (vocab_size, d),
-                                          "transformer.wpe.weight": (cfg.block_size, d)}
-    for i in range(cfg.n_layer):
-        p = f"transformer.h.{i}."
-        shapes.update({
-            p + "ln_1.weight": (d,), p + "ln_1.bias": (d,),
-            p + "attn.c_attn.weight": (3 * d, d), p + "attn.c_attn.bias": (3 * d,),
-            p + "attn.c_proj.weight": (d, d), p + "attn.c_proj.bias": (d,),
-            p + "ln_2.weight": (d,), p + "ln_2.bias": (d,),
-            p + "mlp.c_fc.weight": (4 * d, d), p + "mlp.c_fc.bias": (4 * d,),
-            p + "mlp.c_proj.weight": (d, 4 * d), p + "mlp.c_proj.bias": (d,),
-        })
-    shapes.update({"transformer.ln_f.weight": (d,), "transformer.ln_f.bias": (d,)})
-    return shapes
+    """Name and shape of every parameter of the model `cfg` describes, from the engine's one
+    declaration of the layout, known without building it: a checkpoint is checked before it is used."""
+    return {name: tuple(shape) for name, shape in param_layout(**cfg.model_settings(vocab_size))}
 
 
 def check_tensors(groups: dict[str, dict[str, np.ndarray]], cfg: RunConfig, vocab_size: int, path: Path,
-                  weights_only: bool = False) -> None:
+                  optimizer: str, weights_only: bool = False) -> None:
     """Every tensor's group, name, dtype and shape must be what the configuration says, exactly."""
-    unexpected = sorted(set(groups) - set(GROUPS))
+    expected_groups = groups_of(optimizer)
+    unexpected = sorted(set(groups) - set(expected_groups))
     if unexpected:
         raise CheckpointError(f"checkpoint {path} has unexpected tensor groups {unexpected[:3]}")
     if cfg.n_layer > len(groups.get("param", {})):  # (bounds the work below by the file's size)
         raise CheckpointError(f"checkpoint {path} does not fit its configuration: n_layer {cfg.n_layer}, "
                               f"but {len(groups.get('param', {}))} parameter tensors")
     expected = param_shapes(cfg, vocab_size)
-    for group in ("param",) if weights_only else GROUPS:
+    for group in ("param",) if weights_only else expected_groups:
         have = groups.get(group, {})
         missing, extra = sorted(expected.keys() - have.keys()), sorted(have.keys() - expected.keys())
         if missing or extra:
@@ -102,7 +91,7 @@ def check_tensors(groups: dict[str, dict[str, np.ndarray]], cfg: RunConfig, voca
 
 def restore_tensors(model: Model, groups: dict[str, dict[str, np.ndarray]], path: Path, weights_only: bool = False) -> None:
     """Load tensors into `model`, checking that names, shapes and dtypes match exactly."""
-    wanted = ("param",) if weights_only else GROUPS
+    wanted = ("param",) if weights_only else groups_of(model.optimizer)
     names = set(model.param_names())
     for group in wanted:
         have = set(groups.get(group, {}))
@@ -115,8 +104,9 @@ def restore_tensors(model: Model, groups: dict[str, dict[str, np.ndarray]], path
     try:
         for name in model.param_names():
             model.set_param(name, groups["param"][name])
-            if not weights_only:
-                model.set_adam_state(name, groups["adam_m"][name], groups["adam_v"][name])
+        for buffer in wanted[1:]:
+            for name in model.param_names():
+                model.set_optimizer_state(name, buffer, groups[buffer][name])
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} does not fit this model: {e}") from None
 
@@ -141,7 +131,7 @@ def save_run(path: Path, model: Model, meta: dict[str, Any]) -> None:
     for name, t in tensors.items():
         if not np.isfinite(t).all():
             raise CheckpointError(f"not saving a non-finite training state ({name} holds {t[~np.isfinite(t)][0]})")
-    state = {**meta, "adam_step": model.step, "rng_state": str(model.rng_state)}
+    state = {**meta, "optimizer": model.optimizer, "adam_step": model.step, "rng_state": str(model.rng_state)}
     save_checkpoint(path, tensors, {**state, DIGEST_KEY: state_digest(tensors, state)})
 
 
@@ -185,6 +175,13 @@ def check_meta(meta: dict[str, Any], path: Path) -> None:
     if not (isinstance(dataset.get("name"), str) and isinstance(dataset.get("sha256"), str)
             and all(isinstance(dataset.get(k), (str, type(None))) for k in ("dataset", "path"))):
         refuse("dataset", "a name, a sha256 and an optional dataset name or path")
+    optimizer = meta.get("optimizer", DEFAULT_OPTIMIZER)
+    if not isinstance(optimizer, str):
+        refuse("optimizer", "an optimizer's name")
+    try:
+        optimizer_state_names(optimizer)
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path} was written by an optimizer this lmcore does not have: {e}") from None
     best = meta.get("best_val_loss")
     if best is not None and (type(best) not in (int, float) or not math.isfinite(best)):
         refuse("best_val_loss", "a finite number or null")
@@ -206,7 +203,8 @@ def model_from_checkpoint(path: Path, weights_only: bool = False) -> tuple[Model
         raise CheckpointError(f"checkpoint {path} has an invalid configuration: {e}") from None
     if tokenizer.vocab_size != vocab_size:
         raise CheckpointError(f"checkpoint {path}: tokenizer has {tokenizer.vocab_size} symbols, model {vocab_size}")
-    check_tensors(groups, cfg, vocab_size, path, weights_only)
+    optimizer = meta.get("optimizer", DEFAULT_OPTIMIZER)
+    check_tensors(groups, cfg, vocab_size, path, optimizer, weights_only)
     try:
         model = new_model(cfg, vocab_size)
     except (ValueError, TypeError, OverflowError) as e:  # LmcoreError is a ValueError

@@ -1,7 +1,57 @@
-//! The only door to BLAS. `gemm` checks bounds and then calls sgemm/dgemm with transpose flags
-//! (no copies), or sgemv/dgemv for a single output row; `gemm_reference` is the naive triple loop the tests compare against.
+//! The only door to BLAS. A product is described once, by `Gemm`; `gemm` checks its bounds and
+//! calls sgemm/dgemm with transpose flags (no copies), or sgemv/dgemv for a single output row;
+//! `gemm_reference` is the naive triple loop the tests compare against. The cblas calls for each
+//! precision are here too (`BlasFloat`), so no other file touches BLAS.
 
-use crate::real::Real;
+use std::ops::{Add, Mul};
+
+/// Row-major `C = alpha * op(A) * op(B) + beta * C`, where op(A) is (m, k) and op(B) is (k, n).
+/// `lda` and `ldb` are the row strides of A and B as stored (A is stored (k, m) when transposed).
+/// C and its row stride are given to `gemm` beside it.
+#[derive(Clone, Copy, Debug)]
+pub struct Gemm<'a, F> {
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub alpha: F,
+    pub a: &'a [F],
+    pub lda: usize,
+    pub b: &'a [F],
+    pub ldb: usize,
+    pub beta: F,
+}
+
+impl<'a, F: BlasFloat> Gemm<'a, F> {
+    /// op(A) op(B), overwriting C (alpha 1, beta 0).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(trans_a: bool, trans_b: bool, m: usize, n: usize, k: usize, a: &'a [F], lda: usize, b: &'a [F], ldb: usize) -> Self {
+        Gemm { trans_a, trans_b, m, n, k, alpha: F::ONE, a, lda, b, ldb, beta: F::default() }
+    }
+    /// A B.
+    pub fn nn(m: usize, n: usize, k: usize, a: &'a [F], lda: usize, b: &'a [F], ldb: usize) -> Self {
+        Self::new(false, false, m, n, k, a, lda, b, ldb)
+    }
+    /// A B^T.
+    pub fn nt(m: usize, n: usize, k: usize, a: &'a [F], lda: usize, b: &'a [F], ldb: usize) -> Self {
+        Self::new(false, true, m, n, k, a, lda, b, ldb)
+    }
+    /// A^T B.
+    pub fn tn(m: usize, n: usize, k: usize, a: &'a [F], lda: usize, b: &'a [F], ldb: usize) -> Self {
+        Self::new(true, false, m, n, k, a, lda, b, ldb)
+    }
+    pub fn alpha(self, alpha: F) -> Self {
+        Gemm { alpha, ..self }
+    }
+    pub fn beta(self, beta: F) -> Self {
+        Gemm { beta, ..self }
+    }
+    /// Add to C instead of overwriting it (beta 1).
+    pub fn accumulate(self) -> Self {
+        self.beta(F::ONE)
+    }
+}
 
 /// Extent a row-major operand must have: `rows` rows of stride `ld`, the last one `cols` long.
 fn required_len(rows: usize, cols: usize, ld: usize) -> usize {
@@ -12,30 +62,14 @@ fn required_len(rows: usize, cols: usize, ld: usize) -> usize {
     }
 }
 
-/// Row-major `C = alpha * op(A) * op(B) + beta * C`, where op(A) is (m, k) and op(B) is (k, n).
-/// `lda`, `ldb`, `ldc` are the row strides of A, B, C as stored (A stored (k, m) when transposed).
-/// Panics only on an internal bug (operands too short), never on user input: callers validate
-/// shapes first and this check guards the unsafe call.
-#[allow(clippy::too_many_arguments)]
-pub fn gemm<F: Real>(
-    trans_a: bool,
-    trans_b: bool,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: F,
-    a: &[F],
-    lda: usize,
-    b: &[F],
-    ldb: usize,
-    beta: F,
-    c: &mut [F],
-    ldc: usize,
-) {
+/// Run `g` into C (row stride `ldc`) through BLAS. Panics only on an internal bug (operands too
+/// short), never on user input: callers validate shapes first and this check guards the unsafe call.
+pub fn gemm<F: BlasFloat>(g: &Gemm<F>, c: &mut [F], ldc: usize) {
+    let Gemm { trans_a, trans_b, m, n, k, lda, ldb, .. } = *g;
     let (a_rows, a_cols) = if trans_a { (k, m) } else { (m, k) };
     let (b_rows, b_cols) = if trans_b { (n, k) } else { (k, n) };
-    assert!(lda >= a_cols.max(1) && a.len() >= required_len(a_rows, a_cols, lda), "gemm: A too short");
-    assert!(ldb >= b_cols.max(1) && b.len() >= required_len(b_rows, b_cols, ldb), "gemm: B too short");
+    assert!(lda >= a_cols.max(1) && g.a.len() >= required_len(a_rows, a_cols, lda), "gemm: A too short");
+    assert!(ldb >= b_cols.max(1) && g.b.len() >= required_len(b_rows, b_cols, ldb), "gemm: B too short");
     assert!(ldc >= n.max(1) && c.len() >= required_len(m, n, ldc), "gemm: C too short");
     assert!(m.max(n).max(k).max(lda).max(ldb).max(ldc) <= i32::MAX as usize, "gemm: size overflows BLAS int");
     if m == 0 || n == 0 {
@@ -46,45 +80,81 @@ pub fn gemm<F: Real>(
         // costs as much as the product itself (the key/value cache's one-token steps).
         let incx = if trans_a { lda } else { 1 };
         let (rows, cols) = if trans_b { (n, k) } else { (k, n) };
-        if beta == F::ZERO {
-            c[..n].fill(F::ZERO); // some BLAS scale y by beta, which would keep a NaN already there
+        if g.beta == F::default() {
+            c[..n].fill(F::default()); // some BLAS scale y by beta, which would keep a NaN already there
         }
-        return F::gemv_raw(!trans_b, rows, cols, alpha, b, ldb, a, incx, beta, c);
+        // SAFETY: the extents of A (the vector), B (the matrix) and C were checked above.
+        return unsafe { F::gemv_unchecked(!trans_b, rows, cols, g.alpha, g.b, ldb, g.a, incx, g.beta, c) };
     }
-    F::gemm_raw(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    // SAFETY: every slice covers the rows and leading dimensions BLAS will touch (checked above).
+    unsafe { F::gemm_unchecked(g, c, ldc) }
 }
 
 /// The naive reference for `gemm`, same arguments and semantics. Tests only.
-#[allow(clippy::too_many_arguments)]
-pub fn gemm_reference<F: Real>(
-    trans_a: bool,
-    trans_b: bool,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: F,
-    a: &[F],
-    lda: usize,
-    b: &[F],
-    ldb: usize,
-    beta: F,
-    c: &mut [F],
-    ldc: usize,
-) {
+pub fn gemm_reference<F: BlasFloat>(g: &Gemm<F>, c: &mut [F], ldc: usize) {
+    let Gemm { trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta } = *g;
     for i in 0..m {
         for j in 0..n {
-            let mut acc = F::ZERO;
+            let mut acc = F::default();
             for p in 0..k {
                 let av = if trans_a { a[p * lda + i] } else { a[i * lda + p] };
                 let bv = if trans_b { b[j * ldb + p] } else { b[p * ldb + j] };
-                acc += av * bv;
+                acc = acc + av * bv;
             }
             let cv = &mut c[i * ldc + j];
             // beta == 0 overwrites, as BLAS does, so garbage (even NaN) in C is ignored.
-            *cv = if beta == F::ZERO { alpha * acc } else { alpha * acc + beta * *cv };
+            *cv = if beta == F::default() { alpha * acc } else { alpha * acc + beta * *cv };
         }
     }
 }
+
+/// A float BLAS has kernels for: f32 (sgemm, sgemv) and f64 (dgemm, dgemv).
+pub trait BlasFloat: Copy + Default + PartialEq + Add<Output = Self> + Mul<Output = Self> {
+    const ONE: Self;
+
+    /// # Safety
+    /// The operands must cover what `g` describes, and C (`ldc`) its (m, n) result.
+    unsafe fn gemm_unchecked(g: &Gemm<Self>, c: &mut [Self], ldc: usize);
+
+    /// Row-major y = alpha * op(A) x + beta * y, A stored (rows, cols) with row stride `lda`, x
+    /// with stride `incx`.
+    ///
+    /// # Safety
+    /// A, x and y must cover those extents.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemv_unchecked(trans: bool, rows: usize, cols: usize, alpha: Self, a: &[Self], lda: usize, x: &[Self], incx: usize, beta: Self, y: &mut [Self]);
+}
+
+fn transpose(t: bool) -> cblas_sys::CBLAS_TRANSPOSE {
+    if t {
+        cblas_sys::CBLAS_TRANSPOSE::CblasTrans
+    } else {
+        cblas_sys::CBLAS_TRANSPOSE::CblasNoTrans
+    }
+}
+
+macro_rules! impl_blas {
+    ($t:ty, $gemm:ident, $gemv:ident) => {
+        impl BlasFloat for $t {
+            const ONE: Self = 1.0;
+
+            unsafe fn gemm_unchecked(g: &Gemm<Self>, c: &mut [Self], ldc: usize) {
+                let row_major = cblas_sys::CBLAS_LAYOUT::CblasRowMajor;
+                let (ta, tb) = (transpose(g.trans_a), transpose(g.trans_b));
+                let (m, n, k) = (g.m as i32, g.n as i32, g.k as i32);
+                cblas_sys::$gemm(row_major, ta, tb, m, n, k, g.alpha, g.a.as_ptr(), g.lda as i32, g.b.as_ptr(), g.ldb as i32, g.beta, c.as_mut_ptr(), ldc as i32)
+            }
+
+            unsafe fn gemv_unchecked(trans: bool, rows: usize, cols: usize, alpha: Self, a: &[Self], lda: usize, x: &[Self], incx: usize, beta: Self, y: &mut [Self]) {
+                let row_major = cblas_sys::CBLAS_LAYOUT::CblasRowMajor;
+                cblas_sys::$gemv(row_major, transpose(trans), rows as i32, cols as i32, alpha, a.as_ptr(), lda as i32, x.as_ptr(), incx as i32, beta, y.as_mut_ptr(), 1)
+            }
+        }
+    };
+}
+
+impl_blas!(f32, cblas_sgemm, cblas_sgemv);
+impl_blas!(f64, cblas_dgemm, cblas_dgemv);
 
 extern "C" {
     fn openblas_set_num_threads(num_threads: std::os::raw::c_int);

@@ -23,30 +23,108 @@ pub struct GptConfig {
 /// more memory than any machine has (an allocation failure aborts rather than erring).
 pub const MAX_PARAMS: usize = 1 << 30;
 
+/// How a parameter starts: N(0, std), or a constant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    Normal(f64),
+    Const(f64),
+}
+
+/// One parameter as the model declares it: name (nanoGPT's), shape, initialisation, and whether
+/// AdamW decays it (2-D weights only).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub dims: Vec<usize>,
+    pub init: Init,
+    pub decay: bool,
+}
+
+fn spec(name: String, dims: &[usize], init: Init) -> ParamSpec {
+    ParamSpec { name, decay: dims.len() == 2, dims: dims.to_vec(), init }
+}
+
+/// Total elements of `specs`, or None if it overflows.
+fn sum_numel(specs: impl IntoIterator<Item = ParamSpec>) -> Option<usize> {
+    specs.into_iter().try_fold(0usize, |n, s| n.checked_add(s.dims.iter().try_fold(1usize, |m, &d| m.checked_mul(d))?))
+}
+
+/// Parameters per block, in `block_specs` order (the order `Block::from_handles` reads).
+const PER_BLOCK: usize = 12;
+
 impl GptConfig {
-    /// Number of parameters, or None if it overflows.
-    pub fn param_count(&self) -> Option<usize> {
-        let (v, c, t, l) = (self.vocab_size, self.d_model, self.block_size, self.n_layer);
-        // wte, wpe, per block 4 weight matrices (12 C^2) plus 13 C of biases and norms, ln_f.
-        let per_block = c.checked_mul(c)?.checked_mul(12)?.checked_add(c.checked_mul(13)?)?;
-        v.checked_add(t)?.checked_mul(c)?.checked_add(per_block.checked_mul(l)?)?.checked_add(2 * c)
+    /// The one declaration of the model's parameters, in registration order: the token and
+    /// position embeddings, every block's, the final layernorm. `Gpt::new`, the parameter count
+    /// and (through the binding) Python's checkpoint checks all read it.
+    pub fn layout(&self) -> impl Iterator<Item = ParamSpec> + '_ {
+        let (v, c, t) = (self.vocab_size, self.d_model, self.block_size);
+        let std = Init::Normal(0.02);
+        let embeddings = [
+            spec("transformer.wte.weight".into(), &[v, c], std),
+            spec("transformer.wpe.weight".into(), &[t, c], std),
+        ];
+        let ln_f = [
+            spec("transformer.ln_f.weight".into(), &[c], Init::Const(1.0)),
+            spec("transformer.ln_f.bias".into(), &[c], Init::Const(0.0)),
+        ];
+        embeddings.into_iter().chain((0..self.n_layer).flat_map(|i| self.block_specs(i))).chain(ln_f)
     }
 
+    /// Block `i`'s parameters.
+    fn block_specs(&self, i: usize) -> [ParamSpec; PER_BLOCK] {
+        let c = self.d_model;
+        let std = Init::Normal(0.02);
+        // Residual projections are scaled so the residual stream's variance does not grow with depth.
+        let proj_std = Init::Normal(0.02 / (2.0 * self.n_layer as f64).sqrt());
+        let (one, zero) = (Init::Const(1.0), Init::Const(0.0));
+        let p = |part: &str, dims: &[usize], init| spec(format!("transformer.h.{i}.{part}"), dims, init);
+        [
+            p("ln_1.weight", &[c], one),
+            p("ln_1.bias", &[c], zero),
+            p("attn.c_attn.weight", &[3 * c, c], std),
+            p("attn.c_attn.bias", &[3 * c], zero),
+            p("attn.c_proj.weight", &[c, c], proj_std),
+            p("attn.c_proj.bias", &[c], zero),
+            p("ln_2.weight", &[c], one),
+            p("ln_2.bias", &[c], zero),
+            p("mlp.c_fc.weight", &[4 * c, c], std),
+            p("mlp.c_fc.bias", &[4 * c], zero),
+            p("mlp.c_proj.weight", &[c, 4 * c], proj_std),
+            p("mlp.c_proj.bias", &[c], zero),
+        ]
+    }
+
+    /// Number of parameters, or None if it overflows. Counts one block's layout and multiplies,
+    /// so a config of a billion layers is counted without being listed.
+    pub fn param_count(&self) -> Option<usize> {
+        let per_block = sum_numel(self.block_specs(0))?;
+        let outside = sum_numel(GptConfig { n_layer: 0, ..*self }.layout())?;
+        per_block.checked_mul(self.n_layer)?.checked_add(outside)
+    }
+
+    /// Every check: the settings one by one (`validate_settings`), then the model's size.
     pub fn validate(&self) -> Result<()> {
-        let fail = |msg: String| Err(Error::Invalid(msg));
-        if self.vocab_size == 0 || self.d_model == 0 || self.n_head == 0 || self.n_layer == 0 || self.block_size == 0 {
-            return fail(format!("every model size must be at least 1, got {self:?}"));
-        }
-        if !self.d_model.is_multiple_of(self.n_head) {
-            return fail(format!("n_head {} does not divide d_model {}", self.n_head, self.d_model));
-        }
+        self.validate_settings()?;
         if self.vocab_size > u32::MAX as usize || self.param_count().is_none_or(|n| n > MAX_PARAMS) {
             let count = self.param_count().map_or("more than 2^64".to_string(), |n| n.to_string());
-            return fail(format!(
+            return Err(Error::Invalid(format!(
                 "the model is too large: {count} parameters (vocab_size {}, d_model {}, n_layer {}, block_size {}), \
                  more than lmcore's limit of {MAX_PARAMS} (4 GiB of float32 weights)",
                 self.vocab_size, self.d_model, self.n_layer, self.block_size
-            ));
+            )));
+        }
+        Ok(())
+    }
+
+    /// The checks of each setting and of their relations, not of the size they add up to.
+    pub fn validate_settings(&self) -> Result<()> {
+        let fail = |msg: String| Err(Error::Invalid(msg));
+        let sizes = [("vocab_size", self.vocab_size), ("d_model", self.d_model), ("n_head", self.n_head), ("n_layer", self.n_layer), ("block_size", self.block_size)];
+        if let Some((name, value)) = sizes.iter().find(|(_, v)| *v == 0) {
+            return fail(format!("{name} must be at least 1, got {value}"));
+        }
+        if !self.d_model.is_multiple_of(self.n_head) {
+            return fail(format!("n_head {} does not divide d_model {}", self.n_head, self.d_model));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return fail(format!("dropout must be in [0, 1), got {}", self.dropout));
@@ -73,52 +151,32 @@ pub struct Gpt {
     pub(crate) ln_f: (Var, Var),
 }
 
-/// How a parameter starts: N(0, std), or a constant.
-enum Init {
-    Normal(f64),
-    Const(f64),
-}
-
-fn add_param<F: Real>(g: &mut Graph<F>, rng: &mut Rng, name: &str, dims: &[usize], init: Init) -> Result<Var> {
-    let shape = Shape::new(dims)?;
-    let var = g.store.add_param(name, shape, dims.len() == 2)?;
-    for x in g.store.values_mut(var) {
-        *x = F::from_f64(match init {
-            Init::Normal(std) => std * rng.normal(),
-            Init::Const(c) => c,
-        });
+impl Block {
+    /// The handles of one block, in `block_specs` order.
+    fn from_handles(h: &[Var]) -> Block {
+        Block { ln1: (h[0], h[1]), attn: (h[2], h[3]), attn_proj: (h[4], h[5]), ln2: (h[6], h[7]), fc: (h[8], h[9]), fc_proj: (h[10], h[11]) }
     }
-    Ok(var)
 }
 
 impl Gpt {
-    /// Register and initialise every parameter in `g` (which must not have any yet).
+    /// Register and initialise every parameter of `config.layout()` in `g` (which must not have
+    /// any yet), drawing the normal ones from one generator seeded with `seed`, in layout order.
     pub fn new<F: Real>(g: &mut Graph<F>, config: GptConfig, seed: u64) -> Result<Gpt> {
         config.validate()?;
-        let GptConfig { vocab_size: v, d_model: c, n_layer, block_size, .. } = config;
         let mut rng = Rng::new(seed);
-        let std = 0.02;
-        // Residual projections are scaled so the residual stream's variance does not grow with depth.
-        let proj_std = std / (2.0 * n_layer as f64).sqrt();
-        let mut p = |name: &str, dims: &[usize], init| add_param(g, &mut rng, name, dims, init);
-        let wte = p("transformer.wte.weight", &[v, c], Init::Normal(std))?;
-        let wpe = p("transformer.wpe.weight", &[block_size, c], Init::Normal(std))?;
-        let mut blocks = Vec::with_capacity(n_layer);
-        for i in 0..n_layer {
-            let mut pair = |part: &str, w: &[usize], w_init: Init, b: usize, b_init: Init| -> Result<(Var, Var)> {
-                let name = format!("transformer.h.{i}.{part}");
-                Ok((p(&format!("{name}.weight"), w, w_init)?, p(&format!("{name}.bias"), &[b], b_init)?))
-            };
-            blocks.push(Block {
-                ln1: pair("ln_1", &[c], Init::Const(1.0), c, Init::Const(0.0))?,
-                attn: pair("attn.c_attn", &[3 * c, c], Init::Normal(std), 3 * c, Init::Const(0.0))?,
-                attn_proj: pair("attn.c_proj", &[c, c], Init::Normal(proj_std), c, Init::Const(0.0))?,
-                ln2: pair("ln_2", &[c], Init::Const(1.0), c, Init::Const(0.0))?,
-                fc: pair("mlp.c_fc", &[4 * c, c], Init::Normal(std), 4 * c, Init::Const(0.0))?,
-                fc_proj: pair("mlp.c_proj", &[c, 4 * c], Init::Normal(proj_std), c, Init::Const(0.0))?,
-            });
+        let mut handles = Vec::new();
+        for spec in config.layout() {
+            let var = g.store.add_param(&spec.name, Shape::new(&spec.dims)?, spec.decay)?;
+            for x in g.store.values_mut(var) {
+                *x = F::from_f64(match spec.init {
+                    Init::Normal(std) => std * rng.normal(),
+                    Init::Const(c) => c,
+                });
+            }
+            handles.push(var);
         }
-        let ln_f = (p("transformer.ln_f.weight", &[c], Init::Const(1.0))?, p("transformer.ln_f.bias", &[c], Init::Const(0.0))?);
+        let (wte, wpe, ln_f) = (handles[0], handles[1], (handles[handles.len() - 2], handles[handles.len() - 1]));
+        let blocks = handles[2..handles.len() - 2].chunks_exact(PER_BLOCK).map(Block::from_handles).collect();
         Ok(Gpt { config, wte, wpe, blocks, ln_f })
     }
 

@@ -10,7 +10,7 @@
 //! Positions: the node at tape index i runs at backward position p = len - 1 - i.
 
 use crate::error::Result;
-use crate::graph::Op;
+use crate::op::Op;
 use crate::real::Real;
 use crate::store::{Store, Var};
 

@@ -3,56 +3,22 @@
 //! exhaustive `match`, so an op cannot exist without its backward rule.
 
 use crate::error::{Error, Result};
+use crate::op::Op;
 use crate::ops::{attention, cross_entropy, dropout, embedding, gelu, layernorm, linear, residual};
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::grad_plan::GradPlan;
-use crate::store::{Shape, Store, Var};
+use crate::store::{ParamInfo, Shape, Store, Var};
 
-/// One recorded operation. Inputs first, then `out`, then tensors the op saved for backward.
-#[derive(Debug, Clone, Copy)]
-pub enum Op {
-    Embedding { ids: Var, table: Var, out: Var },
-    Add { a: Var, b: Var, out: Var },
-    Linear { x: Var, w: Var, b: Option<Var>, out: Var },
-    LayerNorm { x: Var, gamma: Var, beta: Var, out: Var, stats: Var, partials: Var },
-    Gelu { x: Var, out: Var },
-    Attention { qkv: Var, n_head: usize, out: Var, lse: Var, bwd_tiles: Var },
-    CrossEntropy { logits: Var, targets: Var, out: Var, lse: Var },
-    Dropout { x: Var, out: Var, mask: Var },
-}
-
-impl Op {
-    /// The float tensors whose gradients this op's backward adds to (parameters included).
-    pub(crate) fn grad_inputs(&self) -> [Option<Var>; 3] {
-        match *self {
-            Op::Embedding { table, .. } => [Some(table), None, None],
-            Op::Add { a, b, .. } => [Some(a), Some(b), None],
-            Op::Linear { x, w, b, .. } => [Some(x), Some(w), b],
-            Op::LayerNorm { x, gamma, beta, .. } => [Some(x), Some(gamma), Some(beta)],
-            Op::Gelu { x, .. } | Op::Dropout { x, .. } => [Some(x), None, None],
-            Op::Attention { qkv, .. } => [Some(qkv), None, None],
-            Op::CrossEntropy { logits, .. } => [Some(logits), None, None],
-        }
-    }
-
-    /// The tensors with gradient slots that this op creates: its output and backward scratch.
-    pub(crate) fn grad_outputs(&self) -> [Option<Var>; 2] {
-        match *self {
-            Op::LayerNorm { out, partials, .. } => [Some(out), Some(partials)],
-            Op::Attention { out, bwd_tiles, .. } => [Some(out), Some(bwd_tiles)],
-            Op::Embedding { out, .. }
-            | Op::Add { out, .. }
-            | Op::Linear { out, .. }
-            | Op::Gelu { out, .. }
-            | Op::CrossEntropy { out, .. }
-            | Op::Dropout { out, .. } => [Some(out), None],
-        }
-    }
+/// Put an op's output on the tape; its kernel has already run.
+fn record(tape: &mut Vec<Op>, recorded: Result<(Var, Op)>) -> Result<Var> {
+    let (out, op) = recorded?;
+    tape.push(op);
+    Ok(out)
 }
 
 pub struct Graph<F: Real> {
-    pub store: Store<F>,
+    pub(crate) store: Store<F>,
     pub(crate) tape: Vec<Op>,
     grad_plan: GradPlan,
     /// Drives dropout masks; its state is part of a checkpoint.
@@ -78,10 +44,6 @@ impl<F: Real> Graph<F> {
         self.store.reset();
     }
 
-    pub fn tape_len(&self) -> usize {
-        self.tape.len()
-    }
-
     /// A leaf float tensor (an input) holding `data`.
     pub fn input(&mut self, dims: &[usize], data: &[F]) -> Result<Var> {
         let shape = Shape::new(dims)?;
@@ -99,6 +61,41 @@ impl<F: Real> Graph<F> {
         Ok(self.store.values(v))
     }
 
+    /// Write access to a tensor's values (a parameter's, to set or perturb it).
+    pub fn value_mut(&mut self, v: Var) -> Result<&mut [F]> {
+        self.store.float_shape(v)?;
+        Ok(self.store.values_mut(v))
+    }
+
+    /// The parameters, in registration order.
+    pub fn params(&self) -> &[ParamInfo] {
+        self.store.params()
+    }
+
+    pub fn param(&self, name: &str) -> Result<&ParamInfo> {
+        self.store.param(name)
+    }
+
+    /// Floats of all parameters together.
+    pub fn param_len(&self) -> usize {
+        self.store.param_len()
+    }
+
+    /// How many times the arena has been reset.
+    pub fn generation(&self) -> u64 {
+        self.store.generation()
+    }
+
+    /// Bytes the arena (activations, their gradients, ids) has ever needed at once.
+    pub fn arena_high_water_bytes(&self) -> usize {
+        self.store.high_water_bytes()
+    }
+
+    /// Bytes reserved by the store's buffers (parameters included).
+    pub fn capacity_bytes(&self) -> usize {
+        self.store.capacity_bytes()
+    }
+
     /// The gradient of an input or a parameter from the last backward.
     pub fn grad(&self, v: Var) -> Result<&[F]> {
         self.store.kept_grad_shape(v)?;
@@ -107,6 +104,48 @@ impl<F: Real> Graph<F> {
 
     pub fn shape(&self, v: Var) -> Result<Shape> {
         self.store.shape(v)
+    }
+
+    // The ops. Each checks its inputs, runs its forward kernel and records itself; the checks
+    // and kernels live in `ops/`, one file per op family beside its backward.
+
+    /// Rows of `table` picked by `ids`: (..., C) for ids (...).
+    pub fn embedding(&mut self, ids: Var, table: Var) -> Result<Var> {
+        let recorded = embedding::record(&mut self.store, ids, table);
+        record(&mut self.tape, recorded)
+    }
+    pub fn add(&mut self, a: Var, b: Var) -> Result<Var> {
+        let recorded = residual::record(&mut self.store, a, b);
+        record(&mut self.tape, recorded)
+    }
+    /// x W^T + b, W (out, in) as in PyTorch.
+    pub fn linear(&mut self, x: Var, w: Var, b: Option<Var>) -> Result<Var> {
+        let recorded = linear::record(&mut self.store, x, w, b);
+        record(&mut self.tape, recorded)
+    }
+    pub fn layernorm(&mut self, x: Var, gamma: Var, beta: Var) -> Result<Var> {
+        let recorded = layernorm::record(&mut self.store, x, gamma, beta);
+        record(&mut self.tape, recorded)
+    }
+    pub fn gelu(&mut self, x: Var) -> Result<Var> {
+        let recorded = gelu::record(&mut self.store, x);
+        record(&mut self.tape, recorded)
+    }
+    /// Causal self-attention on qkv (B, T, 3C): (B, T, C).
+    pub fn attention(&mut self, qkv: Var, n_head: usize) -> Result<Var> {
+        let recorded = attention::record(&mut self.store, qkv, n_head);
+        record(&mut self.tape, recorded)
+    }
+    /// Mean cross-entropy of logits (..., V) against ids (...): a scalar.
+    pub fn cross_entropy(&mut self, logits: Var, targets: Var) -> Result<Var> {
+        let recorded = cross_entropy::record(&mut self.store, logits, targets);
+        record(&mut self.tape, recorded)
+    }
+    /// Dropout with probability `p` from the graph's generator; the identity (nothing recorded) at 0.
+    pub fn dropout(&mut self, x: Var, p: f64) -> Result<Var> {
+        let (out, op) = dropout::record(&mut self.store, &mut self.rng, x, p)?;
+        self.tape.extend(op);
+        Ok(out)
     }
 
     /// Backpropagate from a scalar: d(out)/d(every tensor) lands in the gradient buffers.
@@ -167,14 +206,4 @@ impl<F: Real> Graph<F> {
         }
         Ok(())
     }
-}
-
-/// Ops whose backward writes several input gradients at once need distinct inputs.
-pub(crate) fn require_distinct(vars: &[Var], op: &str) -> Result<()> {
-    for (i, a) in vars.iter().enumerate() {
-        if vars[i + 1..].contains(a) {
-            return Err(Error::Invalid(format!("{op}: the same tensor is passed as two different inputs")));
-        }
-    }
-    Ok(())
 }

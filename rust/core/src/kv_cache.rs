@@ -5,7 +5,7 @@
 //! Shapes: B rows decoded together, P new positions per call, C channels, L layers; k and v are
 //! (L, B, block, C); the scratch holds up to (B, block) positions.
 
-use crate::blas::gemm;
+use crate::blas::{gemm, Gemm};
 use crate::error::{Error, Result};
 use crate::gpt::Gpt;
 use crate::memory;
@@ -148,13 +148,13 @@ impl<F: Real> KvCache<F> {
                     let s = &mut self.scores[..steps * block];
                     // scores (P, keys) = scale * Q_h K_h^T, heads read in place through strides
                     let (kh, vh) = (&self.k[slab + head * hs..], &self.v[slab + head * hs..]);
-                    gemm(false, true, steps, keys, hs, scale, &q[head * hs..], 3 * c, kh, c, F::ZERO, s, block);
+                    gemm(&Gemm::nt(steps, keys, hs, &q[head * hs..], 3 * c, kh, c).alpha(scale), s, block);
                     for (i, row) in s.chunks_exact_mut(block).enumerate() {
                         attention::causal_softmax_row(&mut row[..keys], pos + i);
                     }
                     // att_h (P, hs) = scores V_h
                     let out = &mut att[b * steps * c + head * hs..];
-                    gemm(false, false, steps, hs, keys, F::ONE, s, block, vh, c, F::ZERO, out, c);
+                    gemm(&Gemm::nn(steps, hs, keys, s, block, vh, c), out, c);
                 }
             }
             linear::forward(att, p(blk.attn_proj.0), Some(p(blk.attn_proj.1)), proj, n, c, c);

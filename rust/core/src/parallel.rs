@@ -9,8 +9,7 @@
 //! sleep: waking a sleeping thread costs tens of microseconds, more than the gap between two
 //! parallel loops of a training step.
 
-use crate::blas::{gemm, set_blas_threads};
-use crate::real::Real;
+use crate::blas::set_blas_threads;
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -287,51 +286,4 @@ impl<T> Chunks<T> {
         let start = (i * self.size).min(self.len);
         std::slice::from_raw_parts_mut(self.ptr.0.add(start), self.size.min(self.len - start))
     }
-}
-
-/// Size of B (floats) from which a one-row product is split across the threads. Smaller ones sit
-/// in cache and splitting costs more than it saves (measured: the small model's cached step);
-/// larger ones stream from memory, which two cores read faster than one (medium: 1.6x).
-const GEMV_SPLIT_MIN: usize = 128 * 1024;
-
-/// `gemm` with its output rows (for a single row, its columns) split among the threads; same
-/// arguments and result.
-#[allow(clippy::too_many_arguments)]
-pub fn gemm_rows<F: Real>(
-    trans_a: bool,
-    trans_b: bool,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: F,
-    a: &[F],
-    lda: usize,
-    b: &[F],
-    ldb: usize,
-    beta: F,
-    c: &mut [F],
-    ldc: usize,
-) {
-    if m == 1 && n * k >= GEMV_SPLIT_MIN {
-        // One row (a token step of the key/value cache) is a matrix-vector product that reads
-        // all of B: split its columns, so each thread streams its part of B.
-        let cols = rows_per_task(n);
-        return for_each_chunk(&mut c[..n], cols, |i, c_part| {
-            let j0 = i * cols; // column j0 of op(B) is row j0 of B, or column j0 when not transposed
-            let b_part = if trans_b { &b[j0 * ldb..] } else { &b[j0..] };
-            gemm(trans_a, trans_b, 1, c_part.len(), k, alpha, a, lda, b_part, ldb, beta, c_part, ldc);
-        });
-    }
-    let rows = rows_per_task(m);
-    if rows >= m || n == 0 || k == 0 {
-        return gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    }
-    let c = &mut c[..(m - 1) * ldc + n];
-    for_each_chunk(c, rows * ldc, |i, c_part| {
-        let r0 = i * rows;
-        let mr = rows.min(m - r0);
-        // Row r0 of op(A) starts at row r0 of A, or at column r0 when A is transposed.
-        let a_part = if trans_a { &a[r0..] } else { &a[r0 * lda..] };
-        gemm(trans_a, trans_b, mr, n, k, alpha, a_part, lda, b, ldb, beta, c_part, ldc);
-    });
 }

@@ -1,13 +1,15 @@
 //! `Real`: the float type the kernels are generic over. Training runs f32; gradient checks run
-//! the very same kernels in f64. BLAS dispatch (sgemm vs dgemm) hangs off this trait so a kernel
-//! never names a precision.
+//! the very same kernels in f64. BLAS dispatch (sgemm vs dgemm) comes with it, through
+//! `blas::BlasFloat`, so a kernel never names a precision.
 
+use crate::blas::BlasFloat;
 use std::fmt::Debug;
 use std::iter::Sum;
 use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssign};
 
 pub trait Real:
-    Copy
+    BlasFloat
+    + Copy
     + Send
     + Sync
     + Default
@@ -26,7 +28,6 @@ pub trait Real:
     + 'static
 {
     const ZERO: Self;
-    const ONE: Self;
     const NEG_INFINITY: Self;
     /// "float32" or "float64", as numpy spells it.
     const NAME: &'static str;
@@ -39,36 +40,12 @@ pub trait Real:
     fn tanh(self) -> Self;
     fn max(self, other: Self) -> Self;
     fn is_finite(self) -> bool;
-
-    /// Row-major C = alpha * op(A) * op(B) + beta * C through BLAS; see `blas::gemm`.
-    #[allow(clippy::too_many_arguments)]
-    fn gemm_raw(
-        trans_a: bool,
-        trans_b: bool,
-        m: usize,
-        n: usize,
-        k: usize,
-        alpha: Self,
-        a: &[Self],
-        lda: usize,
-        b: &[Self],
-        ldb: usize,
-        beta: Self,
-        c: &mut [Self],
-        ldc: usize,
-    );
-
-    /// Row-major y = alpha * op(A) x + beta * y through BLAS, A stored (rows, cols) with row
-    /// stride `lda`, x with stride `incx`; `blas::gemm` calls it for one-row products.
-    #[allow(clippy::too_many_arguments)]
-    fn gemv_raw(trans: bool, rows: usize, cols: usize, alpha: Self, a: &[Self], lda: usize, x: &[Self], incx: usize, beta: Self, y: &mut [Self]);
 }
 
 macro_rules! impl_real {
-    ($t:ty, $name:literal, $gemm:ident, $gemv:ident, $exp:path, $tanh:path) => {
+    ($t:ty, $name:literal, $exp:path, $tanh:path) => {
         impl Real for $t {
             const ZERO: Self = 0.0;
-            const ONE: Self = 1.0;
             const NEG_INFINITY: Self = <$t>::NEG_INFINITY;
             const NAME: &'static str = $name;
 
@@ -104,73 +81,12 @@ macro_rules! impl_real {
             fn is_finite(self) -> bool {
                 <$t>::is_finite(self)
             }
-
-            fn gemm_raw(
-                trans_a: bool,
-                trans_b: bool,
-                m: usize,
-                n: usize,
-                k: usize,
-                alpha: Self,
-                a: &[Self],
-                lda: usize,
-                b: &[Self],
-                ldb: usize,
-                beta: Self,
-                c: &mut [Self],
-                ldc: usize,
-            ) {
-                use cblas_sys::{CBLAS_LAYOUT, CBLAS_TRANSPOSE};
-                let t = |x: bool| if x { CBLAS_TRANSPOSE::CblasTrans } else { CBLAS_TRANSPOSE::CblasNoTrans };
-                // SAFETY: `blas::gemm` checked that every slice covers the rows and leading
-                // dimensions BLAS will touch, so no access falls outside them.
-                unsafe {
-                    cblas_sys::$gemm(
-                        CBLAS_LAYOUT::CblasRowMajor,
-                        t(trans_a),
-                        t(trans_b),
-                        m as i32,
-                        n as i32,
-                        k as i32,
-                        alpha,
-                        a.as_ptr(),
-                        lda as i32,
-                        b.as_ptr(),
-                        ldb as i32,
-                        beta,
-                        c.as_mut_ptr(),
-                        ldc as i32,
-                    )
-                }
-            }
-
-            fn gemv_raw(trans: bool, rows: usize, cols: usize, alpha: Self, a: &[Self], lda: usize, x: &[Self], incx: usize, beta: Self, y: &mut [Self]) {
-                use cblas_sys::{CBLAS_LAYOUT, CBLAS_TRANSPOSE};
-                let t = if trans { CBLAS_TRANSPOSE::CblasTrans } else { CBLAS_TRANSPOSE::CblasNoTrans };
-                // SAFETY: as for gemm_raw, `blas::gemm` checked the extents first.
-                unsafe {
-                    cblas_sys::$gemv(
-                        CBLAS_LAYOUT::CblasRowMajor,
-                        t,
-                        rows as i32,
-                        cols as i32,
-                        alpha,
-                        a.as_ptr(),
-                        lda as i32,
-                        x.as_ptr(),
-                        incx as i32,
-                        beta,
-                        y.as_mut_ptr(),
-                        1,
-                    )
-                }
-            }
         }
     };
 }
 
-impl_real!(f32, "float32", cblas_sgemm, cblas_sgemv, exp_f32, tanh_via_exp);
-impl_real!(f64, "float64", cblas_dgemm, cblas_dgemv, f64::exp, f64::tanh);
+impl_real!(f32, "float32", exp_f32, tanh_via_exp);
+impl_real!(f64, "float64", f64::exp, f64::tanh);
 
 /// e^x for f32 without a libm call, so loops over it vectorise: x = n ln2 + r with |r| <= ln2/2,
 /// e^r by its degree-6 Taylor polynomial (truncation error below 2e-7 relative), and 2^n built

@@ -421,12 +421,9 @@ impl<F: Real> Store<F> {
         }
     }
 
-    pub fn dtype(&self, v: Var) -> Result<Dtype> {
-        self.entry(v).map(|e| e.dtype)
-    }
-
     // The accessors below take handles that the graph already validated; an invalid one here is
-    // an engine bug, so they index directly.
+    // an engine bug, so they index directly. Crate-private: outside the engine, every access goes
+    // through `Graph`, which checks the handle's generation first.
     pub(crate) fn shape_of(&self, v: Var) -> Shape {
         self.entries[v.index as usize].shape
     }
@@ -436,21 +433,21 @@ impl<F: Real> Store<F> {
     fn grad_range(&self, v: Var) -> std::ops::Range<usize> {
         slot_range(&self.entries, v, Slot::Grad, 0)
     }
-    pub fn values(&self, v: Var) -> &[F] {
+    pub(crate) fn values(&self, v: Var) -> &[F] {
         &self.values[self.value_range(v)]
     }
-    pub fn values_mut(&mut self, v: Var) -> &mut [F] {
+    pub(crate) fn values_mut(&mut self, v: Var) -> &mut [F] {
         let r = self.value_range(v);
         &mut self.values[r]
     }
-    pub fn grads(&self, v: Var) -> &[F] {
+    pub(crate) fn grads(&self, v: Var) -> &[F] {
         &self.grads[self.grad_range(v)]
     }
-    pub fn grads_mut(&mut self, v: Var) -> &mut [F] {
+    pub(crate) fn grads_mut(&mut self, v: Var) -> &mut [F] {
         let r = self.grad_range(v);
         &mut self.grads[r]
     }
-    pub fn id_values(&self, v: Var) -> &[u32] {
+    pub(crate) fn id_values(&self, v: Var) -> &[u32] {
         &self.ids[self.value_range(v)]
     }
 

@@ -3,6 +3,8 @@
 //! parameters; once the first step has sized the arena, a step allocates nothing.
 
 use crate::adamw::{AdamW, AdamWConfig};
+use crate::grad_clip::GradClip;
+use crate::optimizer::Optimizer;
 use crate::error::{Error, Result};
 use crate::gpt::{Gpt, GptConfig};
 use crate::graph::Graph;
@@ -27,16 +29,19 @@ pub struct StepStats {
 pub struct Trainer<F: Real> {
     pub graph: Graph<F>,
     pub gpt: Gpt,
-    pub opt: AdamW<F>,
+    pub opt: Box<dyn Optimizer<F>>,
+    pub clip: GradClip,
     /// Key/value cache for generation, made on first use.
     pub kv: Option<KvCache<F>>,
 }
 
 impl<F: Real> Trainer<F> {
-    /// A freshly initialised model. `seed` drives the initial weights and the dropout stream.
-    pub fn new(config: GptConfig, seed: u64, opt: AdamWConfig) -> Result<Self> {
+    /// A freshly initialised model trained with AdamW, its global gradient norm clipped to
+    /// `grad_clip` (0: no clipping). `seed` drives the initial weights and the dropout stream.
+    pub fn new(config: GptConfig, seed: u64, opt: AdamWConfig, grad_clip: f64) -> Result<Self> {
         config.validate()?;
         opt.validate()?;
+        GradClip::check(grad_clip)?;
         let n = config.param_count().expect("a valid config's parameter count fits");
         // Weights, their gradients and AdamW's m and v: four floats per parameter.
         let in_model_terms = |_| {
@@ -52,8 +57,9 @@ impl<F: Real> Trainer<F> {
             let gpt = Gpt::new(&mut graph, config, seed)?;
             // A stream of its own for dropout, distinct from the one that drew the weights.
             graph.rng = Rng::new(seed ^ 0xD1B5_4A32_D192_ED03);
-            let opt = AdamW::new(opt, &graph.store)?;
-            Ok(Trainer { graph, gpt, opt, kv: None })
+            let opt = Box::new(AdamW::new(opt, &graph.store)?);
+            let clip = GradClip::new(grad_clip, graph.param_len());
+            Ok(Trainer { graph, gpt, opt, clip, kv: None })
         };
         build().map_err(|e| e.out_of_memory_as(in_model_terms))
     }
@@ -118,7 +124,15 @@ impl<F: Real> Trainer<F> {
             return Err(Error::NonFinite(format!("loss is {loss_value}")));
         }
         self.graph.backward(loss).map_err(|e| Self::batch_out_of_memory(e, "a training step", b, t))?;
-        let grad_norm = self.opt.update(&mut self.graph.store, lr)?;
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(Error::Invalid(format!("learning rate must be a finite number >= 0, got {lr}")));
+        }
+        let (params, grads) = self.graph.store.param_buffers_mut();
+        let grad_norm = self.clip.norm(grads);
+        if !grad_norm.is_finite() {
+            return Err(Error::NonFinite(format!("gradient norm is {grad_norm}")));
+        }
+        self.opt.update(params, grads, lr, self.clip.scale(grad_norm));
         Ok(StepStats { loss: loss_value, grad_norm })
     }
 

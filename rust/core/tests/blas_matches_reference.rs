@@ -1,7 +1,7 @@
 //! BLAS gemm (every transpose combination, strided operands, one-row products that go through
 //! gemv, beta = 0 over NaN garbage) against the naive reference.
 
-use lmcore_core::blas::{gemm, gemm_reference};
+use lmcore_core::blas::{gemm, gemm_reference, Gemm};
 use lmcore_core::Rng;
 
 fn check<F: lmcore_core::Real>(tol: f64) {
@@ -20,8 +20,9 @@ fn check<F: lmcore_core::Real>(tol: f64) {
             let (alpha, beta) = (F::from_f64(0.7), F::from_f64(beta));
             let mut c1 = c0.clone();
             let mut c2 = c0.clone();
-            gemm(ta, tb, m, n, k, alpha, &a, lda, &b, ldb, beta, &mut c1, ldc);
-            gemm_reference(ta, tb, m, n, k, alpha, &a, lda, &b, ldb, beta, &mut c2, ldc);
+            let product = Gemm::new(ta, tb, m, n, k, &a, lda, &b, ldb).alpha(alpha).beta(beta);
+            gemm(&product, &mut c1, ldc);
+            gemm_reference(&product, &mut c2, ldc);
             for (i, (x, y)) in c1.iter().zip(&c2).enumerate() {
                 if i % ldc >= n {
                     continue; // padding between rows is not part of C

@@ -17,8 +17,8 @@ fn tiny_gpt_gradients_match_finite_differences() {
     let mut g = Graph::<f64>::new();
     let gpt = Gpt::new(&mut g, config, 3).unwrap();
     // Larger weights than the 0.02 init so every path carries a visible gradient.
-    for p in g.store.params().to_vec() {
-        for (i, v) in g.store.values_mut(p.var).iter_mut().enumerate() {
+    for p in g.params().to_vec() {
+        for (i, v) in g.value_mut(p.var).unwrap().iter_mut().enumerate() {
             *v += 0.3 * ((i as f64 * 0.37 + p.offset as f64).sin());
         }
     }
@@ -31,8 +31,8 @@ fn tiny_gpt_gradients_match_finite_differences() {
     let tg = g.input_ids(&[2, 5], y.iter().copied(), 11).unwrap();
     let (_, l) = gpt.forward(&mut g, ids, Some(tg), false).unwrap();
     g.backward(l.unwrap()).unwrap();
-    let params = g.store.params().to_vec();
-    let analytic: Vec<Vec<f64>> = params.iter().map(|p| g.store.grads(p.var).to_vec()).collect();
+    let params = g.params().to_vec();
+    let analytic: Vec<Vec<f64>> = params.iter().map(|p| g.grad(p.var).unwrap().to_vec()).collect();
 
     let h = 1e-5;
     let mut worst: f64 = 0.0;
@@ -40,12 +40,12 @@ fn tiny_gpt_gradients_match_finite_differences() {
         // A few entries of each tensor, spread over it.
         let n = p.shape.numel();
         for i in (0..n).step_by((n / 5).max(1)) {
-            let orig = g.store.values(p.var)[i];
-            g.store.values_mut(p.var)[i] = orig + h;
+            let orig = g.value(p.var).unwrap()[i];
+            g.value_mut(p.var).unwrap()[i] = orig + h;
             let up = loss(&mut g, &gpt, &x, &y);
-            g.store.values_mut(p.var)[i] = orig - h;
+            g.value_mut(p.var).unwrap()[i] = orig - h;
             let down = loss(&mut g, &gpt, &x, &y);
-            g.store.values_mut(p.var)[i] = orig;
+            g.value_mut(p.var).unwrap()[i] = orig;
             let numeric = (up - down) / (2.0 * h);
             // Relative error; the floor keeps exactly-zero gradients (such as the key bias, to
             // which softmax is invariant) from dividing rounding noise by zero.

@@ -35,8 +35,8 @@ fn batch(step: usize, len: usize, vocab: usize) -> (Vec<i64>, Vec<i64>) {
 #[test]
 fn steady_state_step_allocates_nothing_and_arena_stays_flat() {
     let config = GptConfig { vocab_size: 65, d_model: 32, n_head: 2, n_layer: 2, block_size: 16, dropout: 0.1 };
-    let opt = AdamWConfig { beta2: 0.99, weight_decay: 0.1, grad_clip: 1.0, ..Default::default() };
-    let mut trainer = Trainer::<f32>::new(config, 42, opt).unwrap();
+    let opt = AdamWConfig { beta2: 0.99, weight_decay: 0.1, ..Default::default() };
+    let mut trainer = Trainer::<f32>::new(config, 42, opt, 1.0).unwrap();
     let (b, t) = (4, 16);
     // Batches are made up front so that the loop measures the engine, not the test.
     let batches: Vec<_> = (0..1000).map(|s| batch(s, b * t, 65)).collect();
@@ -45,8 +45,8 @@ fn steady_state_step_allocates_nothing_and_arena_stays_flat() {
     trainer.train_step(&batches[0].0, &batches[0].1, b, t, 1e-3).unwrap();
     // The counter sees the first step size the arena: proof it is really counting.
     assert!(ALLOCATIONS.load(Ordering::SeqCst) > start);
-    let high_water = trainer.graph.store.high_water_bytes();
-    let capacity = trainer.graph.store.capacity_bytes();
+    let high_water = trainer.graph.arena_high_water_bytes();
+    let capacity = trainer.graph.capacity_bytes();
     assert!(high_water > 0);
 
     let before = ALLOCATIONS.load(Ordering::SeqCst);
@@ -57,9 +57,9 @@ fn steady_state_step_allocates_nothing_and_arena_stays_flat() {
     let allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
 
     assert_eq!(allocations, 0, "steady-state steps allocated {allocations} times");
-    assert_eq!(trainer.graph.store.high_water_bytes(), high_water, "arena high-water mark moved");
-    assert_eq!(trainer.graph.store.capacity_bytes(), capacity, "buffers grew after the first step");
-    assert_eq!(trainer.opt.step, 1000);
+    assert_eq!(trainer.graph.arena_high_water_bytes(), high_water, "arena high-water mark moved");
+    assert_eq!(trainer.graph.capacity_bytes(), capacity, "buffers grew after the first step");
+    assert_eq!(trainer.opt.step(), 1000);
     assert!(last_loss.is_finite());
     println!("1000 steps: 0 allocations after step 1, arena high-water {high_water} bytes");
 }

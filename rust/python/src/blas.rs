@@ -2,8 +2,9 @@
 //! tests can check every transpose combination, and the thread count.
 
 use crate::arrays::{check_output_memory, contiguous, readonly_floats};
-use lmcore_core::blas::gemm_reference;
-use lmcore_core::parallel::{self, gemm_rows};
+use lmcore_core::blas::{gemm_reference, Gemm};
+use lmcore_core::matmul::gemm_rows;
+use lmcore_core::parallel;
 use lmcore_core::Real;
 use numpy::{Element, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
@@ -38,7 +39,7 @@ fn matmul_generic<'py, F: Real + Element>(
         let c = c.as_slice_mut().expect("a new array is contiguous");
         let f = if reference { gemm_reference::<F> } else { gemm_rows::<F> };
         // The GIL stays held: the inputs are numpy's memory, which no other thread may change meanwhile.
-        f(trans_a, trans_b, m, n, k, F::ONE, &av, ac.max(1), &bv, bc.max(1), F::ZERO, c, n.max(1));
+        f(&Gemm::new(trans_a, trans_b, m, n, k, &av, ac.max(1), &bv, bc.max(1)), c, n.max(1));
     }
     Ok(out.into_any())
 }

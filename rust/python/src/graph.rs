@@ -93,7 +93,7 @@ impl Graph {
     /// How many times the graph has been reset.
     #[getter]
     fn generation(&self, py: Python<'_>) -> u64 {
-        with_graph!(self, py, g, F => g.store.generation())
+        with_graph!(self, py, g, F => g.generation())
     }
 
     /// Forget the tape and rewind the arena: every tensor made so far becomes stale.

@@ -9,6 +9,7 @@ mod exclusive;
 mod graph;
 mod model;
 mod sampling;
+mod settings;
 
 pyo3::create_exception!(
     _core,
@@ -31,5 +32,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<graph::Tensor>()?;
     blas::register(m)?;
     sampling::register(m)?;
+    settings::register(m)?;
     Ok(())
 }

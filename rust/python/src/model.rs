@@ -6,7 +6,8 @@
 use crate::arrays::{batch_dims, read_floats, read_ids_into, require_finite, to_numpy};
 use crate::exclusive::Exclusive;
 use crate::{to_py, LmcoreError};
-use lmcore_core::{AdamWConfig, GptConfig, Real, Trainer};
+use crate::settings::Settings;
+use lmcore_core::{Real, Trainer};
 use numpy::Element;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -25,46 +26,42 @@ macro_rules! with_trainer {
     };
 }
 
-/// Which per-parameter buffer to read or write.
+/// Which per-parameter buffer to read or write: the value, the gradient, or one of the
+/// optimizer's state buffers by name.
 #[derive(Clone, Copy)]
-enum Buffer {
+enum Buffer<'a> {
     Value,
     Grad,
-    AdamM,
-    AdamV,
+    Optimizer(&'a str),
 }
 
 fn read_buffer<'py, F: Real + Element>(py: Python<'py>, t: &Trainer<F>, name: &str, which: Buffer) -> PyResult<Bound<'py, PyAny>> {
-    let info = t.graph.store.param(name).map_err(to_py)?;
-    let r = info.offset..info.offset + info.shape.numel();
+    let info = t.graph.param(name).map_err(to_py)?;
     let data = match which {
-        Buffer::Value => t.graph.store.values(info.var),
-        Buffer::Grad => t.graph.store.grads(info.var),
-        Buffer::AdamM => &t.opt.m[r],
-        Buffer::AdamV => &t.opt.v[r],
+        Buffer::Value => t.graph.value(info.var),
+        Buffer::Grad => t.graph.grad(info.var),
+        Buffer::Optimizer(buffer) => t.opt.state(buffer).map(|b| &b[info.offset..info.offset + info.shape.numel()]),
     };
-    to_numpy(py, data, info.shape.dims())
+    to_numpy(py, data.map_err(to_py)?, info.shape.dims())
 }
 
 fn write_buffer<F: Real + Element>(t: &mut Trainer<F>, name: &str, which: Buffer, array: &Bound<'_, PyAny>) -> PyResult<()> {
-    let info = t.graph.store.param(name).map_err(to_py)?.clone();
+    let info = t.graph.param(name).map_err(to_py)?.clone();
     let (shape, data) = read_floats::<F>(array, name)?;
     if shape != info.shape.dims() {
         return Err(LmcoreError::new_err(format!("{name}: expected shape {:?}, got {shape:?}", info.shape.dims())));
     }
     require_finite(&data, name)?;
-    let r = info.offset..info.offset + info.shape.numel();
-    match which {
-        Buffer::Value => t.graph.store.values_mut(info.var).copy_from_slice(&data),
-        Buffer::AdamM => t.opt.m[r].copy_from_slice(&data),
-        Buffer::AdamV => {
-            if data.iter().any(|&x| x < F::ZERO) {
-                return Err(LmcoreError::new_err(format!("{name}: AdamW's v must be non-negative")));
-            }
-            t.opt.v[r].copy_from_slice(&data)
+    let in_name = |e: lmcore_core::Error| LmcoreError::new_err(format!("{name}: {e}"));
+    let slot = match which {
+        Buffer::Value => t.graph.value_mut(info.var).map_err(in_name)?,
+        Buffer::Optimizer(buffer) => {
+            t.opt.check_state(buffer, &data).map_err(in_name)?;
+            &mut t.opt.state_mut(buffer).map_err(in_name)?[info.offset..info.offset + info.shape.numel()]
         }
         Buffer::Grad => return Err(LmcoreError::new_err("gradients are computed, not set")),
-    }
+    };
+    slot.copy_from_slice(&data);
     Ok(())
 }
 
@@ -83,30 +80,17 @@ pub struct Model {
 
 #[pymethods]
 impl Model {
+    /// `Model(vocab_size=..., d_model=..., n_head=..., n_layer=..., block_size=..., dropout=0.0,
+    /// seed=0, dtype="float32", beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01,
+    /// grad_clip=0.0)`: keyword settings, converted once and validated by the engine.
     #[new]
-    #[pyo3(signature = (vocab_size, d_model, n_head, n_layer, block_size, dropout=0.0, seed=0,
-                        dtype="float32", beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, grad_clip=0.0))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        vocab_size: usize,
-        d_model: usize,
-        n_head: usize,
-        n_layer: usize,
-        block_size: usize,
-        dropout: f64,
-        seed: u64,
-        dtype: &str,
-        beta1: f64,
-        beta2: f64,
-        eps: f64,
-        weight_decay: f64,
-        grad_clip: f64,
-    ) -> PyResult<Self> {
-        let config = GptConfig { vocab_size, d_model, n_head, n_layer, block_size, dropout };
-        let opt = AdamWConfig { beta1, beta2, eps, weight_decay, grad_clip };
-        let inner = match dtype {
-            "float32" => Inner::F32(Trainer::new(config, seed, opt).map_err(to_py)?),
-            "float64" => Inner::F64(Trainer::new(config, seed, opt).map_err(to_py)?),
+    #[pyo3(signature = (**settings))]
+    fn new(py: Python<'_>, settings: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let d = settings.cloned().unwrap_or_else(|| PyDict::new(py));
+        let Settings { model, optimizer, grad_clip, seed, dtype } = Settings::from_dict(&d)?;
+        let inner = match dtype.as_str() {
+            "float32" => Inner::F32(Trainer::new(model, seed, optimizer, grad_clip).map_err(to_py)?),
+            "float64" => Inner::F64(Trainer::new(model, seed, optimizer, grad_clip).map_err(to_py)?),
             other => return Err(LmcoreError::new_err(format!("dtype must be 'float32' or 'float64', got {other:?}"))),
         };
         Ok(Model { state: Exclusive::new(State { inner, idx_buf: Vec::new(), tgt_buf: Vec::new() }) })
@@ -189,7 +173,7 @@ impl Model {
 
     /// Parameter names in a fixed order.
     fn param_names(&self, py: Python<'_>) -> Vec<String> {
-        with_trainer!(&self.state.lock(py).inner, t => t.graph.store.params().iter().map(|p| p.name.clone()).collect())
+        with_trainer!(&self.state.lock(py).inner, t => t.graph.params().iter().map(|p| p.name.clone()).collect())
     }
 
     fn get_param<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
@@ -205,27 +189,47 @@ impl Model {
         with_trainer!(&self.state.lock(py).inner, t => read_buffer(py, t, name, Buffer::Grad))
     }
 
-    /// AdamW's first and second moments (m, v) for a parameter.
+    /// The optimizer's name ("adamw"), as a checkpoint records it.
+    #[getter]
+    fn optimizer(&self, py: Python<'_>) -> &'static str {
+        with_trainer!(&self.state.lock(py).inner, t => t.opt.name())
+    }
+
+    /// Names of the optimizer's state buffers (AdamW: adam_m, adam_v); each holds one array per
+    /// parameter.
+    fn optimizer_state_names(&self, py: Python<'_>) -> Vec<&'static str> {
+        with_trainer!(&self.state.lock(py).inner, t => t.opt.state_names().to_vec())
+    }
+
+    /// A parameter's part of an optimizer state buffer.
+    fn get_optimizer_state<'py>(&self, py: Python<'py>, name: &str, buffer: &str) -> PyResult<Bound<'py, PyAny>> {
+        with_trainer!(&self.state.lock(py).inner, t => read_buffer(py, t, name, Buffer::Optimizer(buffer)))
+    }
+
+    fn set_optimizer_state(&self, py: Python<'_>, name: &str, buffer: &str, array: &Bound<'_, PyAny>) -> PyResult<()> {
+        with_trainer!(&mut self.state.lock(py).inner, t => write_buffer(t, name, Buffer::Optimizer(buffer), array))
+    }
+
+    /// AdamW's first and second moments (m, v) for a parameter (`get_optimizer_state` of
+    /// adam_m and adam_v).
     fn get_adam_state<'py>(&self, py: Python<'py>, name: &str) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-        with_trainer!(&self.state.lock(py).inner, t => Ok((read_buffer(py, t, name, Buffer::AdamM)?, read_buffer(py, t, name, Buffer::AdamV)?)))
+        Ok((self.get_optimizer_state(py, name, "adam_m")?, self.get_optimizer_state(py, name, "adam_v")?))
     }
 
     fn set_adam_state(&self, py: Python<'_>, name: &str, m: &Bound<'_, PyAny>, v: &Bound<'_, PyAny>) -> PyResult<()> {
-        with_trainer!(&mut self.state.lock(py).inner, t => {
-            write_buffer(t, name, Buffer::AdamM, m)?;
-            write_buffer(t, name, Buffer::AdamV, v)
-        })
+        self.set_optimizer_state(py, name, "adam_m", m)?;
+        self.set_optimizer_state(py, name, "adam_v", v)
     }
 
-    /// AdamW updates done so far (bias correction's t).
+    /// Optimizer updates done so far (AdamW's bias-correction t).
     #[getter]
     fn get_step(&self, py: Python<'_>) -> u64 {
-        with_trainer!(&self.state.lock(py).inner, t => t.opt.step)
+        with_trainer!(&self.state.lock(py).inner, t => t.opt.step())
     }
 
     #[setter]
     fn set_step(&self, py: Python<'_>, step: u64) {
-        with_trainer!(&mut self.state.lock(py).inner, t => t.opt.step = step)
+        with_trainer!(&mut self.state.lock(py).inner, t => t.opt.set_step(step))
     }
 
     /// State of the dropout generator (one 64-bit integer).
@@ -241,19 +245,19 @@ impl Model {
 
     #[getter]
     fn num_params(&self, py: Python<'_>) -> usize {
-        with_trainer!(&self.state.lock(py).inner, t => t.graph.store.param_len())
+        with_trainer!(&self.state.lock(py).inner, t => t.graph.param_len())
     }
 
     /// Bytes the activation arena has needed at most (values, gradients and ids).
     #[getter]
     fn arena_high_water_bytes(&self, py: Python<'_>) -> usize {
-        with_trainer!(&self.state.lock(py).inner, t => t.graph.store.high_water_bytes())
+        with_trainer!(&self.state.lock(py).inner, t => t.graph.arena_high_water_bytes())
     }
 
     /// Bytes reserved by all of the engine's buffers for this model (parameters included).
     #[getter]
     fn arena_capacity_bytes(&self, py: Python<'_>) -> usize {
-        with_trainer!(&self.state.lock(py).inner, t => t.graph.store.capacity_bytes() + t.opt.capacity_bytes())
+        with_trainer!(&self.state.lock(py).inner, t => t.graph.capacity_bytes() + t.opt.capacity_bytes() + t.clip.capacity_bytes())
     }
 
     #[getter]
@@ -281,13 +285,12 @@ impl Model {
     /// The optimizer's configuration as a dict.
     #[getter]
     fn optimizer_config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let c = with_trainer!(&self.state.lock(py).inner, t => t.opt.config);
+        let (settings, clip) = with_trainer!(&self.state.lock(py).inner, t => (t.opt.settings(), t.clip.max_norm));
         let d = PyDict::new(py);
-        d.set_item("beta1", c.beta1)?;
-        d.set_item("beta2", c.beta2)?;
-        d.set_item("eps", c.eps)?;
-        d.set_item("weight_decay", c.weight_decay)?;
-        d.set_item("grad_clip", c.grad_clip)?;
+        for (name, value) in settings {
+            d.set_item(name, value)?;
+        }
+        d.set_item("grad_clip", clip)?;
         Ok(d)
     }
 }

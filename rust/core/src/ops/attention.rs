@@ -8,37 +8,34 @@
 //! a block multiplies only with the keys it may see (0..end of block): with T = 128 that skips
 //! 37.5% of the work of a full (T, T) product.
 
-use crate::blas::gemm;
+use crate::blas::{gemm, Gemm};
 use crate::error::{shape_err, Result};
-use crate::graph::{Graph, Op};
+use crate::op::Op;
 use crate::parallel::{for_each_chunk2, for_each_chunk3, rows_per_task};
 use crate::real::Real;
 use crate::store::{Shape, Slots, Store, Var};
 
-impl<F: Real> Graph<F> {
-    pub fn attention(&mut self, qkv: Var, n_head: usize) -> Result<Var> {
-        let qs = self.store.float_shape(qkv)?;
-        if qs.ndim() != 3 || qs.dims()[2] % 3 != 0 {
-            return shape_err!("attention input must be (B, T, 3C), got {:?}", qs.dims());
-        }
-        let (b, t, c) = (qs.dims()[0], qs.dims()[1], qs.dims()[2] / 3);
-        if n_head == 0 || c % n_head != 0 {
-            return shape_err!("attention: {n_head} heads do not divide {c} channels");
-        }
-        if b * t * c == 0 {
-            return shape_err!("attention input must not be empty, got {:?}", qs.dims());
-        }
-        let tasks = b.div_ceil(rows_per_task(b));
-        let out = self.store.alloc(Shape::new(&[b, t, c])?)?;
-        let lse = self.store.alloc_slots(Shape::new(&[b, n_head, t])?, Slots::ValueOnly)?;
-        let fwd_tiles = self.store.alloc_slots(Shape::new(&[tasks, t, t])?, Slots::ValueOnly)?;
-        let bwd_tiles = self.store.alloc_slots(Shape::new(&[tasks, 2, t, t])?, Slots::GradOnly)?;
-        let (r, mut w) = self.store.forward_io(out);
-        let [o, l, tiles] = w.many([out, lse, fwd_tiles]);
-        forward(r.f(qkv), o, l, tiles, Dims { b, t, c, nh: n_head });
-        self.tape.push(Op::Attention { qkv, n_head, out, lse, bwd_tiles });
-        Ok(out)
+pub(crate) fn record<F: Real>(store: &mut Store<F>, qkv: Var, n_head: usize) -> Result<(Var, Op)> {
+    let qs = store.float_shape(qkv)?;
+    if qs.ndim() != 3 || qs.dims()[2] % 3 != 0 {
+        return shape_err!("attention input must be (B, T, 3C), got {:?}", qs.dims());
     }
+    let (b, t, c) = (qs.dims()[0], qs.dims()[1], qs.dims()[2] / 3);
+    if n_head == 0 || c % n_head != 0 {
+        return shape_err!("attention: {n_head} heads do not divide {c} channels");
+    }
+    if b * t * c == 0 {
+        return shape_err!("attention input must not be empty, got {:?}", qs.dims());
+    }
+    let tasks = b.div_ceil(rows_per_task(b));
+    let out = store.alloc(Shape::new(&[b, t, c])?)?;
+    let lse = store.alloc_slots(Shape::new(&[b, n_head, t])?, Slots::ValueOnly)?;
+    let fwd_tiles = store.alloc_slots(Shape::new(&[tasks, t, t])?, Slots::ValueOnly)?;
+    let bwd_tiles = store.alloc_slots(Shape::new(&[tasks, 2, t, t])?, Slots::GradOnly)?;
+    let (r, mut w) = store.forward_io(out);
+    let [o, l, tiles] = w.many([out, lse, fwd_tiles]);
+    forward(r.f(qkv), o, l, tiles, Dims { b, t, c, nh: n_head });
+    Ok((out, Op::Attention { qkv, n_head, out, lse, bwd_tiles }))
 }
 
 /// Query rows per block of the causal product.
@@ -74,13 +71,13 @@ fn forward<F: Real>(qkv: &[F], out: &mut [F], lse: &mut [F], tiles: &mut [F], d:
                 for (r0, rows, keys) in blocks(t) {
                     let (xq, pb) = (&x[q + r0 * 3 * c..], &mut p[r0 * t..(r0 + rows) * t]);
                     // P[block] (rows, keys) = scale * Q[block] K[..keys]^T, then causal softmax
-                    gemm(false, true, rows, keys, hs, scale, xq, 3 * c, &x[q + c..], 3 * c, F::ZERO, pb, t);
+                    gemm(&Gemm::nt(rows, keys, hs, xq, 3 * c, &x[q + c..], 3 * c).alpha(scale), pb, t);
                     for (i, row) in pb.chunks_exact_mut(t).enumerate() {
                         lse[h * t + r0 + i] = causal_softmax_row(row, r0 + i);
                     }
                     // out[block, h] (rows, hs) = P[block] V[..keys]
                     let o = &mut out[q + r0 * c..];
-                    gemm(false, false, rows, hs, keys, F::ONE, pb, t, &x[q + 2 * c..], 3 * c, F::ZERO, o, c);
+                    gemm(&Gemm::nn(rows, hs, keys, pb, t, &x[q + 2 * c..], 3 * c), o, c);
                 }
             }
         }
@@ -122,16 +119,16 @@ pub(crate) fn backward<F: Real>(s: &mut Store<F>, qkv: Var, nh: usize, out: Var,
                     let (pb, dpb) = (&mut p[r0 * t..(r0 + rows) * t], &mut dp[r0 * t..(r0 + rows) * t]);
                     let (xq, dout_b) = (&x[q + r0 * 3 * c..], &dout[q + r0 * c..]);
                     // Recompute P[block] from the scores and the saved log-sum-exp.
-                    gemm(false, true, rows, keys, hs, scale, xq, 3 * c, &x[q + c..], 3 * c, F::ZERO, pb, t);
+                    gemm(&Gemm::nt(rows, keys, hs, xq, 3 * c, &x[q + c..], 3 * c).alpha(scale), pb, t);
                     for (i, row) in pb.chunks_exact_mut(t).enumerate() {
                         let (past, future) = row[..keys].split_at_mut(r0 + i + 1);
                         past.iter_mut().for_each(|s| *s = (*s - lse[r0 + i]).exp());
                         future.fill(F::ZERO);
                     }
                     // dP[block] (rows, keys) = dO[block] V[..keys]^T
-                    gemm(false, true, rows, keys, hs, F::ONE, dout_b, c, &x[q + 2 * c..], 3 * c, F::ZERO, dpb, t);
+                    gemm(&Gemm::nt(rows, keys, hs, dout_b, c, &x[q + 2 * c..], 3 * c), dpb, t);
                     // dV[..keys] (keys, hs) += P[block]^T dO[block]
-                    gemm(true, false, keys, hs, rows, F::ONE, pb, t, dout_b, c, F::ONE, &mut dx[q + 2 * c..], 3 * c);
+                    gemm(&Gemm::tn(keys, hs, rows, pb, t, dout_b, c).accumulate(), &mut dx[q + 2 * c..], 3 * c);
                     // Softmax backward in place: dS = P * (dP - rowsum(dP * P)); zero where P is masked.
                     for (drow, prow) in dpb.chunks_exact_mut(t).zip(pb.chunks_exact(t)) {
                         let (drow, prow) = (&mut drow[..keys], &prow[..keys]);
@@ -139,8 +136,8 @@ pub(crate) fn backward<F: Real>(s: &mut Store<F>, qkv: Var, nh: usize, out: Var,
                         drow.iter_mut().zip(prow).for_each(|(d, &p)| *d = p * (*d - dot));
                     }
                     // dQ[block] (rows, hs) += scale dS K[..keys];  dK[..keys] (keys, hs) += scale dS^T Q[block]
-                    gemm(false, false, rows, hs, keys, scale, dpb, t, &x[q + c..], 3 * c, F::ONE, &mut dx[q + r0 * 3 * c..], 3 * c);
-                    gemm(true, false, keys, hs, rows, scale, dpb, t, xq, 3 * c, F::ONE, &mut dx[q + c..], 3 * c);
+                    gemm(&Gemm::nn(rows, hs, keys, dpb, t, &x[q + c..], 3 * c).alpha(scale).accumulate(), &mut dx[q + r0 * 3 * c..], 3 * c);
+                    gemm(&Gemm::tn(keys, hs, rows, dpb, t, xq, 3 * c).alpha(scale).accumulate(), &mut dx[q + c..], 3 * c);
                 }
             }
         }

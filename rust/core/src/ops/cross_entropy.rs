@@ -4,33 +4,30 @@
 //! Rows run in parallel; the mean adds the per-row losses in order, so it is deterministic.
 
 use crate::error::{shape_err, Error, Result};
-use crate::graph::{Graph, Op};
+use crate::op::Op;
 use crate::parallel::{for_each_chunk, rows_per_task};
 use crate::real::Real;
 use crate::store::{Shape, Slots, Store, Var};
 
-impl<F: Real> Graph<F> {
-    pub fn cross_entropy(&mut self, logits: Var, targets: Var) -> Result<Var> {
-        let ls = self.store.float_shape(logits)?;
-        let ts = self.store.ids_shape(targets)?;
-        let v = ls.last();
-        if ls.ndim() == 0 || ts.numel() != ls.rows() || ts.dims() != &ls.dims()[..ls.ndim() - 1] {
-            return shape_err!("cross_entropy: targets {:?} must match logits {:?} without the last dim", ts.dims(), ls.dims());
-        }
-        if ls.rows() == 0 || v == 0 {
-            return shape_err!("cross_entropy needs at least one row and one class, got {:?}", ls.dims());
-        }
-        if let Some(&bad) = self.store.id_values(targets).iter().find(|&&t| t as usize >= v) {
-            return Err(Error::TokenOutOfRange { id: bad as i64, limit: v });
-        }
-        let out = self.store.alloc(Shape::new(&[])?)?;
-        let lse = self.store.alloc_slots(Shape::new(&[ls.rows(), 2])?, Slots::ValueOnly)?;
-        let (r, mut w) = self.store.forward_io(out);
-        let [o, lse_out] = w.many([out, lse]);
-        o[0] = forward(r.f(logits), r.ids(targets), lse_out, v);
-        self.tape.push(Op::CrossEntropy { logits, targets, out, lse });
-        Ok(out)
+pub(crate) fn record<F: Real>(store: &mut Store<F>, logits: Var, targets: Var) -> Result<(Var, Op)> {
+    let ls = store.float_shape(logits)?;
+    let ts = store.ids_shape(targets)?;
+    let v = ls.last();
+    if ls.ndim() == 0 || ts.numel() != ls.rows() || ts.dims() != &ls.dims()[..ls.ndim() - 1] {
+        return shape_err!("cross_entropy: targets {:?} must match logits {:?} without the last dim", ts.dims(), ls.dims());
     }
+    if ls.rows() == 0 || v == 0 {
+        return shape_err!("cross_entropy needs at least one row and one class, got {:?}", ls.dims());
+    }
+    if let Some(&bad) = store.id_values(targets).iter().find(|&&t| t as usize >= v) {
+        return Err(Error::TokenOutOfRange { id: bad as i64, limit: v });
+    }
+    let out = store.alloc(Shape::new(&[])?)?;
+    let lse = store.alloc_slots(Shape::new(&[ls.rows(), 2])?, Slots::ValueOnly)?;
+    let (r, mut w) = store.forward_io(out);
+    let [o, lse_out] = w.many([out, lse]);
+    o[0] = forward(r.f(logits), r.ids(targets), lse_out, v);
+    Ok((out, Op::CrossEntropy { logits, targets, out, lse }))
 }
 
 /// Mean negative log-likelihood; fills `rows` with each row's (log-sum-exp, loss).

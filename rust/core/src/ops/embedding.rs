@@ -2,27 +2,24 @@
 //! Shapes: ids (...), table (V, C), out (..., C).
 
 use crate::error::{shape_err, Error, Result};
-use crate::graph::{Graph, Op};
+use crate::op::Op;
 use crate::real::Real;
 use crate::store::{Store, Var};
 
-impl<F: Real> Graph<F> {
-    pub fn embedding(&mut self, ids: Var, table: Var) -> Result<Var> {
-        let ids_shape = self.store.ids_shape(ids)?;
-        let table_shape = self.store.float_shape(table)?;
-        if table_shape.ndim() != 2 {
-            return shape_err!("embedding table must be 2-D (rows, channels), got {:?}", table_shape.dims());
-        }
-        let rows = table_shape.dims()[0];
-        if let Some(&bad) = self.store.id_values(ids).iter().find(|&&id| id as usize >= rows) {
-            return Err(Error::TokenOutOfRange { id: bad as i64, limit: rows });
-        }
-        let out = self.store.alloc(ids_shape.appended(table_shape.last())?)?;
-        let (r, mut w) = self.store.forward_io(out);
-        forward(r.ids(ids), r.f(table), w.one(out), table_shape.last());
-        self.tape.push(Op::Embedding { ids, table, out });
-        Ok(out)
+pub(crate) fn record<F: Real>(store: &mut Store<F>, ids: Var, table: Var) -> Result<(Var, Op)> {
+    let ids_shape = store.ids_shape(ids)?;
+    let table_shape = store.float_shape(table)?;
+    if table_shape.ndim() != 2 {
+        return shape_err!("embedding table must be 2-D (rows, channels), got {:?}", table_shape.dims());
     }
+    let rows = table_shape.dims()[0];
+    if let Some(&bad) = store.id_values(ids).iter().find(|&&id| id as usize >= rows) {
+        return Err(Error::TokenOutOfRange { id: bad as i64, limit: rows });
+    }
+    let out = store.alloc(ids_shape.appended(table_shape.last())?)?;
+    let (r, mut w) = store.forward_io(out);
+    forward(r.ids(ids), r.f(table), w.one(out), table_shape.last());
+    Ok((out, Op::Embedding { ids, table, out }))
 }
 
 pub(crate) fn forward<F: Real>(ids: &[u32], table: &[F], out: &mut [F], c: usize) {

@@ -1,7 +1,7 @@
 //! GELU, tanh approximation (as in GPT-2): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 
 use crate::error::Result;
-use crate::graph::{Graph, Op};
+use crate::op::Op;
 use crate::parallel::{for_each_chunk, rows_per_task};
 use crate::real::Real;
 use crate::store::{Store, Var};
@@ -9,15 +9,12 @@ use crate::store::{Store, Var};
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 const CUBIC: f64 = 0.044_715;
 
-impl<F: Real> Graph<F> {
-    pub fn gelu(&mut self, x: Var) -> Result<Var> {
-        let shape = self.store.float_shape(x)?;
-        let out = self.store.alloc(shape)?;
-        let (r, mut w) = self.store.forward_io(out);
-        forward(r.f(x), w.one(out));
-        self.tape.push(Op::Gelu { x, out });
-        Ok(out)
-    }
+pub(crate) fn record<F: Real>(store: &mut Store<F>, x: Var) -> Result<(Var, Op)> {
+    let shape = store.float_shape(x)?;
+    let out = store.alloc(shape)?;
+    let (r, mut w) = store.forward_io(out);
+    forward(r.f(x), w.one(out));
+    Ok((out, Op::Gelu { x, out }))
 }
 
 pub(crate) fn forward<F: Real>(x: &[F], out: &mut [F]) {

@@ -5,7 +5,7 @@
 //! number of groups makes those sums independent of the thread count.
 
 use crate::error::{shape_err, Result};
-use crate::graph::{require_distinct, Graph, Op};
+use crate::op::{require_distinct, Op};
 use crate::parallel::{for_each_chunk2, rows_per_task};
 use crate::real::Real;
 use crate::store::{Shape, Slots, Store, Var};
@@ -14,29 +14,26 @@ pub const EPS: f64 = 1e-5;
 /// Row groups whose dgamma/dbeta partial sums backward adds up in a fixed order.
 const GROUPS: usize = 16;
 
-impl<F: Real> Graph<F> {
-    pub fn layernorm(&mut self, x: Var, gamma: Var, beta: Var) -> Result<Var> {
-        let xs = self.store.float_shape(x)?;
-        let c = xs.last();
-        for (name, v) in [("gamma", gamma), ("beta", beta)] {
-            let s = self.store.float_shape(v)?;
-            if s.dims() != [c] {
-                return shape_err!("layernorm {name} must have shape [{c}] to match input {:?}, got {:?}", xs.dims(), s.dims());
-            }
+pub(crate) fn record<F: Real>(store: &mut Store<F>, x: Var, gamma: Var, beta: Var) -> Result<(Var, Op)> {
+    let xs = store.float_shape(x)?;
+    let c = xs.last();
+    for (name, v) in [("gamma", gamma), ("beta", beta)] {
+        let s = store.float_shape(v)?;
+        if s.dims() != [c] {
+            return shape_err!("layernorm {name} must have shape [{c}] to match input {:?}, got {:?}", xs.dims(), s.dims());
         }
-        if xs.ndim() == 0 || c == 0 {
-            return shape_err!("layernorm needs a non-empty last dimension, got {:?}", xs.dims());
-        }
-        require_distinct(&[x, gamma, beta], "layernorm")?;
-        let out = self.store.alloc(xs)?;
-        let stats = self.store.alloc_slots(Shape::new(&[xs.rows(), 2])?, Slots::ValueOnly)?;
-        let partials = self.store.alloc_slots(Shape::new(&[GROUPS, 2 * c])?, Slots::GradOnly)?;
-        let (r, mut w) = self.store.forward_io(out);
-        let [o, st] = w.many([out, stats]);
-        forward(r.f(x), r.f(gamma), r.f(beta), o, st, c);
-        self.tape.push(Op::LayerNorm { x, gamma, beta, out, stats, partials });
-        Ok(out)
     }
+    if xs.ndim() == 0 || c == 0 {
+        return shape_err!("layernorm needs a non-empty last dimension, got {:?}", xs.dims());
+    }
+    require_distinct(&[x, gamma, beta], "layernorm")?;
+    let out = store.alloc(xs)?;
+    let stats = store.alloc_slots(Shape::new(&[xs.rows(), 2])?, Slots::ValueOnly)?;
+    let partials = store.alloc_slots(Shape::new(&[GROUPS, 2 * c])?, Slots::GradOnly)?;
+    let (r, mut w) = store.forward_io(out);
+    let [o, st] = w.many([out, stats]);
+    forward(r.f(x), r.f(gamma), r.f(beta), o, st, c);
+    Ok((out, Op::LayerNorm { x, gamma, beta, out, stats, partials }))
 }
 
 pub(crate) fn forward<F: Real>(x: &[F], gamma: &[F], beta: &[F], out: &mut [F], stats: &mut [F], c: usize) {

@@ -2,39 +2,37 @@
 //! Shapes: x (..., K), W (M, K) as in PyTorch, b (M) or none, out (..., M). With no bias and W
 //! the token embedding this is the tied output projection.
 
-use crate::parallel::gemm_rows;
+use crate::blas::Gemm;
+use crate::matmul::gemm_rows;
 use crate::error::{shape_err, Result};
-use crate::graph::{require_distinct, Graph, Op};
+use crate::op::{require_distinct, Op};
 use crate::real::Real;
 use crate::store::{Store, Var};
 
-impl<F: Real> Graph<F> {
-    pub fn linear(&mut self, x: Var, w: Var, b: Option<Var>) -> Result<Var> {
-        let xs = self.store.float_shape(x)?;
-        let ws = self.store.float_shape(w)?;
-        if ws.ndim() != 2 {
-            return shape_err!("linear weight must be 2-D (out, in), got {:?}", ws.dims());
-        }
-        let (m, k) = (ws.dims()[0], ws.dims()[1]);
-        if xs.ndim() == 0 || xs.last() != k {
-            return shape_err!("linear: input {:?} does not end in the weight's in-features {k}", xs.dims());
-        }
-        if let Some(b) = b {
-            let bs = self.store.float_shape(b)?;
-            if bs.dims() != [m] {
-                return shape_err!("linear bias must have shape [{m}], got {:?}", bs.dims());
-            }
-            require_distinct(&[x, w, b], "linear")?;
-        } else {
-            require_distinct(&[x, w], "linear")?;
-        }
-        let n = xs.rows();
-        let out = self.store.alloc(xs.with_last(m))?;
-        let (r, mut wr) = self.store.forward_io(out);
-        forward(r.f(x), r.f(w), b.map(|b| r.f(b)), wr.one(out), n, m, k);
-        self.tape.push(Op::Linear { x, w, b, out });
-        Ok(out)
+pub(crate) fn record<F: Real>(store: &mut Store<F>, x: Var, w: Var, b: Option<Var>) -> Result<(Var, Op)> {
+    let xs = store.float_shape(x)?;
+    let ws = store.float_shape(w)?;
+    if ws.ndim() != 2 {
+        return shape_err!("linear weight must be 2-D (out, in), got {:?}", ws.dims());
     }
+    let (m, k) = (ws.dims()[0], ws.dims()[1]);
+    if xs.ndim() == 0 || xs.last() != k {
+        return shape_err!("linear: input {:?} does not end in the weight's in-features {k}", xs.dims());
+    }
+    if let Some(b) = b {
+        let bs = store.float_shape(b)?;
+        if bs.dims() != [m] {
+            return shape_err!("linear bias must have shape [{m}], got {:?}", bs.dims());
+        }
+        require_distinct(&[x, w, b], "linear")?;
+    } else {
+        require_distinct(&[x, w], "linear")?;
+    }
+    let n = xs.rows();
+    let out = store.alloc(xs.with_last(m))?;
+    let (r, mut wr) = store.forward_io(out);
+    forward(r.f(x), r.f(w), b.map(|b| r.f(b)), wr.one(out), n, m, k);
+    Ok((out, Op::Linear { x, w, b, out }))
 }
 
 /// out (N, M) = x (N, K) W^T + b, W (M, K).
@@ -48,7 +46,7 @@ pub(crate) fn forward<F: Real>(x: &[F], w: &[F], b: Option<&[F]>, out: &mut [F],
         }
         None => F::ZERO,
     };
-    gemm_rows(false, true, n, m, k, F::ONE, x, k, w, k, beta, out, m);
+    gemm_rows(&Gemm::nt(n, m, k, x, k, w, k).beta(beta), out, m);
 }
 
 pub(crate) fn backward<F: Real>(s: &mut Store<F>, x: Var, w: Var, b: Option<Var>, out: Var) {
@@ -57,9 +55,9 @@ pub(crate) fn backward<F: Real>(s: &mut Store<F>, x: Var, w: Var, b: Option<Var>
     let (r, [dout, dx, dw]) = s.backward_io([out, x, w]);
     let (wv, xv) = (r.f(w), r.f(x));
     // dx (N, K) += dout (N, M) W (M, K)
-    gemm_rows(false, false, n, k, m, F::ONE, dout, m, wv, k, F::ONE, dx, k);
+    gemm_rows(&Gemm::nn(n, k, m, dout, m, wv, k).accumulate(), dx, k);
     // dW (M, K) += dout^T (M, N) x (N, K)
-    gemm_rows(true, false, m, k, n, F::ONE, dout, m, xv, k, F::ONE, dw, k);
+    gemm_rows(&Gemm::tn(m, k, n, dout, m, xv, k).accumulate(), dw, k);
     if let Some(b) = b {
         let (_, [dout, db]) = s.backward_io([out, b]);
         for row in dout.chunks_exact(m) {

@@ -1,0 +1,57 @@
+//! `Op`: one recorded operation on the tape, naming its tensors by handle. What each op's
+//! backward reads and writes is declared here, for `GradPlan` and `Graph::backward`.
+
+use crate::error::{Error, Result};
+use crate::store::Var;
+
+/// One recorded operation. Inputs first, then `out`, then tensors the op saved for backward.
+#[derive(Debug, Clone, Copy)]
+pub enum Op {
+    Embedding { ids: Var, table: Var, out: Var },
+    Add { a: Var, b: Var, out: Var },
+    Linear { x: Var, w: Var, b: Option<Var>, out: Var },
+    LayerNorm { x: Var, gamma: Var, beta: Var, out: Var, stats: Var, partials: Var },
+    Gelu { x: Var, out: Var },
+    Attention { qkv: Var, n_head: usize, out: Var, lse: Var, bwd_tiles: Var },
+    CrossEntropy { logits: Var, targets: Var, out: Var, lse: Var },
+    Dropout { x: Var, out: Var, mask: Var },
+}
+
+impl Op {
+    /// The float tensors whose gradients this op's backward adds to (parameters included).
+    pub(crate) fn grad_inputs(&self) -> [Option<Var>; 3] {
+        match *self {
+            Op::Embedding { table, .. } => [Some(table), None, None],
+            Op::Add { a, b, .. } => [Some(a), Some(b), None],
+            Op::Linear { x, w, b, .. } => [Some(x), Some(w), b],
+            Op::LayerNorm { x, gamma, beta, .. } => [Some(x), Some(gamma), Some(beta)],
+            Op::Gelu { x, .. } | Op::Dropout { x, .. } => [Some(x), None, None],
+            Op::Attention { qkv, .. } => [Some(qkv), None, None],
+            Op::CrossEntropy { logits, .. } => [Some(logits), None, None],
+        }
+    }
+
+    /// The tensors with gradient slots that this op creates: its output and backward scratch.
+    pub(crate) fn grad_outputs(&self) -> [Option<Var>; 2] {
+        match *self {
+            Op::LayerNorm { out, partials, .. } => [Some(out), Some(partials)],
+            Op::Attention { out, bwd_tiles, .. } => [Some(out), Some(bwd_tiles)],
+            Op::Embedding { out, .. }
+            | Op::Add { out, .. }
+            | Op::Linear { out, .. }
+            | Op::Gelu { out, .. }
+            | Op::CrossEntropy { out, .. }
+            | Op::Dropout { out, .. } => [Some(out), None],
+        }
+    }
+}
+
+/// Ops whose backward writes several input gradients at once need distinct inputs.
+pub(crate) fn require_distinct(vars: &[Var], op: &str) -> Result<()> {
+    for (i, a) in vars.iter().enumerate() {
+        if vars[i + 1..].contains(a) {
+            return Err(Error::Invalid(format!("{op}: the same tensor is passed as two different inputs")));
+        }
+    }
+    Ok(())
+}
