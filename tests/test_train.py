@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
+import lmcore.run
+import lmcore.saver
 import lmcore.train
 from cli_helpers import (
     CORPUS_FILE,
@@ -48,7 +50,7 @@ from cli_helpers import (
 )
 from lmcore.checkpoint import load_checkpoint
 from lmcore.config import RunConfig, lr_at
-from lmcore.data import resolve_corpus
+from lmcore.datasets import resolve_corpus
 from lmcore.metrics import read_metrics
 from lmcore.run_state import load_run, new_model
 from lmcore.token_cache import tokenize
@@ -183,7 +185,7 @@ def test_a_stop_signal_saves_a_checkpoint_and_resume_is_the_same_run(tmp_path: P
 def test_signals_during_the_save_do_not_corrupt_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A second and third signal arriving while the checkpoint is written change nothing: the
     first one decides, the save completes, and the run resumes to the continuous one."""
-    real_save = lmcore.train.save_run
+    real_save = lmcore.saver.save_run
     calls = []
 
     def save_under_fire(path: Path, *args: Any) -> None:
@@ -194,12 +196,12 @@ def test_signals_during_the_save_do_not_corrupt_it(tmp_path: Path, monkeypatch: 
             os.kill(os.getpid(), signal.SIGHUP)
         real_save(path, *args)
 
-    monkeypatch.setattr(lmcore.train, "save_run", save_under_fire)
+    monkeypatch.setattr(lmcore.saver, "save_run", save_under_fire)
     out = tmp_path / "run"
     argv = [*RECIPE, *QUIET, "--max-iters", "40", "--out-dir", str(out)]
     assert run_main(argv) == 128 + signal.SIGTERM
     assert iter_num(out) == 20 and len(calls) == 3  # stopped at the checkpoint of step 20, saved again
-    monkeypatch.setattr(lmcore.train, "save_run", real_save)
+    monkeypatch.setattr(lmcore.saver, "save_run", real_save)
     resume(out)
     train(tmp_path / "whole", "--max-iters", "40")
     assert_same_weights(tmp_path / "whole", out)
@@ -424,7 +426,7 @@ def test_ctrl_c_outside_the_training_loop(tmp_path: Path, monkeypatch: pytest.Mo
     def interrupted(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lmcore.train, "resolve_corpus", interrupted)  # Ctrl-C while the corpus loads
+    monkeypatch.setattr(lmcore.run, "resolve_corpus", interrupted)  # Ctrl-C while the corpus loads
     capsys.readouterr()
     try:
         code = lmcore.train.main([*RECIPE, *QUIET, "--out-dir", str(tmp_path / "run")])

@@ -1,5 +1,5 @@
-"""What the command-line scripts share: warnings printed as one-line ``warning: ...`` messages,
-the thread count, and the signals that stop a training run cleanly."""
+"""What the command-line scripts share: the error a user can fix, warnings printed as one-line
+``warning: ...`` messages, the thread count, and the signals that stop a training run cleanly."""
 
 from __future__ import annotations
 
@@ -8,8 +8,14 @@ import signal
 import sys
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import lmcore
+
+
+class UsageError(Exception):
+    """A request that cannot be honoured; the message says what to do instead."""
+
 
 # Signals that stop training with a checkpoint, as Ctrl-C does: SIGTERM is how kill, systemd,
 # Kubernetes and Slurm stop a job, SIGHUP a closed terminal, SIGUSR1 Slurm's usual early warning.
@@ -35,6 +41,30 @@ def use_threads(threads: int | None) -> None:
         raise ValueError(f"--threads must be at least 1, got {threads}")
     with printed_warnings():
         lmcore.set_num_threads(threads)
+
+
+class Stop:
+    """The first stop signal received (its number), or None."""
+
+    signal: int | None = None
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[Stop]:
+    """While the block runs, the stop signals only note themselves in the yielded ``Stop`` (the
+    first one counts; more, say during the checkpoint that follows, change nothing), so the loop
+    can finish its step and save. The previous handlers come back afterwards."""
+    stop = Stop()
+
+    def note(signum: int, frame: Any) -> None:
+        stop.signal = stop.signal or signum
+
+    previous = {sig: signal.signal(sig, note) for sig in STOP_SIGNALS}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def plural(n: int, word: str) -> str:

@@ -85,6 +85,19 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return records
 
 
+def trim_metrics(path: Path, last_step: int) -> None:
+    """Drop the records a run will log again: those after the checkpoint being resumed, or all of
+    them when it starts at step 0 (a fresh run, or one stopped before its first step)."""
+    if path.exists():
+        keep = [r for r in read_metrics(path) if 0 < last_step and r.get("step", 0) <= last_step]
+        tmp = path.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)  # left by a run killed here: the log below appends
+        with MetricsLog(tmp) as log:
+            for r in keep:
+                log.log(r)
+        os.replace(tmp, path)
+
+
 def rss_mb() -> float:
     """Resident set size of this process in MiB (current on Linux, peak elsewhere)."""
     try:

@@ -28,8 +28,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from lmcore.checkpoint import atomic_writer
-from lmcore.data import Corpus, cache_dir, split_index
+from lmcore.atomic import atomic_writer
+from lmcore.corpus import Corpus, cache_dir, split_index
 from lmcore.tokenizer import BpeTokenizer, CharTokenizer, Tokenizer, tokenizer_from_dict
 
 MAGIC = b"lmcore-tokens 1\n"

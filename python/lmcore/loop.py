@@ -1,0 +1,80 @@
+"""The training loop: step, log, evaluate, checkpoint, until ``max_iters`` or a stop signal."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from typing import Any
+
+import lmcore
+from lmcore.cli import UsageError, stop_signals
+from lmcore.config import lr_at
+from lmcore.evaluation import training_loss, validation
+from lmcore.metrics import MetricsLog, plot_losses, rss_mb, trim_metrics
+from lmcore.progress import Progress
+from lmcore.run import Run
+from lmcore.run_state import WEIGHTS_NAME
+from lmcore.saver import Saver
+
+
+def train(run: Run) -> int:
+    """Train ``run`` to its ``max_iters``; the exit status (0, or 128 + a stop signal's number)."""
+    cfg, model = run.cfg, run.model
+    saver = Saver(run)
+    tokens_per_step = cfg.batch_size * cfg.block_size
+    metrics_path = run.out_dir / "metrics.jsonl"
+    trim_metrics(metrics_path, run.iter_num)
+    with stop_signals() as stop:
+        try:
+            with MetricsLog(metrics_path) as log:
+                if run.iter_num == 0:  # no steps yet: no rate
+                    log.log(step=0, train_loss=training_loss(run), lr=lr_at(0, cfg), tok_s=None, rss_mb=rss_mb(),
+                            **validation(run, saver.kept()))
+                progress = Progress(cfg.max_iters, start=run.iter_num)
+                window_start, window_steps = time.perf_counter(), 0
+                while run.iter_num < cfg.max_iters and stop.signal is None:
+                    lr = lr_at(run.iter_num, cfg)
+                    x, y = run.sampler.next_batch()
+                    try:
+                        loss, grad_norm = model.train_step(x, y, lr)
+                    except lmcore.LmcoreError as e:  # a non-finite loss or gradient: nothing was updated
+                        raise UsageError(f"training stopped at step {run.iter_num + 1}: {e}; {saver.kept()}") from None
+                    run.iter_num += 1
+                    it = run.iter_num
+                    window_steps += 1
+                    record: dict[str, Any] = {}
+                    evaluating = it % cfg.eval_interval == 0 or it == cfg.max_iters
+                    if it % cfg.log_interval == 0 or evaluating:
+                        elapsed = time.perf_counter() - window_start
+                        record = dict(step=it, train_loss=loss, lr=lr, grad_norm=grad_norm,
+                                      tok_s=window_steps * tokens_per_step / max(elapsed, 1e-9), rss_mb=rss_mb(),
+                                      arena_mb=model.arena_high_water_bytes / 2**20)
+                        progress.update(it, loss, record["tok_s"])
+                        window_start, window_steps = time.perf_counter(), 0
+                    if evaluating:
+                        record.update(validation(run, saver.kept()))
+                        progress.note(f"step {it}: train loss {loss:.4f}, val loss {record['val_loss']:.4f} "
+                                      f"({record['val_bpc']:.4f} bits/char)")
+                    if record:
+                        log.log(record)
+                    if "val_loss" in record:
+                        plot_losses(metrics_path, run.out_dir / "loss.png")
+                        window_start = time.perf_counter()  # eval time is not training throughput
+                    if saver.due():
+                        saver.save()
+                saver.save()
+                progress.close()
+        except OSError as e:  # the metrics log could not be written (a full disk, ...)
+            raise UsageError(f"training stopped at step {run.iter_num}: metrics log {metrics_path} not written "
+                             f"({e.strerror or e}); {saver.kept()}") from None
+    if stop.signal is not None:
+        print(f"interrupted by {signal.Signals(stop.signal).name} at step {run.iter_num}: checkpoint saved to "
+              f"{run.ckpt_path}; continue with --resume", file=sys.stderr)
+        return 128 + stop.signal  # the shell's convention for a process a signal stopped
+    saver.save_weights()
+    plot_losses(metrics_path, run.out_dir / "loss.png", wait=True)
+    best = run.best_val
+    print(f"done: {run.iter_num} steps, best val loss {best:.4f} ({run.tokens.bits_per_char(best):.4f} bits/char); "
+          f"weights in {run.out_dir / WEIGHTS_NAME}")
+    return 0
