@@ -59,7 +59,7 @@ def step_flops(n_params: int, d: int, n_layer: int) -> float:
 
 
 def lm_model(vocab: int, size: str) -> lmcore.Model:
-    return lmcore.Model(vocab, **SIZES[size], block_size=BLOCK, dropout=0.0, seed=SEED, dtype="float32", **OPT)
+    return lmcore.Model(vocab_size=vocab, **SIZES[size], block_size=BLOCK, dropout=0.0, seed=SEED, dtype="float32", **OPT)
 
 
 def train_loop(step, sampler: BatchSampler, warmup: int, steps: int) -> dict:
