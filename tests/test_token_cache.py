@@ -51,7 +51,9 @@ def test_splits_the_text_then_tokenizes_each_part(cache: Path, kind: str, vocab_
 def test_a_second_run_reads_the_cache(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tok = build_tokenizer(CORPUS, "bpe", 300, cache)
     first = tokenize(CORPUS, tok, cache)
-    assert sorted(p.suffix for p in cache.iterdir()) == [".json", ".tokens"]
+    assert sorted(p.name.split("-")[-1] for p in cache.iterdir()) == [f"{SPLIT}.json", "train.npy", "val.npy"]
+    # Plain .npy files: any numpy reads them.
+    assert np.load(next(cache.glob("*-val.npy"))).tolist() == first.val.tolist()
 
     def never(*args: object, **kwargs: object) -> None:
         raise AssertionError("tokenized again")
@@ -70,7 +72,7 @@ def test_the_cache_is_keyed_by_text_and_tokenizer(cache: Path) -> None:
     tokenize(CORPUS, build_tokenizer(CORPUS, "bpe", 301, cache), cache)
     other = Corpus.from_text("other", TEXT[:-1], "test")
     tokenize(other, build_tokenizer(other, "char", None, cache), cache)
-    assert len(list(cache.glob("*.tokens"))) == 4 and len(list(cache.glob("*.json"))) == 4
+    assert len(list(cache.glob("*-train.npy"))) == 4 and len(list(cache.glob("*.json"))) == 4
 
 
 def _truncate(path: Path) -> None:
@@ -83,10 +85,10 @@ def _flip_header(path: Path) -> None:
     path.write_bytes(bytes(raw))
 
 
-def _other_split(path: Path) -> None:
+def _other_dtype(path: Path) -> None:
     raw = path.read_bytes()
-    at = raw.index(b'"split_char": ') + len(b'"split_char": ')
-    path.write_bytes(raw[:at] + b"1" + raw[at + 1 :])  # still valid JSON, another split
+    at = raw.index(b"'descr': '<") + len(b"'descr': '<")
+    path.write_bytes(raw[:at] + b"i" + raw[at + 1 :])  # still a valid header, another dtype
 
 
 def _id_beyond_vocab(path: Path) -> None:
@@ -95,12 +97,12 @@ def _id_beyond_vocab(path: Path) -> None:
     path.write_bytes(bytes(raw))
 
 
-@pytest.mark.parametrize("damage", [_truncate, _flip_header, _other_split, _id_beyond_vocab])
+@pytest.mark.parametrize("damage", [_truncate, _flip_header, _other_dtype, _id_beyond_vocab])
 def test_a_damaged_ids_file_is_rebuilt(cache: Path, damage) -> None:
     tok = build_tokenizer(CORPUS, "char", None, cache)
     expected = tokenize(CORPUS, tok, cache)
     train, val = expected.train.tolist(), expected.val.tolist()  # (copies: the damage is done in place)
-    [path] = cache.glob("*.tokens")
+    [path] = cache.glob("*-train.npy")
     good = path.read_bytes()
     damage(path)
     with pytest.warns(UserWarning, match="rebuilding it"):

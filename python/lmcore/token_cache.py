@@ -7,11 +7,13 @@ compare; a BPE is trained on the training text only.  Both are cached in
 the tokenizer, so a second run on the same text starts at once:
 
 - ``<corpus sha256>-<kind><vocab size>-<split>.json``: a built tokenizer (its ``to_dict()``);
-- ``<corpus sha256>-<tokenizer fingerprint>.tokens``: a header (``MAGIC``, then JSON padded to
-  ``HEADER_BYTES``) followed by the training ids and the validation ids, memory-mapped on use.
+- ``<corpus sha256>-<tokenizer fingerprint>-<split>-train.npy`` and ``...-val.npy``: the ids of
+  each split as plain ``.npy`` arrays (``np.load(path, mmap_mode="r")`` reads them), memory-mapped
+  on use. They are written as the text is encoded, so the ids never need to fit in memory: the
+  header's length is fixed first and its shape filled in at the end.
 
-Files are written atomically and checked when read (header, length, dtype, ids in range); one that
-does not check out is rebuilt.  A cache that cannot be written costs only time: a warning, and the
+Files are written atomically and checked when read (numpy's header, length, dtype, ids in range);
+one that does not check out is rebuilt.  A cache that cannot be written costs only time: a warning, and the
 ids are kept in memory.  The cache is never pruned; delete the directory to reclaim the space.
 """
 
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,8 +33,8 @@ from lmcore.atomic import atomic_writer
 from lmcore.corpus import Corpus, cache_dir, split_index
 from lmcore.tokenizer import BpeTokenizer, CharTokenizer, Tokenizer, tokenizer_from_dict
 
-MAGIC = b"lmcore-tokens 1\n"
-HEADER_BYTES = 512
+# A .npy version 1.0 header padded to this many bytes: room for any shape, fixed before it is known.
+HEADER_BYTES = 128
 
 
 @dataclass(frozen=True)
@@ -73,15 +74,20 @@ def build_tokenizer(corpus: Corpus, kind: str, vocab_size: int | None = None, ca
 def tokenize(corpus: Corpus, tokenizer: Tokenizer, cache: Path | None = None) -> TokenizedCorpus:
     """The corpus's training and validation ids: memory-mapped from the cache, built into it if missing."""
     split = split_index(corpus.n_chars)
-    path = (cache or token_cache_dir()) / f"{corpus.sha256}-{tokenizer.fingerprint()}.tokens"
-    key = {"corpus_sha256": corpus.sha256, "tokenizer": tokenizer.fingerprint(), "split_char": split,
-           "dtype": np.dtype(tokenizer.dtype).newbyteorder("<").str}
-    ids = _load_ids(path, key, tokenizer.vocab_size)
-    if ids is None and _store(path, lambda f: _write_ids(f, _encoded_splits(corpus, tokenizer, split), key)):
-        ids = _load_ids(path, key, tokenizer.vocab_size)
+    stem = f"{corpus.sha256}-{tokenizer.fingerprint()}-{split}"
+    paths = [(cache or token_cache_dir()) / f"{stem}-{part}.npy" for part in ("train", "val")]
+    dtype = np.dtype(tokenizer.dtype).newbyteorder("<")
+
+    def load() -> list[np.ndarray] | None:
+        ids = [_load_ids(p, dtype, tokenizer.vocab_size) for p in paths]
+        return None if any(i is None for i in ids) else ids  # type: ignore[return-value]
+
+    ids = load()
+    if ids is None and all(_store(p, lambda f, part=part: _write_ids(f, part, dtype))
+                           for p, part in zip(paths, _encoded_splits(corpus, tokenizer, split))):
+        ids = load()
     if ids is None:  # no usable cache: encode into memory
-        ids = tuple(np.concatenate([np.zeros(0, tokenizer.dtype), *part])
-                    for part in _encoded_splits(corpus, tokenizer, split))
+        ids = [np.concatenate([np.zeros(0, dtype), *part]) for part in _encoded_splits(corpus, tokenizer, split)]
     return TokenizedCorpus(ids[0], ids[1], split, corpus.n_chars - split)
 
 
@@ -91,47 +97,44 @@ def _encoded_splits(corpus: Corpus, tokenizer: Tokenizer, split: int) -> Iterato
         yield tokenizer.encode_stream(corpus.chunks(start, end, label=f"tokenizing the {what} text"))
 
 
-def _write_ids(f: BinaryIO, splits: Iterator[Iterator[np.ndarray]], key: dict[str, Any]) -> None:
-    f.write(bytes(HEADER_BYTES))  # the header, written once the counts are known
-    counts = []
-    for part in splits:
-        counts.append(0)
-        for ids in part:
-            f.write(ids.astype(key["dtype"]).tobytes())
-            counts[-1] += len(ids)
-    header = MAGIC + json.dumps({**key, "n_train": counts[0], "n_val": counts[1]}, sort_keys=True).encode()
+def _npy_header(dtype: np.dtype, length: int) -> bytes:
+    """A .npy 1.0 header for a 1-D array, padded to HEADER_BYTES (numpy reads spaces as padding)."""
+    text = f"{{'descr': '{dtype.str}', 'fortran_order': False, 'shape': ({length},), }}"
+    prefix = b"\x93NUMPY\x01\x00" + (HEADER_BYTES - 10).to_bytes(2, "little")
+    return prefix + text.ljust(HEADER_BYTES - 11).encode("latin1") + b"\n"
+
+
+def _write_ids(f: BinaryIO, part: Iterator[np.ndarray], dtype: np.dtype) -> None:
+    f.write(_npy_header(dtype, 0))  # the real length is known only at the end
+    count = 0
+    for ids in part:
+        f.write(ids.astype(dtype).tobytes())
+        count += len(ids)
     f.seek(0)
-    f.write(header.ljust(HEADER_BYTES, b" "))
+    f.write(_npy_header(dtype, count))
 
 
-def _load_ids(path: Path, key: dict[str, Any], vocab_size: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """The (train, val) ids of a cache file, memory-mapped; None (with a warning if it exists but is
-    damaged or unreadable) when there is no usable one."""
+def _load_ids(path: Path, dtype: np.dtype, vocab_size: int) -> np.ndarray | None:
+    """A split's ids, memory-mapped; None (with a warning if the file exists but is damaged or
+    unreadable) when there is no usable one."""
     try:
-        with open(path, "rb") as f:
-            head, size = f.read(HEADER_BYTES), os.fstat(f.fileno()).st_size
+        ids = np.load(path, mmap_mode="r", allow_pickle=False)
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except OSError as e:
+    except PermissionError as e:
         return _warn(f"token cache unreadable ({e.strerror or e}); not using it: {path}")
-    try:
-        fields = json.loads(head[len(MAGIC):]) if head.startswith(MAGIC) else None
-    except ValueError:
-        fields = None
-    if not isinstance(fields, dict) or any(fields.get(k) != v for k, v in key.items()):
-        return _warn(f"token cache file has a damaged or foreign header; rebuilding it: {path}")
-    n_train, n_val = fields.get("n_train"), fields.get("n_val")
-    itemsize = np.dtype(key["dtype"]).itemsize
-    if not (type(n_train) is int and type(n_val) is int and n_train >= 0 and n_val >= 0
-            and n_train + n_val > 0 and size == HEADER_BYTES + (n_train + n_val) * itemsize):
-        return _warn(f"token cache file is truncated or has a damaged header; rebuilding it: {path}")
-    if _max_id(path, key["dtype"]) >= vocab_size:
+    except (OSError, ValueError, EOFError) as e:  # numpy's checks of the header and the length
+        return _warn(f"token cache file is truncated or damaged ({str(e)[:60]}); rebuilding it: {path}")
+    if not isinstance(ids, np.memmap) or ids.dtype != dtype or ids.ndim != 1 or ids.offset != HEADER_BYTES:
+        return _warn(f"token cache file holds another kind of array; rebuilding it: {path}")
+    if path.stat().st_size != HEADER_BYTES + ids.nbytes:
+        return _warn(f"token cache file is truncated or damaged (its length); rebuilding it: {path}")
+    if len(ids) and _max_id(path, dtype) >= vocab_size:
         return _warn(f"token cache file holds ids beyond the vocabulary; rebuilding it: {path}")
-    ids = np.memmap(path, dtype=key["dtype"], mode="r", offset=HEADER_BYTES, shape=(n_train + n_val,))
-    return ids[:n_train], ids[n_train:]
+    return ids
 
 
-def _max_id(path: Path, dtype: str) -> int:
+def _max_id(path: Path, dtype: np.dtype) -> int:
     # Read in blocks, not through the memory map: pages read through a map count as the process's RSS.
     top = 0
     with open(path, "rb") as f:
