@@ -20,6 +20,7 @@
 use lmcore_core::blas::{gemm, Gemm};
 use lmcore_core::matmul::gemm_rows;
 use lmcore_core::parallel::{num_threads, set_num_threads};
+use lmcore_core::profile;
 use lmcore_core::{AdamWConfig, GptConfig, Rng, Trainer};
 use std::hint::black_box;
 use std::os::raw::{c_char, c_int};
@@ -168,6 +169,27 @@ fn main() {
     });
     let tok_s = n as f64 / secs;
     println!("\ntrain_step f32 (B {b}, T {t}, C {c}, H {h}, L {l}, V {v}): median {:.1} ms/step over {steps} steps, {:.0} tokens/s (last loss {last_loss:.3})", secs * 1e3, tok_s);
+
+    // (c) Where the step's time goes, by op family (the engine's own timers; the timed steps run
+    // separately, so the figures above carry no timing overhead).
+    let profiled = if quick { 5 } else { 20 };
+    profile::enable(true);
+    let start = Instant::now();
+    for _ in 0..profiled {
+        tr.train_step(x, y, b, t, 1e-3).expect("step runs");
+    }
+    let wall = start.elapsed().as_secs_f64() / profiled as f64;
+    let rows = profile::report();
+    profile::enable(false);
+    println!("\nper-op cost of a step ({profiled} steps, ms/step; % of the step's {:.1} ms wall time):", wall * 1e3);
+    println!("{:<22} {:>9} {:>9} {:>9} {:>7}", "op family", "forward", "backward", "total", "%");
+    let mut counted = 0.0;
+    for r in &rows {
+        let total = (r.forward_s + r.backward_s) / profiled as f64;
+        counted += total;
+        println!("{:<22} {:>9.2} {:>9.2} {:>9.2} {:>6.1}%", r.name, r.forward_s / profiled as f64 * 1e3, r.backward_s / profiled as f64 * 1e3, total * 1e3, total / wall * 100.0);
+    }
+    println!("{:<22} {:>29.2} {:>6.1}%", "(outside the ops)", (wall - counted) * 1e3, (wall - counted) / wall * 100.0);
 
     println!("load average after the run: {}", load_average());
     println!(

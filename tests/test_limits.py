@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -125,6 +126,36 @@ def test_cli_refuses_other_settings_that_size_memory(tmp_path: Path, flags: list
     done = cli("--tiny", *flags, "--max-iters", "5", "--out-dir", str(out))
     assert_one_line_error(done.returncode, done.stderr, message)
     assert not out.exists()
+
+
+def test_huge_numbers_where_a_count_is_expected(finished_tiny_run: Path) -> None:
+    """Found by the sweep: ints beyond 64 bits once gave tracebacks or aborts."""
+    done = subprocess.run([sys.executable, "-m", "lmcore.generate", "--out-dir", str(finished_tiny_run),
+                           "--max-new-tokens", "5", "--top-k", str(2**63)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr  # more than the vocabulary: every token
+    done = subprocess.run([sys.executable, "-m", "lmcore.generate", "--out-dir", str(finished_tiny_run),
+                           "--max-new-tokens", "5", "--threads", str(2**64)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr.startswith("warning: "), done.stderr
+    with pytest.raises(OverflowError, match=f"vocab_size {2**64} is too large"):
+        lmcore.Model(vocab_size=2**64, d_model=4, n_head=1, n_layer=1, block_size=4)
+
+
+def test_a_strided_view_too_large_to_copy_is_refused() -> None:
+    # (a view of one float that claims 10^10 elements: its contiguous copy would need 40 GB)
+    assert_raises_in_subprocess("from numpy.lib.stride_tricks import as_strided\n"
+                                "a = as_strided(np.zeros(1, np.float32), (100000, 100000), (0, 0))",
+                                "lmcore.matmul(a, a)", "out of memory", "contiguous copy")
+    assert_raises_in_subprocess("from numpy.lib.stride_tricks import as_strided\n"
+                                "a = as_strided(np.zeros(1, np.float32), (80000, 80000), (0, 0))",
+                                "lmcore.Graph('float32').tensor(a)", "out of memory", "contiguous copy")
+
+
+def test_a_batch_far_too_large_is_refused_at_once_with_its_size() -> None:
+    m = lmcore.Model(**TINY)
+    started = time.monotonic()
+    with pytest.raises(lmcore.LmcoreError, match=r"a training step on a batch of 1000000 x 32 tokens needs at least"):
+        m.reserve(1_000_000, 32)
+    assert time.monotonic() - started < 10  # (the sweep saw 40 s and 16 GB before the refusal)
 
 
 def test_generation_of_more_tokens_than_memory_holds_is_refused(finished_tiny_run: Path) -> None:

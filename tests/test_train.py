@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
+import lmcore.loop
 import lmcore.run
 import lmcore.saver
 import lmcore.train
@@ -208,6 +209,43 @@ def test_signals_during_the_save_do_not_corrupt_it(tmp_path: Path, monkeypatch: 
     assert_same_checkpoint(tmp_path / "whole", out)
 
 
+@pytest.mark.slow
+def test_a_stop_signal_during_a_long_evaluation_stops_at_once(tmp_path: Path) -> None:
+    """An evaluation of a hundred million batches is cut short by SIGTERM, not waited for."""
+    out = tmp_path / "run"
+    proc = spawn(out, "--eval-iters", "100000000", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(3)  # (inside step 0's evaluation by now)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert time.monotonic() - started < 10
+    assert "interrupted by SIGTERM at step 0" in stderr and iter_num(out) == 0
+
+
+def test_an_evaluation_cut_short_is_done_on_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop signal in the middle of step 20's evaluation: the checkpoint of step 20 holds the
+    step's record, and the resumed run evaluates and logs it, so its log equals a continuous run's."""
+    real = lmcore.loop.validation
+    calls = []
+
+    def signalled(run: Any, kept: str, stop: Any = None) -> dict[str, float]:
+        calls.append(run.iter_num)
+        if run.iter_num == 20 and calls.count(20) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives before the evaluation's first batch
+        return real(run, kept, stop)
+
+    monkeypatch.setattr(lmcore.loop, "validation", signalled)
+    out = tmp_path / "run"
+    assert run_main([*RECIPE, *QUIET, "--max-iters", "40", "--out-dir", str(out)]) == 128 + signal.SIGTERM
+    assert iter_num(out) == 20 and [r["step"] for r in metrics(out)][-1] < 20
+    resume(out)
+    assert calls.count(20) == 2
+    train(tmp_path / "whole", "--max-iters", "40")
+    assert metrics(out) == metrics(tmp_path / "whole")
+    assert_same_checkpoint(tmp_path / "whole", out)
+
+
 # --- 5. a longer planned schedule, resumed in pieces; the schedule itself ---
 
 
@@ -342,6 +380,8 @@ BAD_INPUT = [
     ("heads-do-not-divide", "fresh", ["--n-head", "3", "--d-model", "32"], None,
      r"--n-head 3 does not divide --d-model 32"),
     ("zero-threads", "fresh", ["--threads", "0"], None, r"--threads must be at least 1"),
+    ("batch-size-beyond-64-bits", "fresh", ["--batch-size", str(2**64)], None,
+     r"--batch-size 18446744073709551616 with --block-size 32: "),
     ("max-iters-zero-alone", "fresh", ["--max-iters", "0"], None, r"--max-iters 0 plans no steps: pass --lr-decay-iters"),
     ("batch-larger-than-memory", "fresh", ["--block-size", "100000"], None,
      r"--batch-size 8 with --block-size 100000: out of memory: .* needs at least [\d.]+ GiB"),

@@ -40,13 +40,17 @@ def use_threads(threads: int | None) -> None:
     if threads < 1:
         raise ValueError(f"--threads must be at least 1, got {threads}")
     with printed_warnings():
-        lmcore.set_num_threads(threads)
+        lmcore.set_num_threads(min(threads, 1 << 30))  # (more than any machine's cores: capped alike)
 
 
 class Stop:
     """The first stop signal received (its number), or None."""
 
     signal: int | None = None
+
+
+class Interrupted(Exception):
+    """A stop signal arrived during work that is given up rather than finished (an evaluation)."""
 
 
 @contextlib.contextmanager

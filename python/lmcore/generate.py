@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.top_k is not None and args.top_k > 1 << 31:  # more than any vocabulary: all tokens, as asked
+            args.top_k = 1 << 31
         validate_sampling(args.temperature, args.top_k, args.top_p)
         if args.max_new_tokens < 0 or args.num_samples < 1:
             raise ValueError("--max-new-tokens must be >= 0 and --num-samples >= 1")
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             generate(model, prompt[None, :], args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                      top_p=args.top_p, seed=args.seed + i, use_cache=not args.no_cache, on_token=stream)
             sys.stdout.write(feed([], final=True) + "\n")
-    except (CheckpointError, ValueError, lmcore.LmcoreError, MemoryError) as e:
+    except (CheckpointError, ValueError, lmcore.LmcoreError, MemoryError, OverflowError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

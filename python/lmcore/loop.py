@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import lmcore
-from lmcore.cli import UsageError, stop_signals
+from lmcore.cli import Interrupted, UsageError, stop_signals
 from lmcore.config import lr_at
 from lmcore.evaluation import training_loss, validation
 from lmcore.metrics import MetricsLog, plot_losses, rss_mb, trim_metrics
@@ -25,12 +25,17 @@ def train(run: Run) -> int:
     tokens_per_step = cfg.batch_size * cfg.block_size
     metrics_path = run.out_dir / "metrics.jsonl"
     trim_metrics(metrics_path, run.iter_num)
+    record: dict[str, Any] = {}  # the last step's metrics
     with stop_signals() as stop:
         try:
             with MetricsLog(metrics_path) as log:
                 if run.iter_num == 0:  # no steps yet: no rate
-                    log.log(step=0, train_loss=training_loss(run), lr=lr_at(0, cfg), tok_s=None, rss_mb=rss_mb(),
-                            **validation(run, saver.kept()))
+                    log.log(step=0, train_loss=training_loss(run, stop), lr=lr_at(0, cfg), tok_s=None, rss_mb=rss_mb(),
+                            **validation(run, saver.kept(), stop))
+                if run.pending_record:  # the evaluation a stop signal cut short, done now
+                    log.log({**run.pending_record, **validation(run, saver.kept(), stop)})
+                    run.pending_record = None
+                    plot_losses(metrics_path, run.out_dir / "loss.png")
                 progress = Progress(cfg.max_iters, start=run.iter_num)
                 window_start, window_steps = time.perf_counter(), 0
                 while run.iter_num < cfg.max_iters and stop.signal is None:
@@ -43,7 +48,7 @@ def train(run: Run) -> int:
                     run.iter_num += 1
                     it = run.iter_num
                     window_steps += 1
-                    record: dict[str, Any] = {}
+                    record = {}
                     evaluating = it % cfg.eval_interval == 0 or it == cfg.max_iters
                     if it % cfg.log_interval == 0 or evaluating:
                         elapsed = time.perf_counter() - window_start
@@ -53,7 +58,7 @@ def train(run: Run) -> int:
                         progress.update(it, loss, record["tok_s"])
                         window_start, window_steps = time.perf_counter(), 0
                     if evaluating:
-                        record.update(validation(run, saver.kept()))
+                        record.update(validation(run, saver.kept(), stop))
                         progress.note(f"step {it}: train loss {loss:.4f}, val loss {record['val_loss']:.4f} "
                                       f"({record['val_bpc']:.4f} bits/char)")
                     if record:
@@ -65,6 +70,10 @@ def train(run: Run) -> int:
                         saver.save()
                 saver.save()
                 progress.close()
+        except Interrupted:  # a stop signal during an evaluation: it is done on --resume instead
+            if record.get("step") == run.iter_num > 0 and "val_loss" not in record:
+                run.pending_record = record
+            saver.save()
         except OSError as e:  # the metrics log could not be written (a full disk, ...)
             raise UsageError(f"training stopped at step {run.iter_num}: metrics log {metrics_path} not written "
                              f"({e.strerror or e}); {saver.kept()}") from None

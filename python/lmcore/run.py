@@ -41,6 +41,9 @@ class Run:
     sampler: BatchSampler
     iter_num: int = 0  # steps done
     best_val: float | None = None
+    # The metrics record of the last step when a stop signal cut its evaluation short: a resumed
+    # run evaluates and logs it first, so its log equals an uninterrupted run's.
+    pending_record: dict[str, Any] | None = None
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """The metadata of a checkpoint of this run now (the tensors come from the model)."""
@@ -54,6 +57,7 @@ class Run:
             "dataset": {"name": c.name, "sha256": c.sha256, "source": c.source, **self.corpus_where},
             "best_val_loss": self.best_val,
             "lmcore_version": lmcore.__version__,
+            **({"pending_record": self.pending_record} if self.pending_record else {}),
         }
 
 
@@ -115,7 +119,7 @@ def prepare(args: argparse.Namespace) -> Run:
     new one fine-tuned from --init-from. Nothing is written to --out-dir here."""
     out_dir = Path(args.out_dir or Path("out") / args.preset)
     ckpt_path = out_dir / CHECKPOINT_NAME
-    iter_num, sampler_state, best_val = 0, None, None
+    iter_num, sampler_state, best_val, pending = 0, None, None, None
     if args.resume and args.init_from:
         raise UsageError("--resume continues the run in --out-dir, --init-from starts a new one: pass one of them")
     check_tokenizer_flags(args)
@@ -135,6 +139,7 @@ def prepare(args: argparse.Namespace) -> Run:
         model, tokenizer, _, _ = model_from_checkpoint(ckpt_path)
         check_same_tokenizer(args, tokenizer, f"the checkpoint {ckpt_path}")
         iter_num, sampler_state, best_val = int(meta["iter_num"]), meta["sampler"], meta.get("best_val_loss")
+        pending = meta.get("pending_record")
     else:
         if ckpt_path.exists():
             raise UsageError(f"{out_dir} already holds a checkpoint; pass --resume to continue it, or choose another --out-dir")
@@ -165,7 +170,7 @@ def prepare(args: argparse.Namespace) -> Run:
             raise DataError(f"the {split} split has {len(data)} tokens, fewer than one block of {cfg.block_size} + 1")
     try:  # a batch too large for this machine is refused here, before anything is written
         model.reserve(cfg.batch_size, cfg.block_size)
-    except lmcore.LmcoreError as e:
+    except (lmcore.LmcoreError, OverflowError) as e:
         raise UsageError(f"--batch-size {cfg.batch_size} with --block-size {cfg.block_size}: {e}") from None
     sampler = BatchSampler(train_ids, cfg.block_size, cfg.batch_size, seed=cfg.seed)
     if sampler_state is not None:
@@ -175,4 +180,4 @@ def prepare(args: argparse.Namespace) -> Run:
             raise CheckpointError(f"checkpoint {ckpt_path} has an invalid batch sampler state: {e}") from None
     return Run(cfg=cfg, out_dir=out_dir, ckpt_path=ckpt_path, corpus=corpus, corpus_where=where,
                tokenizer=tokenizer, tokens=tokens, model=model, sampler=sampler, iter_num=iter_num,
-               best_val=best_val)
+               best_val=best_val, pending_record=pending)

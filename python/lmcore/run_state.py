@@ -182,6 +182,10 @@ def check_meta(meta: dict[str, Any], path: Path) -> None:
         optimizer_state_names(optimizer)
     except ValueError as e:
         raise CheckpointError(f"checkpoint {path} was written by an optimizer this lmcore does not have: {e}") from None
+    pending = meta.get("pending_record")
+    if pending is not None and not (isinstance(pending, dict) and pending.get("step") == meta["iter_num"]
+                                    and all(type(v) in (int, float) or v is None for v in pending.values())):
+        refuse("pending_record", "the numbers of the checkpoint's own step")
     best = meta.get("best_val_loss")
     if best is not None and (type(best) not in (int, float) or not math.isfinite(best)):
         refuse("best_val_loss", "a finite number or null")

@@ -31,7 +31,8 @@ from lmcore.tokenizer import TOKENIZER_KINDS
 __all__ = ["REPORTED_ERRORS", "fresh_config", "main", "parse_args", "parser", "prepare"]
 
 # What `main` reports as a one-line ``error: ...`` (anything else is a bug, and gets a traceback).
-REPORTED_ERRORS = (UsageError, DataError, CheckpointError, ValueError, lmcore.LmcoreError, OSError, MemoryError)
+REPORTED_ERRORS = (UsageError, DataError, CheckpointError, ValueError, lmcore.LmcoreError, OSError, MemoryError,
+                   OverflowError)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::op::Op;
+use crate::profile::{self, Section};
 use crate::ops::{attention, cross_entropy, dropout, embedding, gelu, layernorm, linear, residual};
 use crate::real::Real;
 use crate::rng::Rng;
@@ -111,39 +112,39 @@ impl<F: Real> Graph<F> {
 
     /// Rows of `table` picked by `ids`: (..., C) for ids (...).
     pub fn embedding(&mut self, ids: Var, table: Var) -> Result<Var> {
-        let recorded = embedding::record(&mut self.store, ids, table);
+        let recorded = profile::timed(Section::Embedding, false, || embedding::record(&mut self.store, ids, table));
         record(&mut self.tape, recorded)
     }
     pub fn add(&mut self, a: Var, b: Var) -> Result<Var> {
-        let recorded = residual::record(&mut self.store, a, b);
+        let recorded = profile::timed(Section::Residual, false, || residual::record(&mut self.store, a, b));
         record(&mut self.tape, recorded)
     }
     /// x W^T + b, W (out, in) as in PyTorch.
     pub fn linear(&mut self, x: Var, w: Var, b: Option<Var>) -> Result<Var> {
-        let recorded = linear::record(&mut self.store, x, w, b);
+        let recorded = profile::timed(Section::Linear, false, || linear::record(&mut self.store, x, w, b));
         record(&mut self.tape, recorded)
     }
     pub fn layernorm(&mut self, x: Var, gamma: Var, beta: Var) -> Result<Var> {
-        let recorded = layernorm::record(&mut self.store, x, gamma, beta);
+        let recorded = profile::timed(Section::LayerNorm, false, || layernorm::record(&mut self.store, x, gamma, beta));
         record(&mut self.tape, recorded)
     }
     pub fn gelu(&mut self, x: Var) -> Result<Var> {
-        let recorded = gelu::record(&mut self.store, x);
+        let recorded = profile::timed(Section::Gelu, false, || gelu::record(&mut self.store, x));
         record(&mut self.tape, recorded)
     }
     /// Causal self-attention on qkv (B, T, 3C): (B, T, C).
     pub fn attention(&mut self, qkv: Var, n_head: usize) -> Result<Var> {
-        let recorded = attention::record(&mut self.store, qkv, n_head);
+        let recorded = profile::timed(Section::Attention, false, || attention::record(&mut self.store, qkv, n_head));
         record(&mut self.tape, recorded)
     }
     /// Mean cross-entropy of logits (..., V) against ids (...): a scalar.
     pub fn cross_entropy(&mut self, logits: Var, targets: Var) -> Result<Var> {
-        let recorded = cross_entropy::record(&mut self.store, logits, targets);
+        let recorded = profile::timed(Section::CrossEntropy, false, || cross_entropy::record(&mut self.store, logits, targets));
         record(&mut self.tape, recorded)
     }
     /// Dropout with probability `p` from the graph's generator; the identity (nothing recorded) at 0.
     pub fn dropout(&mut self, x: Var, p: f64) -> Result<Var> {
-        let (out, op) = dropout::record(&mut self.store, &mut self.rng, x, p)?;
+        let (out, op) = profile::timed(Section::Dropout, false, || dropout::record(&mut self.store, &mut self.rng, x, p))?;
         self.tape.extend(op);
         Ok(out)
     }
@@ -176,14 +177,16 @@ impl<F: Real> Graph<F> {
 
     fn backward_seeded(&mut self, out: Var, seed: impl FnOnce(&mut [F])) -> Result<()> {
         self.grad_plan.place(&mut self.store, &self.tape, out)?;
-        self.store.zero_param_grads();
+        profile::timed(Section::ZeroGrads, true, || self.store.zero_param_grads());
         let order = &self.grad_plan.by_start;
         let mut next = 0; // entries in `order` before this one are zeroed
         let mut zero_until = |s: &mut Store<F>, p: usize| {
-            while next < order.len() && self.grad_plan.start_of(order[next]) <= p {
-                s.zero_grad_of(order[next] as usize);
-                next += 1;
-            }
+            profile::timed(Section::ZeroGrads, true, || {
+                while next < order.len() && self.grad_plan.start_of(order[next]) <= p {
+                    s.zero_grad_of(order[next] as usize);
+                    next += 1;
+                }
+            })
         };
         zero_until(&mut self.store, 0);
         seed(self.store.grads_mut(out));
@@ -191,7 +194,7 @@ impl<F: Real> Graph<F> {
             zero_until(&mut self.store, p);
             let op = self.tape[i];
             let s = &mut self.store;
-            match op {
+            profile::timed(op.section(), true, || match op {
                 Op::Embedding { ids, table, out } => embedding::backward(s, ids, table, out),
                 Op::Add { a, b, out } => residual::backward(s, a, b, out),
                 Op::Linear { x, w, b, out } => linear::backward(s, x, w, b, out),
@@ -202,7 +205,7 @@ impl<F: Real> Graph<F> {
                 Op::Attention { qkv, n_head, out, lse, bwd_tiles } => attention::backward(s, qkv, n_head, out, lse, bwd_tiles),
                 Op::CrossEntropy { logits, targets, out, lse } => cross_entropy::backward(s, logits, targets, out, lse),
                 Op::Dropout { x, out, mask } => dropout::backward(s, x, out, mask),
-            }
+            });
         }
         Ok(())
     }

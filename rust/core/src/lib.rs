@@ -26,9 +26,11 @@ pub mod optimizer;
 mod op;
 pub mod ops;
 pub mod parallel;
+pub mod profile;
 pub mod real;
 pub mod rng;
 pub mod sampling;
+pub mod simd;
 pub mod store;
 pub mod trainer;
 

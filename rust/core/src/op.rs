@@ -2,6 +2,7 @@
 //! backward reads and writes is declared here, for `GradPlan` and `Graph::backward`.
 
 use crate::error::{Error, Result};
+use crate::profile::Section;
 use crate::store::Var;
 
 /// One recorded operation. Inputs first, then `out`, then tensors the op saved for backward.
@@ -28,6 +29,20 @@ impl Op {
             Op::Gelu { x, .. } | Op::Dropout { x, .. } => [Some(x), None, None],
             Op::Attention { qkv, .. } => [Some(qkv), None, None],
             Op::CrossEntropy { logits, .. } => [Some(logits), None, None],
+        }
+    }
+
+    /// The op family it is timed under (see `profile`).
+    pub(crate) fn section(&self) -> Section {
+        match self {
+            Op::Embedding { .. } => Section::Embedding,
+            Op::Add { .. } => Section::Residual,
+            Op::Linear { .. } => Section::Linear,
+            Op::LayerNorm { .. } => Section::LayerNorm,
+            Op::Gelu { .. } => Section::Gelu,
+            Op::Attention { .. } => Section::Attention,
+            Op::CrossEntropy { .. } => Section::CrossEntropy,
+            Op::Dropout { .. } => Section::Dropout,
         }
     }
 

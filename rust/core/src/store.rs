@@ -148,6 +148,9 @@ pub struct Store<F: Real> {
     ids_used: usize,
     generation: u64,
     high_water: usize,
+    /// Arena bytes needed at most since the last reset, and in the step before it.
+    step_peak: usize,
+    last_step_peak: usize,
 }
 
 impl<F: Real> Default for Store<F> {
@@ -171,11 +174,14 @@ impl<F: Real> Store<F> {
             ids_used: 0,
             generation: 0,
             high_water: 0,
+            step_peak: 0,
+            last_step_peak: 0,
         }
     }
 
     /// Rewind the arena: every activation handle made so far becomes stale.
     pub fn reset(&mut self) {
+        self.last_step_peak = std::mem::take(&mut self.step_peak);
         self.entries.truncate(self.params.len());
         self.values_used = self.param_len;
         self.grads_planned = 0;
@@ -200,9 +206,14 @@ impl<F: Real> Store<F> {
     }
 
     fn note_high_water(&mut self) {
-        let floats = self.values_used - self.param_len + self.grads_planned;
-        let bytes = floats * std::mem::size_of::<F>() + self.ids_used * 4;
+        let bytes = self.arena_bytes();
         self.high_water = self.high_water.max(bytes);
+        self.step_peak = self.step_peak.max(bytes);
+    }
+
+    /// Bytes the arena needed at most in the step before the last reset.
+    pub(crate) fn last_step_bytes(&self) -> usize {
+        self.last_step_peak
     }
 
     fn push_entry(&mut self, entry: Entry) -> Result<Var> {

@@ -10,6 +10,7 @@ use crate::gpt::{Gpt, GptConfig};
 use crate::graph::Graph;
 use crate::kv_cache::KvCache;
 use crate::memory;
+use crate::profile::{self, Section};
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::store::Var;
@@ -81,6 +82,26 @@ impl<F: Real> Trainer<F> {
     /// step allocates nothing. Runs forward and backward on a batch of zeros; the weights, the
     /// optimizer and the dropout stream are untouched, the parameters' gradients are zeroed.
     pub fn reserve(&mut self, b: usize, t: usize) -> Result<()> {
+        if b > 1 {
+            // A batch of one first: the arena grows with the batch (attention's tiles do not), so
+            // b times its need is what the whole batch will take, and a batch far too large is
+            // refused at once, with its size, instead of after gigabytes of work.
+            self.reserve_batch(1, t).map_err(|e| Self::batch_out_of_memory(e, "a training step", b, t))?;
+            let estimate = self.graph.store.last_step_bytes().saturating_mul(b);
+            let held = self.graph.capacity_bytes();
+            if let Err(e) = memory::check_available(estimate.saturating_sub(held), "") {
+                let available = match e {
+                    Error::OutOfMemory { available, .. } => available,
+                    _ => None,
+                };
+                let e = Error::OutOfMemory { what: String::new(), bytes: estimate, available, hint: String::new() };
+                return Err(Self::batch_out_of_memory(e, "a training step", b, t));
+            }
+        }
+        self.reserve_batch(b, t)
+    }
+
+    fn reserve_batch(&mut self, b: usize, t: usize) -> Result<()> {
         let n = b.checked_mul(t).ok_or_else(|| Error::Shape(format!("a ({b}, {t}) batch is too large")))?;
         let zeros = memory::filled(n, 0i64, "the batch's token ids").map_err(|e| Self::batch_out_of_memory(e, "a training step", b, t))?;
         let rng = self.graph.rng;
@@ -128,11 +149,12 @@ impl<F: Real> Trainer<F> {
             return Err(Error::Invalid(format!("learning rate must be a finite number >= 0, got {lr}")));
         }
         let (params, grads) = self.graph.store.param_buffers_mut();
-        let grad_norm = self.clip.norm(grads);
+        let grad_norm = profile::timed(Section::GradNorm, true, || self.clip.norm(grads));
         if !grad_norm.is_finite() {
             return Err(Error::NonFinite(format!("gradient norm is {grad_norm}")));
         }
-        self.opt.update(params, grads, lr, self.clip.scale(grad_norm));
+        let scale = self.clip.scale(grad_norm);
+        profile::timed(Section::Optimizer, true, || self.opt.update(params, grads, lr, scale));
         Ok(StepStats { loss: loss_value, grad_norm })
     }
 

@@ -22,19 +22,35 @@ pub fn readonly_floats<'py, F: Real + Element>(obj: &Bound<'py, PyAny>, what: &s
     arr.try_readonly().map_err(|e| crate::LmcoreError::new_err(format!("{what}: {e}")))
 }
 
-/// The array's elements in row-major order: borrowed when contiguous, copied when strided.
-pub fn contiguous<'a, F: Real + Element>(ro: &'a PyReadonlyArrayDyn<'_, F>) -> Cow<'a, [F]> {
+/// The array's elements in row-major order: borrowed when contiguous, copied when strided (a
+/// view of a few bytes can describe terabytes: the copy's memory is checked first).
+pub fn contiguous<'a, F: Real + Element>(ro: &'a PyReadonlyArrayDyn<'_, F>) -> PyResult<Cow<'a, [F]>> {
     match ro.as_slice() {
-        Ok(s) => Cow::Borrowed(s),
-        Err(_) => Cow::Owned(ro.as_array().iter().copied().collect()),
+        Ok(s) => Ok(Cow::Borrowed(s)),
+        Err(_) => {
+            let mut copy = Vec::new();
+            copy_into(ro, &mut copy)?;
+            Ok(Cow::Owned(copy))
+        }
     }
+}
+
+/// Replace `out`'s contents with the array's elements in row-major order, memory checked.
+fn copy_into<F: Real + Element>(ro: &PyReadonlyArrayDyn<'_, F>, out: &mut Vec<F>) -> PyResult<()> {
+    out.clear();
+    let what = format!("a contiguous copy of a {:?} array", ro.shape());
+    lmcore_core::memory::grow(out, ro.len(), F::ZERO, &what).map_err(crate::to_py)?;
+    match ro.as_slice() {
+        Ok(s) => out.copy_from_slice(s),
+        Err(_) => out.iter_mut().zip(ro.as_array().iter()).for_each(|(o, &x)| *o = x),
+    }
+    Ok(())
 }
 
 /// Copy a float array of exactly dtype `F` into `out` (cleared first); returns its shape.
 pub fn read_floats_into<F: Real + Element>(obj: &Bound<'_, PyAny>, what: &str, out: &mut Vec<F>) -> PyResult<Vec<usize>> {
     let ro = readonly_floats::<F>(obj, what)?;
-    out.clear();
-    out.extend_from_slice(&contiguous(&ro));
+    copy_into(&ro, out)?;
     Ok(ro.shape().to_vec())
 }
 

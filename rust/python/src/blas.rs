@@ -31,7 +31,7 @@ fn matmul_generic<'py, F: Real + Element>(
         return Err(crate::LmcoreError::new_err("matmul: dimensions exceed what BLAS can index"));
     }
     // Contiguous inputs are read in place; only strided views are copied.
-    let (av, bv) = (contiguous(&a_ro), contiguous(&b_ro));
+    let (av, bv) = (contiguous(&a_ro)?, contiguous(&b_ro)?);
     check_output_memory::<F>(m.saturating_mul(n), &format!("a ({m}, {n}) matmul result"))?;
     let out = PyArray2::<F>::zeros(py, [m, n], false);
     {

@@ -25,7 +25,7 @@ fn sample_rows<'py, F: Real + Element>(py: Python<'py>, logits: &Bound<'py, PyAn
     if vocab == 0 || u.len() != rows {
         return Err(crate::LmcoreError::new_err(format!("{} uniform numbers for logits of shape ({rows}, {vocab})", u.len())));
     }
-    let data = contiguous(&ro);
+    let data = contiguous(&ro)?;
     let mut scratch = Scratch::default();
     let mut ids = Vec::with_capacity(rows);
     for (row, &u) in data.chunks_exact(vocab).zip(u) {
@@ -48,7 +48,7 @@ fn sample<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let cfg = settings(temperature, top_k, top_p)?;
     let u_ro = readonly_floats::<f64>(u, "u")?;
-    let u = contiguous(&u_ro);
+    let u = contiguous(&u_ro)?;
     if let Some(bad) = u.iter().find(|x| !(0.0..1.0).contains(*x)) {
         return Err(crate::LmcoreError::new_err(format!("u must lie in [0, 1), got {bad}")));
     }

@@ -35,12 +35,14 @@ pub struct Settings {
 }
 
 fn size(d: &Bound<'_, PyDict>, name: &str) -> PyResult<usize> {
-    let value: i64 = d
-        .get_item(name)?
-        .ok_or_else(|| PyTypeError::new_err(format!("Model needs the setting {name}")))?
-        .extract()
-        .map_err(|_| PyTypeError::new_err(format!("{name} must be an integer")))?;
-    usize::try_from(value).map_err(|_| PyOverflowError::new_err(format!("{name} must be at least 1, got {value}")))
+    let item = d.get_item(name)?.ok_or_else(|| PyTypeError::new_err(format!("Model needs the setting {name}")))?;
+    if !item.is_instance_of::<pyo3::types::PyInt>() {
+        return Err(PyTypeError::new_err(format!("{name} must be an integer")));
+    }
+    match item.extract::<i64>() {
+        Ok(value) => usize::try_from(value).map_err(|_| PyOverflowError::new_err(format!("{name} must be at least 1, got {value}"))),
+        Err(_) => Err(PyOverflowError::new_err(format!("{name} {item} is too large"))),
+    }
 }
 
 fn number(d: &Bound<'_, PyDict>, name: &str) -> PyResult<f64> {

@@ -13,6 +13,7 @@ use crate::error::{shape_err, Result};
 use crate::op::Op;
 use crate::parallel::{for_each_chunk2, for_each_chunk3, rows_per_task};
 use crate::real::Real;
+use crate::simd::simd_loop;
 use crate::store::{Shape, Slots, Store, Var};
 
 pub(crate) fn record<F: Real>(store: &mut Store<F>, qkv: Var, n_head: usize) -> Result<(Var, Op)> {
@@ -89,11 +90,10 @@ fn forward<F: Real>(qkv: &[F], out: &mut [F], lse: &mut [F], tiles: &mut [F], d:
 pub(crate) fn causal_softmax_row<F: Real>(row: &mut [F], i: usize) -> F {
     let (past, future) = row.split_at_mut(i + 1);
     let max = past.iter().copied().fold(F::NEG_INFINITY, F::max);
-    // Exponentiate, then add up, in two passes: the first vectorises.
-    past.iter_mut().for_each(|x| *x = (*x - max).exp());
+    // Exponentiate, then add up, in two passes: the first vectorises (the sum keeps its order).
+    exp_minus(past, max);
     let sum: F = past.iter().copied().sum();
-    let inv = F::ONE / sum;
-    past.iter_mut().for_each(|x| *x *= inv);
+    scale(past, F::ONE / sum);
     future.fill(F::ZERO);
     max + sum.ln()
 }
@@ -122,7 +122,7 @@ pub(crate) fn backward<F: Real>(s: &mut Store<F>, qkv: Var, nh: usize, out: Var,
                     gemm(&Gemm::nt(rows, keys, hs, xq, 3 * c, &x[q + c..], 3 * c).alpha(scale), pb, t);
                     for (i, row) in pb.chunks_exact_mut(t).enumerate() {
                         let (past, future) = row[..keys].split_at_mut(r0 + i + 1);
-                        past.iter_mut().for_each(|s| *s = (*s - lse[r0 + i]).exp());
+                        exp_minus(past, lse[r0 + i]);
                         future.fill(F::ZERO);
                     }
                     // dP[block] (rows, keys) = dO[block] V[..keys]^T
@@ -133,7 +133,7 @@ pub(crate) fn backward<F: Real>(s: &mut Store<F>, qkv: Var, nh: usize, out: Var,
                     for (drow, prow) in dpb.chunks_exact_mut(t).zip(pb.chunks_exact(t)) {
                         let (drow, prow) = (&mut drow[..keys], &prow[..keys]);
                         let dot: F = drow.iter().zip(prow).map(|(&d, &p)| d * p).sum();
-                        drow.iter_mut().zip(prow).for_each(|(d, &p)| *d = p * (*d - dot));
+                        softmax_backward_row(drow, prow, dot);
                     }
                     // dQ[block] (rows, hs) += scale dS K[..keys];  dK[..keys] (keys, hs) += scale dS^T Q[block]
                     gemm(&Gemm::nn(rows, hs, keys, dpb, t, &x[q + c..], 3 * c).alpha(scale).accumulate(), &mut dx[q + r0 * 3 * c..], 3 * c);
@@ -142,4 +142,30 @@ pub(crate) fn backward<F: Real>(s: &mut Store<F>, qkv: Var, nh: usize, out: Var,
             }
         }
     });
+}
+
+simd_loop! {
+    /// x = e^(x - shift), in place.
+    fn exp_minus<F: Real>(xs: &mut [F], shift: F) {
+        for x in xs {
+            *x = (*x - shift).exp();
+        }
+    }
+}
+
+simd_loop! {
+    fn scale<F: Real>(xs: &mut [F], factor: F) {
+        for x in xs {
+            *x *= factor;
+        }
+    }
+}
+
+simd_loop! {
+    /// dS = P * (dP - dot), in place over dP.
+    fn softmax_backward_row<F: Real>(dp: &mut [F], p: &[F], dot: F) {
+        for (d, &p) in dp.iter_mut().zip(p) {
+            *d = p * (*d - dot);
+        }
+    }
 }

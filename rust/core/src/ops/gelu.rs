@@ -4,6 +4,7 @@ use crate::error::Result;
 use crate::op::Op;
 use crate::parallel::{for_each_chunk, rows_per_task};
 use crate::real::Real;
+use crate::simd::simd_loop;
 use crate::store::{Store, Var};
 
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
@@ -18,26 +19,34 @@ pub(crate) fn record<F: Real>(store: &mut Store<F>, x: Var) -> Result<(Var, Op)>
 }
 
 pub(crate) fn forward<F: Real>(x: &[F], out: &mut [F]) {
-    let (s, c, half) = (F::from_f64(SQRT_2_OVER_PI), F::from_f64(CUBIC), F::from_f64(0.5));
     let chunk = rows_per_task(x.len()).max(4096);
-    for_each_chunk(out, chunk, |i, out| {
-        for (o, &v) in out.iter_mut().zip(&x[i * chunk..]) {
+    for_each_chunk(out, chunk, |i, out| forward_span(&x[i * chunk..], out));
+}
+
+simd_loop! {
+    fn forward_span<F: Real>(x: &[F], out: &mut [F]) {
+        let (s, c, half) = (F::from_f64(SQRT_2_OVER_PI), F::from_f64(CUBIC), F::from_f64(0.5));
+        for (o, &v) in out.iter_mut().zip(x) {
             *o = half * v * (F::ONE + (s * (v + c * v * v * v)).tanh());
         }
-    });
+    }
 }
 
 pub(crate) fn backward<F: Real>(s: &mut Store<F>, x: Var, out: Var) {
     let (r, [dout, dx]) = s.backward_io([out, x]);
-    let (k, c, half) = (F::from_f64(SQRT_2_OVER_PI), F::from_f64(CUBIC), F::from_f64(0.5));
-    let three_c = F::from_f64(3.0 * CUBIC);
     let (dout, xv) = (&*dout, r.f(x));
     let chunk = rows_per_task(xv.len()).max(4096);
-    for_each_chunk(dx, chunk, |i, dx| {
-        for ((g, &d), &v) in dx.iter_mut().zip(&dout[i * chunk..]).zip(&xv[i * chunk..]) {
+    for_each_chunk(dx, chunk, |i, dx| backward_span(&dout[i * chunk..], &xv[i * chunk..], dx));
+}
+
+simd_loop! {
+    fn backward_span<F: Real>(dout: &[F], x: &[F], dx: &mut [F]) {
+        let (k, c, half) = (F::from_f64(SQRT_2_OVER_PI), F::from_f64(CUBIC), F::from_f64(0.5));
+        let three_c = F::from_f64(3.0 * CUBIC);
+        for ((g, &d), &v) in dx.iter_mut().zip(dout).zip(x) {
             let t = (k * (v + c * v * v * v)).tanh();
             let dt = k * (F::ONE + three_c * v * v) * (F::ONE - t * t);
             *g += d * (half * (F::ONE + t) + half * v * dt);
         }
-    });
+    }
 }
