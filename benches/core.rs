@@ -53,8 +53,13 @@ fn load_average() -> String {
 
 /// Median seconds of `reps` timed calls of `f`, after `warm` untimed ones.
 fn median_secs(warm: usize, reps: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..warm {
+    // At least 0.1 s of warm-up as well: an idle vCPU of this VM takes some 10 ms to run at full
+    // speed again (measured: the first ~10 two-thread GEMMs after a 0.2 s pause run at half speed).
+    let start = Instant::now();
+    let mut done = 0;
+    while done < warm || start.elapsed() < Duration::from_millis(100) {
         f();
+        done += 1;
     }
     let mut t: Vec<f64> = (0..reps)
         .map(|_| {

@@ -158,6 +158,14 @@ impl_blas!(f64, cblas_dgemm, cblas_dgemv);
 
 extern "C" {
     fn openblas_set_num_threads(num_threads: std::os::raw::c_int);
+    fn openblas_get_corename() -> *const std::os::raw::c_char;
+}
+
+/// The kernel family OpenBLAS chose for this CPU ("Haswell", "Zen", "SkylakeX", ...), which
+/// `OPENBLAS_CORETYPE` can force.
+pub fn core_name() -> String {
+    // SAFETY: OpenBLAS returns a pointer to a static NUL-terminated string.
+    unsafe { std::ffi::CStr::from_ptr(openblas_get_corename()) }.to_string_lossy().into_owned()
 }
 
 /// Threads OpenBLAS uses inside one call. `parallel` keeps this at 1: the engine splits work

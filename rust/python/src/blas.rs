@@ -89,6 +89,12 @@ fn set_num_threads(py: Python<'_>, n: usize) -> PyResult<usize> {
     Ok(used)
 }
 
+/// The kernel family OpenBLAS runs on this CPU ("Haswell", "Zen", "SkylakeX", ...).
+#[pyfunction]
+fn blas_core() -> String {
+    lmcore_core::blas::core_name()
+}
+
 /// The number of threads the engine uses.
 #[pyfunction]
 fn num_threads() -> usize {
@@ -100,5 +106,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(matmul_reference, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(blas_core, m)?)?;
     Ok(())
 }
