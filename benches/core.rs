@@ -52,12 +52,13 @@ fn load_average() -> String {
 }
 
 /// Median seconds of `reps` timed calls of `f`, after `warm` untimed ones.
-fn median_secs(warm: usize, reps: usize, mut f: impl FnMut()) -> f64 {
-    // At least 0.1 s of warm-up as well: an idle vCPU of this VM takes some 10 ms to run at full
-    // speed again (measured: the first ~10 two-thread GEMMs after a 0.2 s pause run at half speed).
+/// Median seconds of `reps` calls after `warm` calls and at least `min_warm` of warm-up (an idle
+/// vCPU of this VM takes some 10 ms to run at full speed again: measured, the first ~10 two-thread
+/// GEMMs after a 0.2 s pause ran at half speed).
+fn median_secs(warm: usize, min_warm: Duration, reps: usize, mut f: impl FnMut()) -> f64 {
     let start = Instant::now();
     let mut done = 0;
-    while done < warm || start.elapsed() < Duration::from_millis(100) {
+    while done < warm || start.elapsed() < min_warm {
         f();
         done += 1;
     }
@@ -108,6 +109,7 @@ fn main() {
     let (core, config, per_call) = unsafe { (c_str(openblas_get_corename()), c_str(openblas_get_config()), openblas_get_num_threads()) };
     println!("lmcore core bench: engine threads {} (LMCORE_THREADS={threads}), BLAS threads per call {per_call}, OpenBLAS core {core}", num_threads());
     println!("OpenBLAS config: {config}");
+    println!("engine elementwise loops: {:?}", lmcore_core::simd::level());
     for var in ["OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS"] {
         println!("  {var}={}", std::env::var(var).unwrap_or_else(|_| "(unset)".into()));
     }
@@ -132,7 +134,7 @@ fn main() {
         let inner = ((2e8 / flop) as usize).clamp(1, 1000);
         let engine = |cm: &mut [f32]| {
             blas_threads(1);
-            let s = median_secs(warm, reps, || {
+            let s = median_secs(warm, Duration::from_millis(100), reps, || {
                 (0..inner).for_each(|_| gemm_rows(&Gemm::new(ta, tb, m, nn, k, &a, a_cols, &bm, b_cols), &mut *cm, nn));
                 black_box(&mut *cm);
             });
@@ -140,7 +142,7 @@ fn main() {
         };
         let peer = |cm: &mut [f32]| {
             blas_threads(threads);
-            let s = median_secs(warm, reps, || {
+            let s = median_secs(warm, Duration::from_millis(100), reps, || {
                 (0..inner).for_each(|_| gemm(&Gemm::new(ta, tb, m, nn, k, &a, a_cols, &bm, b_cols), &mut *cm, nn));
                 black_box(&mut *cm);
             });
@@ -169,7 +171,7 @@ fn main() {
     let (x, y) = (&ids[..n], &ids[1..]);
     let steps = if quick { 5 } else { 20 };
     let mut last_loss = 0.0;
-    let secs = median_secs(3, steps, || {
+    let secs = median_secs(3, Duration::ZERO, steps, || {
         last_loss = tr.train_step(x, y, b, t, 1e-3).expect("step runs").loss;
     });
     let tok_s = n as f64 / secs;

@@ -8,6 +8,7 @@ use crate::error::{shape_err, Result};
 use crate::op::{require_distinct, Op};
 use crate::parallel::{for_each_chunk2, rows_per_task};
 use crate::real::Real;
+use crate::simd::simd_loop;
 use crate::store::{Shape, Slots, Store, Var};
 
 pub const EPS: f64 = 1e-5;
@@ -46,9 +47,7 @@ pub(crate) fn forward<F: Real>(x: &[F], gamma: &[F], beta: &[F], out: &mut [F], 
             let mean = xr.iter().copied().sum::<F>() * inv_c;
             let var = xr.iter().map(|&v| (v - mean) * (v - mean)).sum::<F>() * inv_c;
             let rstd = F::ONE / (var + eps).sqrt();
-            for (((o, &v), &g), &b) in or.iter_mut().zip(xr).zip(gamma).zip(beta) {
-                *o = (v - mean) * rstd * g + b;
-            }
+            normalise_row(xr, gamma, beta, or, mean, rstd);
             st[0] = mean;
             st[1] = rstd;
         }
@@ -81,17 +80,36 @@ pub(crate) fn backward<F: Real>(s: &mut Store<F>, x: Var, gamma: Var, beta: Var,
             }
             mean_dn *= inv_c;
             mean_dn_n *= inv_c;
-            for (i, ((&v, &d), g)) in xr.iter().zip(dr).zip(dxr.iter_mut()).enumerate() {
-                let nv = (v - mean) * rstd;
-                pg[i] += d * nv;
-                pb[i] += d;
-                *g += rstd * (d * gv[i] - mean_dn - nv * mean_dn_n);
-            }
+            backward_row(xr, dr, gv, dxr, pg, pb, [mean, rstd, mean_dn, mean_dn_n]);
         }
     });
     for part in partials.chunks_exact(2 * c) {
         let (pg, pb) = part.split_at(c);
         dgamma.iter_mut().zip(pg).for_each(|(g, &p)| *g += p);
         dbeta.iter_mut().zip(pb).for_each(|(g, &p)| *g += p);
+    }
+}
+
+simd_loop! {
+    /// out = (x - mean) * rstd * gamma + beta, one row.
+    fn normalise_row<F: Real>(x: &[F], gamma: &[F], beta: &[F], out: &mut [F], mean: F, rstd: F) {
+        for (((o, &v), &g), &b) in out.iter_mut().zip(x).zip(gamma).zip(beta) {
+            *o = (v - mean) * rstd * g + b;
+        }
+    }
+}
+
+simd_loop! {
+    /// One row's dx, and its terms of dgamma (pg) and dbeta (pb); `m` is (mean, rstd, mean(dn),
+    /// mean(dn * n)).
+    fn backward_row<F: Real>(x: &[F], dout: &[F], gamma: &[F], dx: &mut [F], pg: &mut [F], pb: &mut [F], m: [F; 4]) {
+        let [mean, rstd, mean_dn, mean_dn_n] = m;
+        let rows = x.iter().zip(dout).zip(gamma).zip(dx.iter_mut()).zip(pg.iter_mut()).zip(pb.iter_mut());
+        for (((((&v, &d), &g), dx), pg), pb) in rows {
+            let nv = (v - mean) * rstd;
+            *pg += d * nv;
+            *pb += d;
+            *dx += rstd * (d * g - mean_dn - nv * mean_dn_n);
+        }
     }
 }
