@@ -3,7 +3,7 @@
 //! the token embedding this is the tied output projection.
 
 use crate::blas::Gemm;
-use crate::matmul::gemm_rows;
+use crate::matmul::{gemm_rows, gemm_rows_with};
 use crate::error::{shape_err, Result};
 use crate::op::{require_distinct, Op};
 use crate::real::Real;
@@ -37,16 +37,12 @@ pub(crate) fn record<F: Real>(store: &mut Store<F>, x: Var, w: Var, b: Option<Va
 
 /// out (N, M) = x (N, K) W^T + b, W (M, K).
 pub(crate) fn forward<F: Real>(x: &[F], w: &[F], b: Option<&[F]>, out: &mut [F], n: usize, m: usize, k: usize) {
-    let beta = match b {
-        Some(b) => {
-            for row in out.chunks_exact_mut(m) {
-                row.copy_from_slice(b);
-            }
-            F::ONE
-        }
-        None => F::ZERO,
-    };
-    gemm_rows(&Gemm::nt(n, m, k, x, k, w, k).beta(beta), out, m);
+    let product = Gemm::nt(n, m, k, x, k, w, k);
+    match b {
+        // Each thread puts the bias in its own rows, then adds the product to them (beta = 1).
+        Some(b) => gemm_rows_with(&product.accumulate(), out, m, &|rows| rows.chunks_mut(m).for_each(|r| r.copy_from_slice(&b[..r.len()])), &|_, _| {}),
+        None => gemm_rows(&product, out, m),
+    }
 }
 
 pub(crate) fn backward<F: Real>(s: &mut Store<F>, x: Var, w: Var, b: Option<Var>, out: Var) {
