@@ -170,6 +170,7 @@ def finished_tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     done = cli("--tiny", "--max-iters", "20", "--eval-interval", "20", "--eval-iters", "2", "--sample-tokens", "0",
                "--out-dir", str(out))
     assert done.returncode == 0, done.stderr
+    assert "2 heads, 1 layer, block 32" in done.stdout  # (it once said "1 layers")
     return out
 
 
