@@ -138,6 +138,15 @@ def child(args: argparse.Namespace) -> None:
         out["own_sgemm_gflops"] = sgemm(BATCH * BLOCK, 4 * d, d, libraries=("lmcore",))["lmcore"]
         model = lm_model(tok.vocab_size, args.size)
         out.update(train_loop(lambda x, y: model.train_step(x, y, LR)[0], sampler, args.warmup, args.steps))
+        # Then a few steps more with the engine's per-op timers on (not part of the timed steps).
+        lmcore._core.profile_enable(True)
+        profiled = max(5, args.steps // 5)
+        t0 = time.perf_counter()
+        for _ in range(profiled):
+            model.train_step(*sampler.next_batch(), LR)
+        out["profile_step_ms"] = (time.perf_counter() - t0) / profiled * 1e3
+        out["profile_ms"] = {name: (f + b) / profiled * 1e3 for name, f, b in lmcore._core.profile_report()}
+        lmcore._core.profile_enable(False)
         prompt = tok.encode("\n").astype(np.int64)[None, :]
         for cached in (True, False):
             out[f"gen_tok_s_{'' if cached else 'no'}cache"] = 500 / timed(
@@ -297,6 +306,12 @@ def main() -> int:
             same = "equal" if row["unpinned_losses_equal"] else "DIFFER FROM"
             print(f"tokens/s lmcore unpinned/torch {row['unpinned_tok_s_ratio']:.2f}x (target >= {target_unpinned}x); "
                   f"its losses {same} the pinned run's")
+        profiled = [fw for fw in ("lmcore", "lmcore unpinned") if res.get(fw)]
+        if profiled:
+            print(f"per-op ms/step (engine timers){''.join(f'{fw:>18}' for fw in profiled)}")
+            for name in res[profiled[0]]["profile_ms"]:
+                print(f"  {name:<27}" + "".join(f"{res[fw]['profile_ms'][name]:18.2f}" for fw in profiled))
+            print(f"  {'(the whole step)':<27}" + "".join(f"{res[fw]['profile_step_ms']:18.2f}" for fw in profiled))
         for fw in ("lmcore", "lmcore unpinned"):
             if res.get(fw):
                 r = res[fw]

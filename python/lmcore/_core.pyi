@@ -105,6 +105,12 @@ def check_settings(**settings: Any) -> None:
 def param_layout(**settings: Any) -> list[tuple[str, list[int]]]:
     """(name, shape) of every parameter of the model these settings describe, in order."""
 def optimizer_state_names(name: str) -> list[str]: ...
+def blas_core() -> str:
+    """The kernel family OpenBLAS runs on this CPU ("Haswell", "Cooperlake", ...)."""
+def profile_enable(on: bool) -> None:
+    """Turn the engine's per-op timers on (clearing them) or off."""
+def profile_report() -> list[tuple[str, float, float]]:
+    """(op family, forward seconds, backward seconds) since profile_enable(True)."""
 def sample(
     logits: npt.NDArray[np.floating[Any]], u: npt.NDArray[np.float64], temperature: float = 1.0,
     top_k: int | None = None, top_p: float | None = None,

@@ -95,6 +95,18 @@ fn blas_core() -> String {
     lmcore_core::blas::core_name()
 }
 
+/// Turn the engine's per-op timers on (clearing them) or off.
+#[pyfunction]
+fn profile_enable(on: bool) {
+    lmcore_core::profile::enable(on);
+}
+
+/// The per-op timers since `profile_enable(True)`: (op family, forward seconds, backward seconds).
+#[pyfunction]
+fn profile_report() -> Vec<(&'static str, f64, f64)> {
+    lmcore_core::profile::report().into_iter().map(|r| (r.name, r.forward_s, r.backward_s)).collect()
+}
+
 /// The number of threads the engine uses.
 #[pyfunction]
 fn num_threads() -> usize {
@@ -107,5 +119,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(blas_core, m)?)?;
+    m.add_function(wrap_pyfunction!(profile_enable, m)?)?;
+    m.add_function(wrap_pyfunction!(profile_report, m)?)?;
     Ok(())
 }
