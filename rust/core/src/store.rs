@@ -17,6 +17,7 @@
 
 use crate::error::{shape_err, Error, Result};
 use crate::memory;
+use crate::parallel::{for_each_chunk, rows_per_task};
 use crate::real::Real;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -92,6 +93,9 @@ pub enum Dtype {
     Float,
     Ids,
 }
+
+/// Floats from which zeroing a gradient slot is split across the threads.
+const ZERO_SPLIT_MIN: usize = 1 << 16;
 
 /// Marks a tensor without a value or without a gradient slot.
 pub(crate) const NONE: usize = usize::MAX;
@@ -416,11 +420,16 @@ impl<F: Real> Store<F> {
         self.note_high_water();
         Ok(())
     }
-    /// Zero entry `i`'s gradient slot.
+    /// Zero entry `i`'s gradient slot (a large one split across the threads: one thread alone
+    /// does not reach the memory's bandwidth).
     pub(crate) fn zero_grad_of(&mut self, i: usize) {
         let e = &self.entries[i];
-        let r = e.grad..e.grad + e.shape.numel();
-        self.grads[r].fill(F::ZERO);
+        let slot = &mut self.grads[e.grad..e.grad + e.shape.numel()];
+        if slot.len() >= ZERO_SPLIT_MIN {
+            for_each_chunk(slot, rows_per_task(slot.len()), |_, part| part.fill(F::ZERO));
+        } else {
+            slot.fill(F::ZERO);
+        }
     }
 
     /// Check a handle is an ids tensor and return its shape.
