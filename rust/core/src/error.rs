@@ -26,13 +26,22 @@ pub enum Error {
 }
 
 impl Error {
-    /// An out-of-memory error re-told in the caller's terms; any other error unchanged.
-    pub fn out_of_memory_as(self, what: impl FnOnce(usize) -> (String, String)) -> Error {
+    /// An out-of-memory error re-told in the caller's terms (what needs the memory, and which
+    /// settings drive it); any other error unchanged.
+    pub fn out_of_memory_as(self, what_and_hint: impl FnOnce() -> (String, String)) -> Error {
         match self {
             Error::OutOfMemory { bytes, available, .. } => {
-                let (what, hint) = what(bytes);
+                let (what, hint) = what_and_hint();
                 Error::OutOfMemory { what, bytes, available, hint }
             }
+            other => other,
+        }
+    }
+
+    /// An out-of-memory error that says `bytes` are needed in all (not only the part refused).
+    pub fn needing(self, bytes: usize) -> Error {
+        match self {
+            Error::OutOfMemory { what, available, hint, .. } => Error::OutOfMemory { what, bytes, available, hint },
             other => other,
         }
     }

@@ -45,7 +45,7 @@ impl<F: Real> KvCache<F> {
         let floats = batch.checked_mul(t * d).and_then(|n| n.checked_mul(2 * l + 15)).and_then(|n| n.checked_add(t * t + batch * c.vocab_size));
         let bytes = floats.and_then(|n| n.checked_mul(size_of::<F>())).unwrap_or(usize::MAX);
         let in_cache_terms = |e: Error| {
-            e.out_of_memory_as(|_| {
+            e.out_of_memory_as(|| {
                 (
                     format!("a key/value cache for {batch} rows of {t} positions"),
                     "it grows with rows x block_size x d_model x (2 n_layer + 15): generate fewer rows at once".into(),

@@ -45,7 +45,7 @@ impl<F: Real> Trainer<F> {
         GradClip::check(grad_clip)?;
         let n = config.param_count().expect("a valid config's parameter count fits");
         // Weights, their gradients and AdamW's m and v: four floats per parameter.
-        let in_model_terms = |_| {
+        let in_model_terms = || {
             (
                 format!("a model of {n} parameters (weights, gradients and AdamW's two moments, 4 x {} bytes each)", size_of::<F>()),
                 "parameters grow with vocab_size x d_model, block_size x d_model and n_layer x 12 d_model^2".to_string(),
@@ -67,7 +67,7 @@ impl<F: Real> Trainer<F> {
 
     /// The error of a (b, t) step that ran out of memory, in the terms of its batch.
     fn batch_out_of_memory(e: Error, pass: &str, b: usize, t: usize) -> Error {
-        e.out_of_memory_as(|_| {
+        e.out_of_memory_as(|| {
             (
                 format!("{pass} on a batch of {b} x {t} tokens"),
                 "the arena grows with batch x sequence length x d_model x n_layer, and attention with the \
@@ -89,14 +89,8 @@ impl<F: Real> Trainer<F> {
             self.reserve_batch(1, t).map_err(|e| Self::batch_out_of_memory(e, "a training step", b, t))?;
             let estimate = self.graph.store.last_step_bytes().saturating_mul(b);
             let held = self.graph.capacity_bytes();
-            if let Err(e) = memory::check_available(estimate.saturating_sub(held), "") {
-                let available = match e {
-                    Error::OutOfMemory { available, .. } => available,
-                    _ => None,
-                };
-                let e = Error::OutOfMemory { what: String::new(), bytes: estimate, available, hint: String::new() };
-                return Err(Self::batch_out_of_memory(e, "a training step", b, t));
-            }
+            memory::check_available(estimate.saturating_sub(held), "")
+                .map_err(|e| Self::batch_out_of_memory(e.needing(estimate), "a training step", b, t))?;
         }
         self.reserve_batch(b, t)
     }
