@@ -87,6 +87,15 @@ def test_a_model_whose_state_does_not_fit_is_refused() -> None:
         assert_raises_in_subprocess("", f"lmcore.Model(vocab_size=65, {kwargs})", "out of memory", "parameters")
 
 
+def test_a_key_value_cache_of_no_rows_or_negative_rows_is_refused() -> None:
+    m = lmcore.Model(**TINY)
+    for rows in (0, -1):
+        with pytest.raises(lmcore.LmcoreError, match="row"):
+            m.kv_start(rows)
+    with pytest.raises(lmcore.LmcoreError, match="out of memory"):
+        m.kv_start(2**64)
+
+
 def test_a_key_value_cache_that_does_not_fit_is_refused() -> None:
     assert_raises_in_subprocess(LONG_BLOCK, "m.kv_start(1000)", "out of memory", "key/value cache for 1000 rows",
                                 "fewer rows")

@@ -141,7 +141,12 @@ impl Model {
     }
 
     /// Start cached generation for `batch` rows (an empty key/value cache).
-    fn kv_start(&self, py: Python<'_>, batch: usize) -> PyResult<()> {
+    fn kv_start(&self, py: Python<'_>, batch: &Bound<'_, PyAny>) -> PyResult<()> {
+        let batch: usize = match batch.extract::<i128>() {
+            Ok(n) if n < 1 => return Err(LmcoreError::new_err(format!("kv_start needs a number of rows >= 1, got {n}"))),
+            Ok(n) => usize::try_from(n).unwrap_or(usize::MAX), // (more rows than memory: refused below)
+            Err(_) => return Err(pyo3::exceptions::PyTypeError::new_err("kv_start needs an integer number of rows")),
+        };
         let st = &mut *self.state.lock(py);
         with_trainer!(&mut st.inner, t => py.allow_threads(|| t.kv_start(batch))).map_err(to_py)
     }
