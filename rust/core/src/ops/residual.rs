@@ -4,6 +4,7 @@ use crate::error::{shape_err, Result};
 use crate::op::Op;
 use crate::parallel::{for_each_chunk, rows_per_task};
 use crate::real::Real;
+use crate::simd::simd_loop;
 use crate::store::{Store, Var};
 
 pub(crate) fn record<F: Real>(store: &mut Store<F>, a: Var, b: Var) -> Result<(Var, Op)> {
@@ -16,9 +17,7 @@ pub(crate) fn record<F: Real>(store: &mut Store<F>, a: Var, b: Var) -> Result<(V
     let (r, mut w) = store.forward_io(out);
     let chunk = rows_per_task(sa.numel()).max(4096);
     let (o, av, bv) = (w.one(out), r.f(a), r.f(b));
-    for_each_chunk(o, chunk, |i, o| {
-        o.iter_mut().zip(&av[i * chunk..]).zip(&bv[i * chunk..]).for_each(|((o, &x), &y)| *o = x + y);
-    });
+    for_each_chunk(o, chunk, |i, o| sum_into(o, &av[i * chunk..], &bv[i * chunk..]));
     Ok((out, Op::Add { a, b, out }))
 }
 
@@ -26,6 +25,24 @@ pub(crate) fn backward<F: Real>(s: &mut Store<F>, a: Var, b: Var, out: Var) {
     // One input at a time, so add(x, x) is fine: both contributions accumulate.
     for input in [a, b] {
         let (_, [dout, g]) = s.backward_io([out, input]);
-        g.iter_mut().zip(dout.iter()).for_each(|(g, &d)| *g += d);
+        let (dout, chunk) = (&*dout, rows_per_task(g.len()).max(4096));
+        for_each_chunk(g, chunk, |i, g| add_into(g, &dout[i * chunk..]));
+    }
+}
+
+simd_loop! {
+    fn sum_into<F: Real>(out: &mut [F], a: &[F], b: &[F]) {
+        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+            *o = x + y;
+        }
+    }
+}
+
+simd_loop! {
+    /// acc += x, elementwise.
+    fn add_into<F: Real>(acc: &mut [F], x: &[F]) {
+        for (a, &v) in acc.iter_mut().zip(x) {
+            *a += v;
+        }
     }
 }
