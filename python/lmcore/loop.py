@@ -26,6 +26,7 @@ def train(run: Run) -> int:
     metrics_path = run.out_dir / "metrics.jsonl"
     trim_metrics(metrics_path, run.iter_num)
     record: dict[str, Any] = {}  # the last step's metrics
+    progress: Progress | None = None
     with stop_signals() as stop:
         try:
             with MetricsLog(metrics_path) as log:
@@ -71,7 +72,9 @@ def train(run: Run) -> int:
                 saver.save()
                 progress.close()
         except Interrupted:  # a stop signal during an evaluation: it is done on --resume instead
-            if record.get("step") == run.iter_num > 0 and "val_loss" not in record:
+            if progress is not None:
+                progress.close()
+            if record.get("step") == run.iter_num > 0:
                 run.pending_record = record
             saver.save()
         except OSError as e:  # the metrics log could not be written (a full disk, ...)

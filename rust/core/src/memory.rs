@@ -51,9 +51,9 @@ pub fn check_available(bytes: usize, what: &str) -> Result<()> {
     }
 }
 
-/// Grow `buf` to `len` elements (new ones are `fill`); never shrinks. Checked and fallible.
-pub fn grow<T: Clone>(buf: &mut Vec<T>, len: usize, fill: T, what: &str) -> Result<()> {
-    let Some(extra) = len.checked_sub(buf.len()).filter(|&n| n > 0) else {
+/// Make room for `len` elements in `buf` (its length stays): checked and fallible.
+pub fn reserve<T>(buf: &mut Vec<T>, len: usize, what: &str) -> Result<()> {
+    let Some(extra) = len.checked_sub(buf.len()).filter(|&n| n > 0 && len > buf.capacity()) else {
         return Ok(());
     };
     let too_large = || Error::OutOfMemory {
@@ -64,8 +64,15 @@ pub fn grow<T: Clone>(buf: &mut Vec<T>, len: usize, fill: T, what: &str) -> Resu
     };
     let bytes = extra.checked_mul(size_of::<T>()).filter(|&b| b <= isize::MAX as usize).ok_or_else(too_large)?;
     check_available(bytes, what)?;
-    buf.try_reserve(extra).map_err(|_| too_large())?;
-    buf.resize(len, fill);
+    buf.try_reserve(extra).map_err(|_| too_large())
+}
+
+/// Grow `buf` to `len` elements (new ones are `fill`); never shrinks. Checked and fallible.
+pub fn grow<T: Clone>(buf: &mut Vec<T>, len: usize, fill: T, what: &str) -> Result<()> {
+    reserve(buf, len, what)?;
+    if buf.len() < len {
+        buf.resize(len, fill);
+    }
     Ok(())
 }
 

@@ -99,15 +99,29 @@ impl<F: Real> Trainer<F> {
         let n = b.checked_mul(t).ok_or_else(|| Error::Shape(format!("a ({b}, {t}) batch is too large")))?;
         let zeros = memory::filled(n, 0i64, "the batch's token ids").map_err(|e| Self::batch_out_of_memory(e, "a training step", b, t))?;
         let rng = self.graph.rng;
-        let result = (|| {
-            let (ids, tg) = self.load_batch(&zeros, Some(&zeros), b, t)?;
-            let (_, loss) = self.gpt.forward(&mut self.graph, ids, tg, true)?;
-            self.graph.backward(loss.expect("targets were given"))
-        })();
+        let result = self.forward_backward(&zeros, &zeros, b, t);
         self.graph.rng = rng;
         self.graph.store.zero_param_grads();
         self.graph.reset();
-        result.map_err(|e| Self::batch_out_of_memory(e, "a training step", b, t))
+        result.map(|_| ())
+    }
+
+    /// Forward with dropout and backward on a batch: the loss, and the gradients in the store.
+    /// A non-finite loss is an error before backward; running out of memory is told in the
+    /// batch's terms.
+    fn forward_backward(&mut self, idx: &[i64], targets: &[i64], b: usize, t: usize) -> Result<f64> {
+        let step = |tr: &mut Self| -> Result<f64> {
+            let (ids, tg) = tr.load_batch(idx, Some(targets), b, t)?;
+            let (_, loss) = tr.gpt.forward(&mut tr.graph, ids, tg, true)?;
+            let loss = loss.expect("targets were given");
+            let loss_value = tr.graph.value(loss)?[0].to_f64();
+            if !loss_value.is_finite() {
+                return Err(Error::NonFinite(format!("loss is {loss_value}")));
+            }
+            tr.graph.backward(loss)?;
+            Ok(loss_value)
+        };
+        step(self).map_err(|e| Self::batch_out_of_memory(e, "a training step", b, t))
     }
 
     /// Rewind the arena and load one batch: ids and optional targets, both (B, T) row-major.
@@ -131,17 +145,10 @@ impl<F: Real> Trainer<F> {
     /// One AdamW step on a batch at learning rate `lr`. Returns the loss before the update.
     /// A non-finite loss or gradient is an error that leaves weights and optimizer untouched.
     pub fn train_step(&mut self, idx: &[i64], targets: &[i64], b: usize, t: usize, lr: f64) -> Result<StepStats> {
-        let (ids, tg) = self.load_batch(idx, Some(targets), b, t).map_err(|e| Self::batch_out_of_memory(e, "a training step", b, t))?;
-        let (_, loss) = self.gpt.forward(&mut self.graph, ids, tg, true).map_err(|e| Self::batch_out_of_memory(e, "a training step", b, t))?;
-        let loss = loss.expect("targets were given");
-        let loss_value = self.graph.value(loss)?[0].to_f64();
-        if !loss_value.is_finite() {
-            return Err(Error::NonFinite(format!("loss is {loss_value}")));
-        }
-        self.graph.backward(loss).map_err(|e| Self::batch_out_of_memory(e, "a training step", b, t))?;
         if !(lr.is_finite() && lr >= 0.0) {
             return Err(Error::Invalid(format!("learning rate must be a finite number >= 0, got {lr}")));
         }
+        let loss_value = self.forward_backward(idx, targets, b, t)?;
         let (params, grads) = self.graph.store.param_buffers_mut();
         let grad_norm = profile::timed(Section::GradNorm, true, || self.clip.norm(grads));
         if !grad_norm.is_finite() {
@@ -155,8 +162,9 @@ impl<F: Real> Trainer<F> {
     /// Forward without dropout and without a backward pass. Returns the logits (B, T, V) and the
     /// loss when targets are given. Does not touch the dropout stream.
     pub fn forward(&mut self, idx: &[i64], targets: Option<&[i64]>, b: usize, t: usize) -> Result<(&[F], Option<f64>)> {
-        let (ids, tg) = self.load_batch(idx, targets, b, t).map_err(|e| Self::batch_out_of_memory(e, "a forward pass", b, t))?;
-        let (logits, loss) = self.gpt.forward(&mut self.graph, ids, tg, false).map_err(|e| Self::batch_out_of_memory(e, "a forward pass", b, t))?;
+        let in_batch_terms = |e| Self::batch_out_of_memory(e, "a forward pass", b, t);
+        let (ids, tg) = self.load_batch(idx, targets, b, t).map_err(in_batch_terms)?;
+        let (logits, loss) = self.gpt.forward(&mut self.graph, ids, tg, false).map_err(in_batch_terms)?;
         let loss = match loss {
             Some(l) => Some(self.graph.value(l)?[0].to_f64()),
             None => None,

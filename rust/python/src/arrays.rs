@@ -39,10 +39,10 @@ pub fn contiguous<'a, F: Real + Element>(ro: &'a PyReadonlyArrayDyn<'_, F>) -> P
 fn copy_into<F: Real + Element>(ro: &PyReadonlyArrayDyn<'_, F>, out: &mut Vec<F>) -> PyResult<()> {
     out.clear();
     let what = format!("a contiguous copy of a {:?} array", ro.shape());
-    lmcore_core::memory::grow(out, ro.len(), F::ZERO, &what).map_err(crate::to_py)?;
+    lmcore_core::memory::reserve(out, ro.len(), &what).map_err(crate::to_py)?;
     match ro.as_slice() {
-        Ok(s) => out.copy_from_slice(s),
-        Err(_) => out.iter_mut().zip(ro.as_array().iter()).for_each(|(o, &x)| *o = x),
+        Ok(s) => out.extend_from_slice(s),
+        Err(_) => out.extend(ro.as_array().iter().copied()),
     }
     Ok(())
 }
@@ -74,8 +74,7 @@ macro_rules! try_int_dtype {
             if let Ok(arr) = $obj.downcast::<PyArrayDyn<$t>>() {
                 let ro = arr.readonly();
                 $out.clear();
-                lmcore_core::memory::grow($out, arr.len(), 0, "a copy of the ids").map_err(crate::to_py)?;
-                $out.clear();
+                lmcore_core::memory::reserve($out, arr.len(), "a copy of the ids").map_err(crate::to_py)?;
                 $out.extend(ro.as_array().iter().map(|&x| x as i64));
                 return Ok(arr.shape().to_vec());
             }
@@ -90,8 +89,7 @@ pub fn read_ids_into(obj: &Bound<'_, PyAny>, what: &str, out: &mut Vec<i64>) -> 
     if let Ok(arr) = obj.downcast::<PyArrayDyn<u64>>() {
         let ro = arr.readonly();
         out.clear();
-        lmcore_core::memory::grow(out, arr.len(), 0, "a copy of the ids").map_err(crate::to_py)?;
-        out.clear();
+        lmcore_core::memory::reserve(out, arr.len(), "a copy of the ids").map_err(crate::to_py)?;
         for &x in ro.as_array().iter() {
             out.push(i64::try_from(x).map_err(|_| crate::LmcoreError::new_err(format!("{what}: id {x} is out of range")))?);
         }
