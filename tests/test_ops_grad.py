@@ -108,6 +108,43 @@ def test_cross_entropy(seed, rows, v):
 
 
 @SETTINGS
+@given(seed=seeds, b=st.integers(2, 4), t=st.integers(1, 5), v=st.integers(1, 8), keep=st.floats(0.0, 1.0))
+def test_cross_entropy_with_ignored_targets(seed, b, t, v, keep):
+    """Random masks (each target ignored with probability 1 - keep), one batch row always fully
+    ignored: central differences agree, and the ignored positions' gradient is exactly zero."""
+    rng = np.random.default_rng(seed)
+    targets = rng.integers(0, v, size=(b, t))
+    targets[rng.random((b, t)) >= keep] = lmcore.IGNORE_ID
+    targets[rng.integers(0, b)] = lmcore.IGNORE_ID
+    logits = normal(rng, b, t, v, scale=3.0)
+    check_op(lambda g, ts: g.cross_entropy(ts["logits"], ts["targets"]), {"logits": logits}, {"targets": targets})
+    g = lmcore.Graph("float64")
+    x = g.tensor(logits)
+    loss = g.cross_entropy(x, g.ids(targets))
+    g.backward(loss)
+    ignored = targets == lmcore.IGNORE_ID
+    assert np.all(g.grad(x)[ignored] == 0.0)
+    counted = ~ignored
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    want = -logp[counted, targets[counted]].mean() if counted.any() else 0.0  # none counted: 0, documented
+    assert np.isclose(float(g.value(loss)), want, rtol=1e-12, atol=1e-15)
+
+
+def test_ignored_rows_add_exactly_nothing():
+    """Ignoring every other row gives the same bits as leaving those rows out."""
+    rng = np.random.default_rng(3)
+    logits, targets = rng.normal(size=(64, 11)).astype(np.float32), rng.integers(0, 11, size=64)
+    g = lmcore.Graph("float32")
+    plain = g.value(g.cross_entropy(g.tensor(logits), g.ids(targets)))
+    masked = targets.copy()
+    masked[::2] = lmcore.IGNORE_ID
+    half = g.value(g.cross_entropy(g.tensor(logits[1::2]), g.ids(targets[1::2])))
+    assert float(g.value(g.cross_entropy(g.tensor(logits), g.ids(masked)))) == float(half)
+    assert float(plain) != float(half)
+
+
+@SETTINGS
 @given(seed=seeds, n=st.integers(1, 12), p=st.floats(0.05, 0.9))
 def test_dropout(seed, n, p):
     rng = np.random.default_rng(seed)

@@ -6,6 +6,7 @@ the train/generate scripts (``python -m lmcore.train``).
 """
 
 from lmcore._core import (
+    IGNORE_ID,
     Graph,
     LmcoreError,
     Model,
@@ -18,6 +19,7 @@ from lmcore._core import (
 )
 
 __all__ = [
+    "IGNORE_ID",
     "Graph",
     "LmcoreError",
     "Model",

@@ -6,6 +6,7 @@ import numpy as np
 import numpy.typing as npt
 
 __version__: str
+IGNORE_ID: int  # -100: a cross-entropy target that is not counted (zero loss and gradient)
 
 class LmcoreError(ValueError):
     """An error reported by the engine: bad shape, stale handle, out-of-range id, bad config."""

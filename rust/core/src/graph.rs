@@ -57,6 +57,13 @@ impl<F: Real> Graph<F> {
         self.store.alloc_ids(shape, ids, limit)
     }
 
+    /// A leaf integer tensor of cross-entropy targets: ids below `limit`, or `IGNORE_ID` (-100)
+    /// for a position whose loss is not counted.
+    pub fn input_targets(&mut self, dims: &[usize], ids: impl ExactSizeIterator<Item = i64>, limit: usize) -> Result<Var> {
+        let shape = Shape::new(dims)?;
+        self.store.alloc_targets(shape, ids, limit)
+    }
+
     pub fn value(&self, v: Var) -> Result<&[F]> {
         self.store.float_shape(v)?;
         Ok(self.store.values(v))
@@ -137,7 +144,8 @@ impl<F: Real> Graph<F> {
         let recorded = profile::timed(Section::Attention, false, || attention::record(&mut self.store, qkv, n_head));
         record(&mut self.tape, recorded)
     }
-    /// Mean cross-entropy of logits (..., V) against ids (...): a scalar.
+    /// Mean cross-entropy of logits (..., V) against ids (...): a scalar. Targets equal to
+    /// `IGNORE_ID` are not counted (zero loss, zero gradient; the mean is over the others).
     pub fn cross_entropy(&mut self, logits: Var, targets: Var) -> Result<Var> {
         let recorded = profile::timed(Section::CrossEntropy, false, || cross_entropy::record(&mut self.store, logits, targets));
         record(&mut self.tape, recorded)

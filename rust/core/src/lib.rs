@@ -41,5 +41,5 @@ pub use graph::Graph;
 pub use kv_cache::KvCache;
 pub use real::Real;
 pub use rng::Rng;
-pub use store::{Shape, Var};
+pub use store::{Shape, Var, IGNORE_ID};
 pub use trainer::{StepStats, Trainer};

@@ -21,6 +21,16 @@ use crate::parallel::{for_each_chunk, rows_per_task};
 use crate::real::Real;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+/// The target id that cross-entropy does not count (PyTorch's and Hugging Face's `ignore_index`),
+/// as callers write it; the store keeps it as `IGNORE`, which no real id can equal.
+pub const IGNORE_ID: i64 = -100;
+pub const IGNORE: u32 = u32::MAX;
+
+/// An id as callers wrote it (`IGNORE` back to `IGNORE_ID`), for error messages.
+pub(crate) fn id_as_written(id: u32) -> i64 {
+    if id == IGNORE { IGNORE_ID } else { id as i64 }
+}
+
 /// Up to 4 dimensions; enough for (B, H, T, T).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Shape {
@@ -294,6 +304,18 @@ impl<F: Real> Store<F> {
 
     /// A new integer tensor (token ids) in the arena; every id must be below `limit`.
     pub fn alloc_ids(&mut self, shape: Shape, data: impl ExactSizeIterator<Item = i64>, limit: usize) -> Result<Var> {
+        self.alloc_ids_or_ignore(shape, data, limit, false)
+    }
+
+    /// Like `alloc_ids`, but `IGNORE_ID` (-100) is also accepted and stored as `IGNORE`: targets
+    /// that cross-entropy does not count.
+    pub fn alloc_targets(&mut self, shape: Shape, data: impl ExactSizeIterator<Item = i64>, limit: usize) -> Result<Var> {
+        self.alloc_ids_or_ignore(shape, data, limit, true)
+    }
+
+    fn alloc_ids_or_ignore(&mut self, shape: Shape, data: impl ExactSizeIterator<Item = i64>, limit: usize, ignore: bool) -> Result<Var> {
+        // A real id is below `limit` <= u32::MAX, so the sentinel can never be one.
+        let limit = limit.min(IGNORE as usize);
         if data.len() != shape.numel() {
             return shape_err!("{} ids given for shape {:?}", data.len(), shape.dims());
         }
@@ -301,10 +323,13 @@ impl<F: Real> Store<F> {
         let end = offset.checked_add(shape.numel()).ok_or_else(|| self.arena_out_of_memory(usize::MAX))?;
         self.grow_arena(|s| &mut s.ids, end, 0)?;
         for (slot, id) in self.ids[offset..end].iter_mut().zip(data) {
-            if id < 0 || id >= limit as i64 {
+            *slot = if ignore && id == IGNORE_ID {
+                IGNORE
+            } else if id < 0 || id >= limit as i64 {
                 return Err(Error::TokenOutOfRange { id, limit });
-            }
-            *slot = id as u32;
+            } else {
+                id as u32
+            };
         }
         self.ids_used = end;
         self.note_high_water();

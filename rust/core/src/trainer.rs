@@ -13,7 +13,7 @@ use crate::memory;
 use crate::profile::{self, Section};
 use crate::real::Real;
 use crate::rng::Rng;
-use crate::store::Var;
+use crate::store::{Var, IGNORE_ID};
 
 /// Bytes of tables per layer beside the floats (parameter names and entries, the tape and the
 /// gradient plan of its ~30 tensors), an upper bound: a model of millions of tiny layers is
@@ -136,7 +136,7 @@ impl<F: Real> Trainer<F> {
             Some(tg) if tg.len() != idx.len() => {
                 return Err(Error::Shape(format!("targets have {} ids, inputs have {}", tg.len(), idx.len())));
             }
-            Some(tg) => Some(self.graph.input_ids(&[b, t], tg.iter().copied(), v)?),
+            Some(tg) => Some(self.graph.input_targets(&[b, t], tg.iter().copied(), v)?),
             None => None,
         };
         Ok((ids, tg))
@@ -147,6 +147,10 @@ impl<F: Real> Trainer<F> {
     pub fn train_step(&mut self, idx: &[i64], targets: &[i64], b: usize, t: usize, lr: f64) -> Result<StepStats> {
         if !(lr.is_finite() && lr >= 0.0) {
             return Err(Error::Invalid(format!("learning rate must be a finite number >= 0, got {lr}")));
+        }
+        // A step on no counted target would still move the weights (momentum, weight decay).
+        if !targets.is_empty() && targets.iter().all(|&tg| tg == IGNORE_ID) {
+            return Err(Error::Invalid(format!("every target of the batch is the ignore id {IGNORE_ID}: a training step needs at least one counted target")));
         }
         let loss_value = self.forward_backward(idx, targets, b, t)?;
         let (params, grads) = self.graph.store.param_buffers_mut();

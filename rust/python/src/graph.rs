@@ -106,14 +106,15 @@ impl Graph {
         with_graph!(self, py, g, F => new_input::<F>(g, array))
     }
 
-    /// A leaf tensor of integer ids (token ids or targets).
+    /// A leaf tensor of integer ids (token ids or targets; -100, the ignore id, is accepted and
+    /// refused by every op but cross_entropy, which does not count it).
     fn ids(&self, py: Python<'_>, array: &Bound<'_, PyAny>) -> PyResult<Tensor> {
         let mut ids = Vec::new();
         let shape = read_ids_into(array, "ids", &mut ids)?;
         if ids.is_empty() {
             return Err(LmcoreError::new_err(format!("ids array is empty (shape {shape:?})")));
         }
-        with_graph!(self, py, g, F => tensor(g.input_ids(&shape, ids.iter().copied(), u32::MAX as usize)))
+        with_graph!(self, py, g, F => tensor(g.input_targets(&shape, ids.iter().copied(), u32::MAX as usize)))
     }
 
     fn embedding(&self, py: Python<'_>, ids: Tensor, table: Tensor) -> PyResult<Tensor> {

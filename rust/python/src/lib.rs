@@ -27,6 +27,8 @@ pub(crate) fn to_py(e: lmcore_core::Error) -> PyErr {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("LmcoreError", m.py().get_type::<LmcoreError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // The target id cross-entropy does not count (as PyTorch's and Hugging Face's -100).
+    m.add("IGNORE_ID", lmcore_core::IGNORE_ID)?;
     m.add_class::<model::Model>()?;
     m.add_class::<graph::Graph>()?;
     m.add_class::<graph::Tensor>()?;

@@ -4,7 +4,7 @@
 use crate::error::{shape_err, Error, Result};
 use crate::op::Op;
 use crate::real::Real;
-use crate::store::{Store, Var};
+use crate::store::{id_as_written, Store, Var};
 
 pub(crate) fn record<F: Real>(store: &mut Store<F>, ids: Var, table: Var) -> Result<(Var, Op)> {
     let ids_shape = store.ids_shape(ids)?;
@@ -14,7 +14,7 @@ pub(crate) fn record<F: Real>(store: &mut Store<F>, ids: Var, table: Var) -> Res
     }
     let rows = table_shape.dims()[0];
     if let Some(&bad) = store.id_values(ids).iter().find(|&&id| id as usize >= rows) {
-        return Err(Error::TokenOutOfRange { id: bad as i64, limit: rows });
+        return Err(Error::TokenOutOfRange { id: id_as_written(bad), limit: rows });
     }
     let out = store.alloc(ids_shape.appended(table_shape.last())?)?;
     let (r, mut w) = store.forward_io(out);
