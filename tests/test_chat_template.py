@@ -144,3 +144,26 @@ def test_extending_a_model_keeps_its_ordinary_logits():
         extend_vocab(params, 11, 10)
     with pytest.raises(ValueError, match="expected"):
         extend_vocab(params, 12, 15)
+
+
+def test_an_old_checkpoint_loads_and_its_extension_round_trips(tmp_path):
+    """A checkpoint written by a pretraining run (no special tokens) loads as before; grown by the
+    chat tokens (tokenizer and weights) and saved, it loads back with its template."""
+    from cli_helpers import train
+    from lmcore.run_state import model_from_checkpoint, save_run
+
+    out = tmp_path / "run"
+    train(out, "--tiny", "--max-iters", "2", "--eval-iters", "1")
+    path = out / "ckpt.safetensors"
+    model, tok, cfg, meta = model_from_checkpoint(path, weights_only=True)
+    assert tok.specials == () and "specials" not in meta["tokenizer"]
+    chat = add_chat_tokens(tok)
+    grown = extend_vocab({n: model.get_param(n) for n in model.param_names()}, tok.vocab_size, chat.vocab_size)
+    new = lmcore.Model(**cfg.model_settings(chat.vocab_size))
+    for name, value in grown.items():
+        new.set_param(name, value)
+    save_run(tmp_path / "chat.safetensors", new, {**meta, "tokenizer": chat.to_dict(), "vocab_size": chat.vocab_size})
+    back, back_tok, _, _ = model_from_checkpoint(tmp_path / "chat.safetensors", weights_only=True)
+    assert back_tok == chat and back_tok.chat_template == CHAT_TEMPLATE
+    ids = apply_chat_template(back_tok, [{"role": "user", "content": "ROMEO"}], add_generation_prompt=True).ids
+    assert back.forward(ids[None, :])[0].shape == (1, len(ids), chat.vocab_size)

@@ -234,10 +234,13 @@ class CharTokenizer(_SpecialTokens):
         return tok
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, CharTokenizer) and other.fingerprint() == self.fingerprint()
+        return isinstance(other, CharTokenizer) and other._key() == self._key()
 
     def __hash__(self) -> int:
-        return hash(self.fingerprint())
+        return hash(self._key())
+
+    def _key(self) -> tuple[str, tuple[str, ...], str | None]:
+        return self._chars, self._specials, self.chat_template
 
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size}, fingerprint={self.fingerprint()[:12]})"
