@@ -102,7 +102,8 @@ def dialogue_from_text(corpus: Corpus) -> list[Play]:
             Play(corpus.name, [parse_speeches(text[cut:])], "val")]
 
 
-def scene_conversations(title: str, speeches: list[Speech], max_exchanges: int = DEFAULT_EXCHANGES) -> Iterator[Conversation]:
+def scene_conversations(title: str, speeches: list[Speech],
+                        max_exchanges: int = DEFAULT_EXCHANGES) -> Iterator[Conversation]:
     """Conversations from runs of speeches alternating between two speakers."""
     if max_exchanges < 1:
         raise ValueError(f"max_exchanges must be at least 1, got {max_exchanges}")

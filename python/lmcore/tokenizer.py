@@ -100,7 +100,8 @@ class _SpecialTokens:
         try:
             return self.base_vocab_size + self._specials.index(token)
         except ValueError:
-            raise KeyError(f"{token!r} is not a special token of this tokenizer (it has {list(self._specials)})") from None
+            raise KeyError(f"{token!r} is not a special token of this tokenizer "
+                           f"(it has {list(self._specials)})") from None
 
     def apply_chat_template(self, messages: Any, add_generation_prompt: bool = False) -> Any:
         """``chat_template.apply_chat_template`` with this tokenizer: (ids, learn)."""
