@@ -76,12 +76,12 @@ class RunConfig:
         for f in fields(self):  # (a checkpoint's configuration is JSON: any type may turn up)
             value, kind, optional = getattr(self, f.name), field_kind(f.name), "None" in str(f.type)
             if kind in (bool, str):
-                if type(value) is not kind:
-                    raise ValueError(f"--{f.name.replace('_', '-')} must be {'true or false' if kind is bool else 'a name'}, "
-                                     f"got {value!r:.40}")
-            elif not (type(value) is int or (kind is float and type(value) is float) or (optional and value is None)):
-                raise ValueError(f"--{f.name.replace('_', '-')} must be {'a number' if kind is float else 'an integer'}, "
-                                 f"got {value!r:.40}")
+                fits = type(value) is kind
+            else:
+                fits = type(value) is int or (kind is float and type(value) is float) or (optional and value is None)
+            if not fits:
+                wanted = {bool: "true or false", str: "a name", float: "a number", int: "an integer"}[kind]
+                raise ValueError(f"--{f.name.replace('_', '-')} must be {wanted}, got {value!r:.40}")
         try:  # (the vocabulary is the tokenizer's, known later; 1 stands in for it here)
             check_settings(**self.model_settings(vocab_size=1))
         except (LmcoreError, OverflowError, TypeError) as e:

@@ -101,10 +101,9 @@ def train(run: Run) -> int:
     saver.save_weights()
     plot_losses(metrics_path, run.out_dir / "loss.png", wait=True)
     best = run.best_val
-    target = ""
-    if run.target_loss is not None:
-        target = (f"target val loss {run.target_loss:g} reached at step {reached['step']} after "
-                  f"{reached['elapsed_s']:.1f} s; " if reached else f"target val loss {run.target_loss:g} not reached; ")
+    target = "" if run.target_loss is None else f"target val loss {run.target_loss:g} "
+    if target:
+        target += f"reached at step {reached['step']} after {reached['elapsed_s']:.1f} s; " if reached else "not reached; "
     print(f"done: {run.iter_num} steps, best val loss {best:.4f} ({run.tokens.bits_per_char(best):.4f} bits/char); "
           f"{target}weights in {run.out_dir / WEIGHTS_NAME}")
     return 0
