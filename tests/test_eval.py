@@ -7,6 +7,8 @@ logits, window by window); the runs use the tiny preset for a few dozen steps on
 from __future__ import annotations
 
 import math
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,11 @@ import pytest
 import safetensors.numpy
 
 import lmcore
+import lmcore.evaluation
 import lmcore.loop
 from cli_helpers import (
     ENV,
+    QUIET,
     RECIPE,
     assert_same_checkpoint,
     assert_same_weights,
@@ -210,3 +214,38 @@ def test_target_loss_reached_at_step_zero(tmp_path: Path, capsys: pytest.Capture
     assert "done: 0 steps" in capsys.readouterr().out
     assert iter_num(out) == 0 and (out / "model.safetensors").is_file()
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [0]
+
+
+
+@requires_corpus
+def test_a_full_evaluation_cut_short_is_done_on_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop signal during step 10's full evaluation stops it between two batches; the checkpoint of
+    step 10 holds the step's record, and the resumed run evaluates and logs it, so its log equals a
+    continuous run's (as test_train's case of sampled evaluations)."""
+    real, calls = lmcore.evaluation.full_loss, []
+
+    def signalled(model: Any, data: Any, block_size: int, batch_size: int, stop: Any = None) -> float:
+        calls.append(0)
+        batches = calls if len(calls) == 2 else None  # step 0's evaluation, then step 10's: cut short
+
+        class Signalling:
+            def forward(self, x: np.ndarray, y: np.ndarray) -> Any:
+                if batches is not None:
+                    batches[-1] += 1
+                    if batches[-1] == 3:
+                        os.kill(os.getpid(), signal.SIGTERM)
+                return model.forward(x, y)
+        return real(Signalling(), data, block_size, batch_size, stop)  # type: ignore[arg-type]
+
+    plan = ["--eval-full", "--max-iters", "20", "--eval-interval", "10", "--lr-decay-iters", "20"]
+    train(tmp_path / "whole", *plan)
+    out = tmp_path / "run"
+    monkeypatch.setattr(lmcore.evaluation, "full_loss", signalled)
+    assert run_main([*RECIPE, *QUIET, *plan, "--out-dir", str(out)]) == 128 + signal.SIGTERM
+    assert calls == [0, 3]  # three batches of step 10's evaluation, not the split's 436
+    assert iter_num(out) == 10 and [r["step"] for r in metrics(out)][-1] < 10
+    monkeypatch.setattr(lmcore.evaluation, "full_loss", real)
+    resume(out)
+    assert metrics(out) == metrics(tmp_path / "whole")
+    assert_same_checkpoint(tmp_path / "whole", out)
+    assert_clock(read_metrics(out / "metrics.jsonl"))
