@@ -180,6 +180,10 @@ SEALED = [
      r"invalid configuration: char tokenizer"),
     ("dataset-no-sha", lambda t, m: m["dataset"].pop("sha256"), r"dataset is"),
     ("best-val-string", _meta(best_val_loss="low"), r"best_val_loss"),
+    ("elapsed-negative", _meta(elapsed_s=-1.0), r"elapsed_s is -1.0, expected a finite number of seconds"),
+    ("elapsed-nan", _meta(elapsed_s=float("nan")), r"elapsed_s is nan"),
+    ("schedule-unknown", _config(schedule="cosine; rm -rf /"), r"invalid configuration: --schedule must be"),
+    ("eval-full-not-a-bool", _config(eval_full=1), r"invalid configuration: --eval-full must be true or false"),
 ]
 
 
@@ -231,7 +235,7 @@ ENTRY_EDITS = st.one_of(
 )
 CONFIG_KEYS = sorted(RunConfig.__dataclass_fields__)
 META_KEYS = ["iter_num", "adam_step", "rng_state", "vocab_size", "sampler", "tokenizer", "dataset",
-             "best_val_loss", "format_version", DIGEST_KEY, "lmcore_version"]
+             "best_val_loss", "elapsed_s", "format_version", DIGEST_KEY, "lmcore_version"]
 TENSOR_OPS = st.sampled_from(["drop", "float64", "float16", "int32", "transpose", "flatten", "add-axis", "shrink",
                               "rename", "copy-under-new-name", "nan", "inf", "negative", "empty"])
 

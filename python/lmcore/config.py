@@ -1,4 +1,4 @@
-"""Run configuration: the presets, every field a flag can override, and the learning-rate schedule.
+"""Run configuration: the presets, every field a flag can override, and the learning-rate schedules.
 
 A `RunConfig` is the whole recipe of a training run. It is stored in the checkpoint, so a resumed
 run trains with exactly the recipe it started with (only ``max_iters`` may grow).
@@ -29,13 +29,17 @@ class RunConfig:
     n_layer: int = 2
     block_size: int = 128
     dropout: float = 0.0
-    # optimisation: AdamW, linear warmup then cosine to min_lr at lr_decay_iters
+    # optimisation: AdamW, linear warmup, then the schedule: cosine to min_lr at lr_decay_iters, or
+    # warmup-stable-decay (flat at lr, then linear to lr * final_lr_ratio over the last decay_frac)
     batch_size: int = 16
     max_iters: int = 10_000
     lr_decay_iters: int | None = None  # None: max_iters when the run starts
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_iters: int = 100
+    schedule: str = "cosine"
+    decay_frac: float = 0.2
+    final_lr_ratio: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
     eps: float = 1e-8
@@ -47,6 +51,7 @@ class RunConfig:
     ckpt_interval: int = 500
     log_interval: int = 10
     seed: int = 1337
+    eval_full: bool = False  # validation loss over the whole split instead of eval_iters sampled batches
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,10 +74,14 @@ class RunConfig:
         """Raise ValueError naming the first setting that makes no sense: the engine checks the
         model's and the optimizer's (its messages are turned into flag names here), this the rest."""
         for f in fields(self):  # (a checkpoint's configuration is JSON: any type may turn up)
-            value, number, optional = getattr(self, f.name), f.type in ("float", float), "None" in str(f.type)
-            if not (type(value) is int or (number and type(value) is float) or (optional and value is None)):
-                raise ValueError(f"--{f.name.replace('_', '-')} must be {'a number' if number else 'an integer'}, "
-                                 f"got {value!r:.40}")
+            value, kind, optional = getattr(self, f.name), field_kind(f.name), "None" in str(f.type)
+            if kind in (bool, str):
+                fits = type(value) is kind
+            else:
+                fits = type(value) is int or (kind is float and type(value) is float) or (optional and value is None)
+            if not fits:
+                wanted = {bool: "true or false", str: "a name", float: "a number", int: "an integer"}[kind]
+                raise ValueError(f"--{f.name.replace('_', '-')} must be {wanted}, got {value!r:.40}")
         try:  # (the vocabulary is the tokenizer's, known later; 1 stands in for it here)
             check_settings(**self.model_settings(vocab_size=1))
         except (LmcoreError, OverflowError, TypeError) as e:
@@ -90,6 +99,23 @@ class RunConfig:
             raise ValueError("--lr must be greater than 0")
         if self.lr_decay_iters is not None and self.lr_decay_iters < 1:
             raise ValueError(f"--lr-decay-iters must be at least 1, got {self.lr_decay_iters}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"--schedule must be {' or '.join(SCHEDULES)}, got {self.schedule!r:.40}")
+        if not 0 < self.decay_frac <= 1:  # (False for NaN too)
+            raise ValueError(f"--decay-frac must be in (0, 1], got {self.decay_frac}")
+        if not 0 <= self.final_lr_ratio <= 1:
+            raise ValueError(f"--final-lr-ratio must be in [0, 1], got {self.final_lr_ratio}")
+
+
+SCHEDULES = ("cosine", "wsd")
+# Fields a checkpoint of an earlier lmcore lacks; their defaults are what that lmcore did.
+LATER_FIELDS = frozenset({"schedule", "decay_frac", "final_lr_ratio", "eval_full"})
+
+
+def field_kind(name: str) -> type:
+    """The Python type of a field's value (int also for the optional ``lr_decay_iters``)."""
+    annotation = str(next(f.type for f in fields(RunConfig) if f.name == name))
+    return next(kind for kind in (bool, str, float, int) if annotation.startswith(kind.__name__))
 
 
 def as_flags(message: str) -> str:
@@ -112,10 +138,15 @@ FIELD_HELP: dict[str, str] = {
     "dropout": f"dropout probability in [0, 1) (default {RunConfig.dropout})",
     "batch_size": f"sequences per step ({_preset_default('batch_size')})",
     "max_iters": f"steps to train to ({_preset_default('max_iters')})",
-    "lr_decay_iters": "step where the cosine reaches --min-lr and stays (default: --max-iters of the first run)",
+    "lr_decay_iters": "step where the schedule's decay ends and the learning rate stays "
+                      "(default: --max-iters of the first run)",
     "lr": f"peak learning rate (default {RunConfig.lr})",
-    "min_lr": f"final learning rate (default {RunConfig.min_lr})",
+    "min_lr": f"final learning rate of the cosine schedule (default {RunConfig.min_lr})",
     "warmup_iters": f"steps of linear warmup (default {RunConfig.warmup_iters})",
+    "schedule": f"learning-rate schedule after the warmup: cosine (to --min-lr) or wsd (warmup-stable-decay: flat at "
+                f"--lr, then linear to --lr x --final-lr-ratio) (default {RunConfig.schedule})",
+    "decay_frac": f"wsd: fraction of --lr-decay-iters spent decaying, at its end (default {RunConfig.decay_frac})",
+    "final_lr_ratio": f"wsd: final learning rate as a fraction of --lr (default {RunConfig.final_lr_ratio})",
     "beta1": f"AdamW beta1 (default {RunConfig.beta1})",
     "beta2": f"AdamW beta2 (default {RunConfig.beta2})",
     "eps": f"AdamW epsilon (default {RunConfig.eps})",
@@ -126,16 +157,34 @@ FIELD_HELP: dict[str, str] = {
     "ckpt_interval": f"steps between checkpoints (default {RunConfig.ckpt_interval})",
     "log_interval": f"steps between metrics lines (default {RunConfig.log_interval})",
     "seed": f"seed of the weights, batches and dropout (default {RunConfig.seed})",
+    "eval_full": "evaluate on every window of the whole validation split (deterministic), "
+                 "not on --eval-iters sampled batches",
 }
 assert set(FIELD_HELP) == {f.name for f in fields(RunConfig)}
 
 
 def lr_at(it: int, cfg: RunConfig) -> float:
-    """Learning rate for iteration ``it`` (0-based): warmup, cosine, then flat at min_lr."""
+    """Learning rate for iteration ``it`` (0-based): warmup, then the schedule (cosine to min_lr, or
+    wsd's stable and decay phases), then flat at its final value from ``lr_decay_iters`` on."""
     decay_iters = cfg.lr_decay_iters if cfg.lr_decay_iters is not None else cfg.max_iters
     if it < cfg.warmup_iters:
         return cfg.lr * (it + 1) / (cfg.warmup_iters + 1)
+    if cfg.schedule == "wsd":
+        return _wsd(it, decay_iters, cfg)
     if it >= decay_iters:
         return cfg.min_lr
     ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
+
+
+def _wsd(it: int, decay_iters: int, cfg: RunConfig) -> float:
+    """Warmup-stable-decay after the warmup: flat at lr, then linear from lr (at the decay's start,
+    the last ``decay_frac`` of ``decay_iters``, but not before the warmup ends) down to
+    lr * final_lr_ratio at ``decay_iters``, and flat after it."""
+    final = cfg.lr * cfg.final_lr_ratio
+    if it >= decay_iters:
+        return final
+    start = max(cfg.warmup_iters, decay_iters - round(cfg.decay_frac * decay_iters))
+    if it < start:
+        return cfg.lr
+    return cfg.lr + (it - start) / (decay_iters - start) * (final - cfg.lr)

@@ -1,5 +1,6 @@
 """Evaluation during training: the mean loss over ``eval_iters`` fixed batches of a split, drawn by
-a sampler of its own (the training stream is untouched), and the best validation loss so far."""
+a sampler of its own (the training stream is untouched), or (``eval_full``) over the whole validation
+split, and the best validation loss so far."""
 
 from __future__ import annotations
 
@@ -26,10 +27,42 @@ def estimate_loss(model: lmcore.Model, data: np.ndarray, cfg: RunConfig, seed: i
     return total / cfg.eval_iters
 
 
+def full_loss(model: lmcore.Model, data: np.ndarray, block_size: int, batch_size: int,
+              stop: Stop | None = None) -> float:
+    """The mean loss over every token of ``data`` after the first, each predicted exactly once.
+
+    Window k holds tokens [k*T, k*T + T] (T = ``block_size``): x its first T, y its last T, so the
+    inputs of two windows never overlap and every target is counted once; the tail (fewer than T
+    targets left) is a shorter last window. The mean is token-weighted (a short window counts for
+    its tokens only). ``batch_size`` windows go through the model at a time, always the same ones,
+    so the same model gives the same number. A stop signal ends it with ``Interrupted`` between
+    two batches."""
+    n_targets = len(data) - 1
+    full, tail = divmod(n_targets, block_size)
+    starts = np.arange(full, dtype=np.int64) * block_size
+    offsets = np.arange(block_size + 1, dtype=np.int64)
+    total = 0.0
+    for first in range(0, full, batch_size):
+        if stop is not None and stop.signal is not None:
+            raise Interrupted
+        windows = np.asarray(data[starts[first:first + batch_size, None] + offsets], dtype=np.int64)
+        total += model.forward(windows[:, :-1], windows[:, 1:])[1] * windows.shape[0] * block_size
+    if tail:
+        if stop is not None and stop.signal is not None:
+            raise Interrupted
+        window = np.asarray(data[full * block_size:], dtype=np.int64)[None, :]
+        total += model.forward(window[:, :-1], window[:, 1:])[1] * tail
+    return total / n_targets
+
+
 def validation(run: Run, kept: str, stop: Stop | None = None) -> dict[str, float]:
     """The validation loss and bits per character at the run's step, noting the best in the run; a
     non-finite loss stops training (``kept`` says which checkpoint survives)."""
-    val = estimate_loss(run.model, run.tokens.val, run.cfg, run.cfg.seed + 1, stop)
+    cfg = run.cfg
+    if cfg.eval_full:
+        val = full_loss(run.model, run.tokens.val, cfg.block_size, cfg.batch_size, stop)
+    else:
+        val = estimate_loss(run.model, run.tokens.val, cfg, cfg.seed + 1, stop)
     if not math.isfinite(val):
         raise UsageError(f"training stopped at step {run.iter_num}: the validation loss is {val}; {kept}")
     run.best_val = val if run.best_val is None else min(run.best_val, val)

@@ -1,4 +1,4 @@
-"""The training loop: step, log, evaluate, checkpoint, until ``max_iters`` or a stop signal."""
+"""The training loop: step, log, evaluate, checkpoint, until ``max_iters``, the target loss or a stop signal."""
 
 from __future__ import annotations
 
@@ -19,27 +19,38 @@ from lmcore.saver import Saver
 
 
 def train(run: Run) -> int:
-    """Train ``run`` to its ``max_iters``; the exit status (0, or 128 + a stop signal's number)."""
+    """Train ``run`` to its ``max_iters`` (or to the first evaluation at or below its target loss);
+    the exit status (0, or 128 + a stop signal's number)."""
     cfg, model = run.cfg, run.model
+    run.started_at = time.monotonic()  # elapsed_s counts from here (plus a resumed run's earlier seconds)
     saver = Saver(run)
     tokens_per_step = cfg.batch_size * cfg.block_size
     metrics_path = run.out_dir / "metrics.jsonl"
     trim_metrics(metrics_path, run.iter_num)
     record: dict[str, Any] = {}  # the last step's metrics
     progress: Progress | None = None
+    reached: dict[str, Any] | None = None  # the first logged evaluation at or below the target loss
+
+    def log_line(entry: dict[str, Any]) -> None:
+        nonlocal reached
+        entry = log.log({**entry, "elapsed_s": run.elapsed_s()})
+        target = run.target_loss
+        if reached is None and target is not None and "val_loss" in entry and entry["val_loss"] <= target:
+            reached = entry
+
     with stop_signals() as stop:
         try:
             with MetricsLog(metrics_path) as log:
                 if run.iter_num == 0:  # no steps yet: no rate
-                    log.log(step=0, train_loss=training_loss(run, stop), lr=lr_at(0, cfg), tok_s=None, rss_mb=rss_mb(),
-                            **validation(run, saver.kept(), stop))
+                    log_line(dict(step=0, train_loss=training_loss(run, stop), lr=lr_at(0, cfg), tok_s=None,
+                                  rss_mb=rss_mb(), **validation(run, saver.kept(), stop)))
                 if run.pending_record:  # the evaluation a stop signal cut short, done now
-                    log.log({**run.pending_record, **validation(run, saver.kept(), stop)})
+                    log_line({**run.pending_record, **validation(run, saver.kept(), stop)})
                     run.pending_record = None
                     plot_losses(metrics_path, run.out_dir / "loss.png")
                 progress = Progress(cfg.max_iters, start=run.iter_num)
                 window_start, window_steps = time.perf_counter(), 0
-                while run.iter_num < cfg.max_iters and stop.signal is None:
+                while run.iter_num < cfg.max_iters and stop.signal is None and reached is None:
                     lr = lr_at(run.iter_num, cfg)
                     x, y = run.sampler.next_batch()
                     try:
@@ -63,12 +74,15 @@ def train(run: Run) -> int:
                         progress.note(f"step {it}: train loss {loss:.4f}, val loss {record['val_loss']:.4f} "
                                       f"({record['val_bpc']:.4f} bits/char)")
                     if record:
-                        log.log(record)
+                        log_line(record)
                     if "val_loss" in record:
                         plot_losses(metrics_path, run.out_dir / "loss.png")
                         window_start = time.perf_counter()  # eval time is not training throughput
                     if saver.due():
                         saver.save()
+                if reached is not None:
+                    progress.note(f"target val loss {run.target_loss:g} reached at step {reached['step']} after "
+                                  f"{reached['elapsed_s']:.1f} s (val loss {reached['val_loss']:.4f})")
                 saver.save()
                 progress.close()
         except Interrupted:  # a stop signal during an evaluation: it is done on --resume instead
@@ -87,6 +101,9 @@ def train(run: Run) -> int:
     saver.save_weights()
     plot_losses(metrics_path, run.out_dir / "loss.png", wait=True)
     best = run.best_val
+    target = "" if run.target_loss is None else f"target val loss {run.target_loss:g} "
+    if target:
+        target += f"reached at step {reached['step']} after {reached['elapsed_s']:.1f} s; " if reached else "not reached; "
     print(f"done: {run.iter_num} steps, best val loss {best:.4f} ({run.tokens.bits_per_char(best):.4f} bits/char); "
-          f"weights in {run.out_dir / WEIGHTS_NAME}")
+          f"{target}weights in {run.out_dir / WEIGHTS_NAME}")
     return 0

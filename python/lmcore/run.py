@@ -7,7 +7,9 @@ written."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,17 @@ class Run:
     # The metrics record of the last step when a stop signal cut its evaluation short: a resumed
     # run evaluates and logs it first, so its log equals an uninterrupted run's.
     pending_record: dict[str, Any] | None = None
+    # Wall seconds of the run before this process (a resumed run's, from its checkpoint), and when
+    # this process's loop started (time.monotonic(); None: not yet).
+    elapsed_before: float = 0.0
+    started_at: float | None = None
+    # --target-loss: a flag of this invocation, not the recipe (not stored; --resume may change it).
+    target_loss: float | None = None
+
+    def elapsed_s(self) -> float:
+        """Wall seconds of the run so far: every process's loop, evaluations and checkpoints included."""
+        now = 0.0 if self.started_at is None else time.monotonic() - self.started_at
+        return self.elapsed_before + now
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """The metadata of a checkpoint of this run now (the tensors come from the model)."""
@@ -56,6 +69,7 @@ class Run:
             "tokenizer": self.tokenizer.to_dict(),
             "dataset": {"name": c.name, "sha256": c.sha256, "source": c.source, **self.corpus_where},
             "best_val_loss": self.best_val,
+            "elapsed_s": self.elapsed_s(),
             "lmcore_version": lmcore.__version__,
             **({"pending_record": self.pending_record} if self.pending_record else {}),
         }
@@ -119,7 +133,10 @@ def prepare(args: argparse.Namespace) -> Run:
     new one fine-tuned from --init-from. Nothing is written to --out-dir here."""
     out_dir = Path(args.out_dir or Path("out") / args.preset)
     ckpt_path = out_dir / CHECKPOINT_NAME
-    iter_num, sampler_state, best_val, pending = 0, None, None, None
+    iter_num, sampler_state, best_val, pending, elapsed = 0, None, None, None, 0.0
+    target = getattr(args, "target_loss", None)
+    if target is not None and not (math.isfinite(target) and target > 0):
+        raise UsageError(f"--target-loss must be a finite number > 0, got {target}")
     if args.resume and args.init_from:
         raise UsageError("--resume continues the run in --out-dir, --init-from starts a new one: pass one of them")
     check_tokenizer_flags(args)
@@ -139,7 +156,7 @@ def prepare(args: argparse.Namespace) -> Run:
         model, tokenizer, _, _ = model_from_checkpoint(ckpt_path)
         check_same_tokenizer(args, tokenizer, f"the checkpoint {ckpt_path}")
         iter_num, sampler_state, best_val = int(meta["iter_num"]), meta["sampler"], meta.get("best_val_loss")
-        pending = meta.get("pending_record")
+        pending, elapsed = meta.get("pending_record"), float(meta.get("elapsed_s", 0.0))
     else:
         if ckpt_path.exists():
             raise UsageError(f"{out_dir} already holds a checkpoint; pass --resume to continue it, or choose another --out-dir")
@@ -180,4 +197,4 @@ def prepare(args: argparse.Namespace) -> Run:
             raise CheckpointError(f"checkpoint {ckpt_path} has an invalid batch sampler state: {e}") from None
     return Run(cfg=cfg, out_dir=out_dir, ckpt_path=ckpt_path, corpus=corpus, corpus_where=where,
                tokenizer=tokenizer, tokens=tokens, model=model, sampler=sampler, iter_num=iter_num,
-               best_val=best_val, pending_record=pending)
+               best_val=best_val, pending_record=pending, elapsed_before=elapsed, target_loss=target)

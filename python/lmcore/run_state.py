@@ -3,8 +3,8 @@
 Tensors: every parameter (``param/``) and each of the optimizer's state buffers, a group per buffer
 under the optimizer's own names (AdamW: ``adam_m/``, ``adam_v/``).
 Metadata: the recipe (`RunConfig`), the optimizer's name, iteration, optimizer step, the dropout generator's state, the
-batch sampler's state, the tokenizer and the dataset's identity, and a sha256 of all of it (a
-flipped bit in a weight is refused, not trained on). Restoring all of it makes a resumed run the
+batch sampler's state, the tokenizer and the dataset's identity, the run's wall seconds so far (``elapsed_s``), and a
+sha256 of all of it (a flipped bit in a weight is refused, not trained on). Restoring all of it makes a resumed run the
 same run as one never stopped, bit for bit.
 """
 
@@ -30,7 +30,7 @@ from lmcore.checkpoint import (
     short_repr,
     split_groups,
 )
-from lmcore.config import RunConfig
+from lmcore.config import LATER_FIELDS, RunConfig
 from lmcore.tokenizer import Tokenizer, tokenizer_from_dict
 
 CHECKPOINT_NAME = "ckpt.safetensors"
@@ -169,7 +169,8 @@ def check_meta(meta: dict[str, Any], path: Path) -> None:
     for key in ("config", "sampler", "tokenizer", "dataset"):
         if not isinstance(meta[key], dict):
             refuse(key, "a JSON object")
-    if meta["config"].keys() != {f.name for f in fields(RunConfig)}:
+    settings = {f.name for f in fields(RunConfig)}
+    if not settings - LATER_FIELDS <= meta["config"].keys() <= settings:  # (an earlier lmcore's lacks the later)
         refuse("config", "every setting of a run, and only those")
     dataset = meta["dataset"]
     if not (isinstance(dataset.get("name"), str) and isinstance(dataset.get("sha256"), str)
@@ -189,6 +190,9 @@ def check_meta(meta: dict[str, Any], path: Path) -> None:
     best = meta.get("best_val_loss")
     if best is not None and (type(best) not in (int, float) or not math.isfinite(best)):
         refuse("best_val_loss", "a finite number or null")
+    elapsed = meta.get("elapsed_s", 0.0)  # (absent from an earlier lmcore's checkpoint)
+    if type(elapsed) not in (int, float) or not (math.isfinite(elapsed) and elapsed >= 0):
+        refuse("elapsed_s", "a finite number of seconds >= 0")
 
 
 def model_from_checkpoint(path: Path, weights_only: bool = False) -> tuple[Model, Tokenizer, RunConfig, dict[str, Any]]:

@@ -21,7 +21,7 @@ from dataclasses import fields
 import lmcore
 from lmcore.checkpoint import CheckpointError
 from lmcore.cli import UsageError, plural, use_threads
-from lmcore.config import FIELD_HELP, PRESETS, RunConfig
+from lmcore.config import FIELD_HELP, PRESETS, RunConfig, field_kind
 from lmcore.corpus import DataError
 from lmcore.loop import train
 from lmcore.run import DEFAULT_BPE_VOCAB, Run, fresh_config, prepare
@@ -54,10 +54,17 @@ def parser() -> argparse.ArgumentParser:
                    help="engine threads (default: the cores this process may use; more are capped to them)")
     p.add_argument("--sample-tokens", type=int, default=300,
                    help="length of the sample printed at the end (default %(default)s; 0: none)")
+    p.add_argument("--target-loss", type=float, default=None, metavar="F",
+                   help="stop at the first evaluation whose validation loss is <= F (a checkpoint and the final "
+                        "weights are written as at the end); not part of the recipe, so --resume may change it")
     for f in fields(RunConfig):
-        kind = float if f.type in ("float", float) else int
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
-                       metavar="F" if kind is float else "N", help=FIELD_HELP[f.name])
+        flag, kind = f"--{f.name.replace('_', '-')}", field_kind(f.name)
+        if kind is bool:  # --eval-full / --no-eval-full; None: not given
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=FIELD_HELP[f.name])
+        else:  # (a str field's values are checked by RunConfig.validate: a one-line error)
+            p.add_argument(flag, dest=f.name, type=kind, default=None,
+                           metavar={float: "F", int: "N", str: "NAME"}[kind], help=FIELD_HELP[f.name])
     return p
 
 

@@ -1,0 +1,57 @@
+"""benches/speedrun.py: its ablation builder, and a --quick run of the harness end to end (a few
+seconds on a quiet machine: one configuration, 10-20 steps of 4 x 32 tokens of a short text)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import ENV, requires_corpus
+from lmcore.metrics import read_metrics
+
+BENCH = Path(__file__).resolve().parents[1] / "benches" / "speedrun.py"
+
+
+def load_bench():  # noqa: ANN201 (a module)
+    spec = importlib.util.spec_from_file_location("speedrun", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ablations_remove_flags_with_their_values_and_add_others() -> None:
+    ablations = load_bench().ablations
+    base = ["--speedrun", "--schedule", "wsd", "--decay-frac", "0.3", "--eval-full", "--lr", "3e-3"]
+    got = ablations(base, [("cosine", ["--schedule", "--decay-frac"], []),
+                           ("no full eval", ["--eval-full"], ["--no-eval-full"]),
+                           ("lower lr", [], ["--lr", "1e-3"])])
+    assert got == {"cosine": ["--speedrun", "--eval-full", "--lr", "3e-3"],
+                   "no full eval": ["--speedrun", "--schedule", "wsd", "--decay-frac", "0.3", "--lr", "3e-3",
+                                    "--no-eval-full"],
+                   "lower lr": [*base, "--lr", "1e-3"]}
+    assert base[1] == "--schedule"  # (the base is not changed)
+    with pytest.raises(ValueError, match=r"ablation 'x': \['--dropout'\] not in the base"):
+        ablations(base, [("x", ["--dropout"], [])])
+
+
+@requires_corpus
+def test_quick_speedrun(tmp_path: Path) -> None:
+    png = tmp_path / "speedrun.png"
+    done = subprocess.run([sys.executable, str(BENCH), "--quick", "--png", str(png), "--keep", str(tmp_path / "runs"),
+                           "--threads", "1"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = json.loads(done.stdout.splitlines()[-1].removeprefix("JSON: "))
+    (classic,) = result["results"]
+    assert classic["name"] == "classic" and classic["exit"] == 0 and result["target"] == 3.9
+    assert classic["reached_step"] == classic["steps"] == 10  # the target of --quick is met at the first evaluation
+    assert 0 < classic["reached_s"] == classic["run_s"] <= classic["wall_s"]
+    row = next(line for line in done.stdout.splitlines() if line.startswith("classic "))
+    assert row.split()[1:3] == ["10", f"{classic['reached_s']:.1f}"]
+    records = read_metrics(tmp_path / "runs" / "00-classic" / "metrics.jsonl")
+    assert [r["step"] for r in records if "val_loss" in r] == [0, 10] and all("elapsed_s" in r for r in records)
