@@ -1,7 +1,7 @@
 """The whole state of a training run, to and from one checkpoint file.
 
 Tensors: every parameter (``param/``) and each of the optimizer's state buffers, a group per buffer
-under the optimizer's own names (AdamW: ``adam_m/``, ``adam_v/``).
+under the optimizer's own names (AdamW: ``adam_m/``, ``adam_v/``; Muon: ``muon_momentum/`` besides).
 Metadata: the recipe (`RunConfig`), the optimizer's name, iteration, optimizer step, the dropout generator's state, the
 batch sampler's state, the tokenizer and the dataset's identity, and a sha256 of all of it (a
 flipped bit in a weight is refused, not trained on). Restoring all of it makes a resumed run the
@@ -30,7 +30,7 @@ from lmcore.checkpoint import (
     short_repr,
     split_groups,
 )
-from lmcore.config import RunConfig
+from lmcore.config import ADDED_FIELDS, RunConfig
 from lmcore.tokenizer import Tokenizer, tokenizer_from_dict
 
 CHECKPOINT_NAME = "ckpt.safetensors"
@@ -169,7 +169,8 @@ def check_meta(meta: dict[str, Any], path: Path) -> None:
     for key in ("config", "sampler", "tokenizer", "dataset"):
         if not isinstance(meta[key], dict):
             refuse(key, "a JSON object")
-    if meta["config"].keys() != {f.name for f in fields(RunConfig)}:
+    have, every = set(meta["config"]), {f.name for f in fields(RunConfig)}
+    if not (have <= every and every - have <= ADDED_FIELDS):  # (an older recipe lacks the newer fields)
         refuse("config", "every setting of a run, and only those")
     dataset = meta["dataset"]
     if not (isinstance(dataset.get("name"), str) and isinstance(dataset.get("sha256"), str)
@@ -208,6 +209,8 @@ def model_from_checkpoint(path: Path, weights_only: bool = False) -> tuple[Model
     if tokenizer.vocab_size != vocab_size:
         raise CheckpointError(f"checkpoint {path}: tokenizer has {tokenizer.vocab_size} symbols, model {vocab_size}")
     optimizer = meta.get("optimizer", DEFAULT_OPTIMIZER)
+    if optimizer != cfg.optimizer:
+        raise CheckpointError(f"checkpoint {path} holds {optimizer}'s state, but its recipe says --optimizer {cfg.optimizer}")
     check_tensors(groups, cfg, vocab_size, path, optimizer, weights_only)
     try:
         model = new_model(cfg, vocab_size)

@@ -55,9 +55,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-tokens", type=int, default=300,
                    help="length of the sample printed at the end (default %(default)s; 0: none)")
     for f in fields(RunConfig):
-        kind = float if f.type in ("float", float) else int
+        kind = float if f.type in ("float", float) else str if f.type in ("str", str) else int
         p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
-                       metavar="F" if kind is float else "N", help=FIELD_HELP[f.name])
+                       metavar={float: "F", str: "NAME", int: "N"}[kind], help=FIELD_HELP[f.name])
     return p
 
 

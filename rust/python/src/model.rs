@@ -82,7 +82,8 @@ pub struct Model {
 impl Model {
     /// `Model(vocab_size=..., d_model=..., n_head=..., n_layer=..., block_size=..., dropout=0.0,
     /// seed=0, dtype="float32", beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01,
-    /// grad_clip=0.0)`: keyword settings, converted once and validated by the engine.
+    /// grad_clip=0.0, optimizer="adamw", muon_lr_ratio=20.0, muon_momentum=0.95)`: keyword
+    /// settings, converted once and validated by the engine.
     #[new]
     #[pyo3(signature = (**settings))]
     fn new(py: Python<'_>, settings: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
