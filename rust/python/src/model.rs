@@ -1,7 +1,7 @@
-//! `Model` for Python: a GPT with its AdamW state. One training step releases the GIL; every
-//! parameter, gradient and optimizer moment can be read and written by name as numpy arrays
-//! (that is all a checkpoint needs, with `step` and `rng_state`). Calls from several Python
-//! threads take turns (see `exclusive`).
+//! `Model` for Python: a GPT with its optimizer's state (AdamW's or Muon's). One training step
+//! releases the GIL; every parameter, gradient and optimizer state buffer can be read and written
+//! by name as numpy arrays (that is all a checkpoint needs, with `step` and `rng_state`). Calls
+//! from several Python threads take turns (see `exclusive`).
 
 use crate::arrays::{batch_dims, read_floats, read_ids_into, require_finite, to_numpy};
 use crate::exclusive::Exclusive;
@@ -72,7 +72,7 @@ struct State {
     tgt_buf: Vec<i64>,
 }
 
-/// A GPT language model and its AdamW optimizer state.
+/// A GPT language model and its optimizer state (AdamW's or Muon's).
 #[pyclass(frozen, module = "lmcore._core")]
 pub struct Model {
     state: Exclusive<State>,
@@ -97,7 +97,7 @@ impl Model {
         Ok(Model { state: Exclusive::new(State { inner, idx_buf: Vec::new(), tgt_buf: Vec::new() }) })
     }
 
-    /// One AdamW step on a batch; returns (loss, gradient norm before clipping). Releases the GIL.
+    /// One optimizer step on a batch; returns (loss, gradient norm before clipping). Releases the GIL.
     fn train_step(&self, py: Python<'_>, idx: &Bound<'_, PyAny>, targets: &Bound<'_, PyAny>, lr: f64) -> PyResult<(f64, f64)> {
         let st = &mut *self.state.lock(py);
         let shape = read_ids_into(idx, "idx", &mut st.idx_buf)?;
