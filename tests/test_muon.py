@@ -122,7 +122,8 @@ def test_one_muon_update_matches_a_float64_reference(dtype: str, rtol: float, at
             if buffer in kept:  # the other optimizer's part: untouched
                 assert np.array_equal(got, state[buffer][name]), (name, buffer)
             else:
-                np.testing.assert_allclose(got, expected[name][buffer], rtol=rtol, atol=atol, err_msg=f"{buffer} {name}")
+                np.testing.assert_allclose(got, expected[name][buffer], rtol=rtol, atol=atol,
+                                           err_msg=f"{buffer} {name}")
     # The update is what the parameters moved by: it must be far above the tolerance.
     moved = max(np.abs(model.get_param(n) - params[n]).max() for n in names if muon_blocks(n))
     assert moved > 1e-3
@@ -211,7 +212,8 @@ def test_resume_refuses_another_optimizer(tmp_path: Path, first: str, then: str,
     capsys.readouterr()
     code = run_main(["--resume", "--out-dir", str(out), "--sample-tokens", "0", "--threads", "1",
                      "--max-iters", "20", "--optimizer", then])
-    assert_one_line_error(code, capsys.readouterr().err, rf"--optimizer cannot change on --resume \(the checkpoint has {first}\)")
+    assert_one_line_error(code, capsys.readouterr().err,
+                          rf"--optimizer cannot change on --resume \(the checkpoint has {first}\)")
     assert snapshot(out) == before
 
 
@@ -227,7 +229,8 @@ def test_resume_refuses_another_optimizer(tmp_path: Path, first: str, then: str,
 def test_bad_muon_flags_are_one_line_errors(tmp_path: Path, args: list[str], message: str,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
-    code = run_main([*RECIPE, "--sample-tokens", "0", "--threads", "1", "--out-dir", str(out), "--max-iters", "5", *args])
+    code = run_main([*RECIPE, "--sample-tokens", "0", "--threads", "1", "--out-dir", str(out), "--max-iters", "5",
+                     *args])
     assert_one_line_error(code, capsys.readouterr().err, message)
     assert not out.exists()
 
@@ -243,7 +246,8 @@ def test_a_checkpoint_from_before_muon_loads_and_resumes_as_adamw(tmp_path: Path
         meta["config"].pop(name)
     meta = {k: v for k, v in meta.items() if k != DIGEST_KEY}
     # Sealed again, as the older lmcore wrote it.
-    path.write_bytes(safetensors.numpy.save(tensors, {METADATA_KEY: json.dumps({**meta, DIGEST_KEY: state_digest(tensors, meta)})}))
+    doc = json.dumps({**meta, DIGEST_KEY: state_digest(tensors, meta)})
+    path.write_bytes(safetensors.numpy.save(tensors, {METADATA_KEY: doc}))
     model, _, cfg, loaded = model_from_checkpoint(path)
     assert model.optimizer == "adamw" and cfg.optimizer == "adamw" and cfg.muon_lr == RunConfig.muon_lr
     assert not ADDED_FIELDS & loaded["config"].keys()

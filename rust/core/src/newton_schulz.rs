@@ -94,7 +94,8 @@ impl<F: Real> NewtonSchulz<F> {
 }
 
 /// The product `g` into C (dense rows of `ldc`), then `finish(first_row, rows)` on its rows: split
-/// across the engine's threads unless it is tiny. Splits never change an element's result.
+/// across the engine's threads unless it is tiny (the split depends only on the shape and the
+/// thread count, so a run is reproducible with the same `--threads`).
 fn product<F: BlasFloat + Send + Sync>(g: &Gemm<F>, c: &mut [F], ldc: usize, finish: &(dyn Fn(usize, &mut [F]) + Sync)) {
     if g.m * g.n * g.k < SPLIT_MIN {
         let c = &mut c[..g.m * ldc];
