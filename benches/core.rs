@@ -10,7 +10,10 @@
 //!       as many threads of its own; with their ratio (engine / OpenBLAS);
 //!   (b) one full f32 training step (forward, backward, AdamW beta2 0.99, wd 0.1, clip 1.0)
 //!       on random ids: median ms/step and tokens/s;
-//!   (c) the engine's thread count, OpenBLAS's per call, and the OpenBLAS kernel (core name).
+//!   (c) the engine's thread count, OpenBLAS's per call, and the OpenBLAS kernel (core name);
+//!   (d) the optimizer's update alone (after backward: AdamW's fused pass, Muon's momentum,
+//!       Newton-Schulz on every hidden matrix and its inner AdamW), median ms per step, for the
+//!       small model and the medium one (d_model 256, 8 heads, 4 layers).
 //! Each figure is the median of several timed repetitions after warm-up. No timed assertions:
 //! it prints numbers (a table, then one `JSON: ` line).
 //!
@@ -21,7 +24,7 @@ use lmcore_core::blas::{gemm, Gemm};
 use lmcore_core::matmul::gemm_rows;
 use lmcore_core::parallel::{num_threads, set_num_threads};
 use lmcore_core::profile;
-use lmcore_core::{AdamWConfig, GptConfig, Rng, Trainer};
+use lmcore_core::{AdamWConfig, GptConfig, MuonConfig, OptimizerConfig, Rng, Trainer};
 use std::hint::black_box;
 use std::os::raw::{c_char, c_int};
 use std::time::{Duration, Instant};
@@ -198,12 +201,34 @@ fn main() {
     }
     println!("{:<22} {:>29.2} {:>6.1}%", "(outside the ops)", (wall - counted) * 1e3, (wall - counted) / wall * 100.0);
 
+    // (d) The optimizer's update alone, on gradients of the model's size (random: the update's
+    // cost does not depend on their values).
+    println!("\noptimizer update alone (f32, ms/step, median):");
+    println!("{:<34} {:>9} {:>9} {:>7}", "model", "adamw", "muon", "ratio");
+    let mut json_opt = Vec::new();
+    for (name, c, h, l) in [("small", 128usize, 4usize, 2usize), ("medium", 256, 8, 4)] {
+        let cfg = GptConfig { vocab_size: v, d_model: c, n_head: h, n_layer: l, block_size: t, dropout: 0.0 };
+        let mut time = |opt: OptimizerConfig| {
+            let mut tr = Trainer::<f32>::new(cfg, 0, opt, 1.0).expect("model builds");
+            let n = tr.graph.param_len();
+            let mut params: Vec<f32> = (0..n).map(|_| 0.02 * rng.normal() as f32).collect();
+            let grads: Vec<f32> = (0..n).map(|_| 1e-3 * rng.normal() as f32).collect();
+            median_secs(2, Duration::from_millis(100), if quick { 5 } else { 15 }, || tr.opt.update(&mut params, &grads, 1e-3, 1.0))
+        };
+        let adamw = time(opt.into());
+        let muon = time(MuonConfig { adamw: opt, ..Default::default() }.into());
+        let label = format!("{name} (C {c}, L {l}, {} params)", cfg.param_count().unwrap_or(0));
+        println!("{label:<34} {:>9.3} {:>9.3} {:>7.1}", adamw * 1e3, muon * 1e3, muon / adamw);
+        json_opt.push(format!("{{\"model\":\"{name}\",\"adamw_ms\":{:.4},\"muon_ms\":{:.4}}}", adamw * 1e3, muon * 1e3));
+    }
+
     println!("load average after the run: {}", load_average());
     println!(
-        "JSON: {{\"bench\":\"core\",\"threads\":{},\"blas_threads_per_call\":{per_call},\"openblas_core\":\"{core}\",\"gemm\":[{}],\"train_step\":{{\"batch\":{b},\"block\":{t},\"steps\":{steps},\"ms\":{:.3},\"tokens_per_s\":{:.1}}}}}",
+        "JSON: {{\"bench\":\"core\",\"threads\":{},\"blas_threads_per_call\":{per_call},\"openblas_core\":\"{core}\",\"gemm\":[{}],\"train_step\":{{\"batch\":{b},\"block\":{t},\"steps\":{steps},\"ms\":{:.3},\"tokens_per_s\":{:.1}}},\"optimizer_update\":[{}]}}",
         num_threads(),
         json_gemm.join(","),
         secs * 1e3,
-        tok_s
+        tok_s,
+        json_opt.join(",")
     );
 }

@@ -39,7 +39,7 @@ class Graph:
     def shape(self, t: Tensor) -> list[int]: ...
 
 class Model:
-    """A GPT language model and its AdamW optimizer state."""
+    """A GPT language model and its optimizer's state (AdamW's, or Muon's)."""
 
     def __init__(
         self,
@@ -57,6 +57,9 @@ class Model:
         eps: float = 1e-8,
         weight_decay: float = 0.01,
         grad_clip: float = 0.0,
+        optimizer: str = "adamw",
+        muon_lr_ratio: float = 20.0,
+        muon_momentum: float = 0.95,
     ) -> None:
         """Keyword settings only, converted once and validated by the engine."""
     def train_step(self, idx: npt.NDArray[np.integer[Any]], targets: npt.NDArray[np.integer[Any]], lr: float) -> tuple[float, float]: ...

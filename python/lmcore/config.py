@@ -29,8 +29,8 @@ class RunConfig:
     n_layer: int = 2
     block_size: int = 128
     dropout: float = 0.0
-    # optimisation: AdamW, linear warmup, then the schedule: cosine to min_lr at lr_decay_iters, or
-    # warmup-stable-decay (flat at lr, then linear to lr * final_lr_ratio over the last decay_frac)
+    # optimisation: AdamW (or Muon), linear warmup, then the schedule: cosine to min_lr at
+    # lr_decay_iters, or warmup-stable-decay (flat at lr, then linear to lr * final_lr_ratio over the last decay_frac)
     batch_size: int = 16
     max_iters: int = 10_000
     lr_decay_iters: int | None = None  # None: max_iters when the run starts
@@ -45,6 +45,10 @@ class RunConfig:
     eps: float = 1e-8
     weight_decay: float = 0.1
     grad_clip: float = 1.0
+    # Muon: orthogonalised Nesterov momentum for the hidden matrices, AdamW (lr) for the rest
+    optimizer: str = "adamw"
+    muon_lr: float = 0.02  # the matrices' peak LR; the schedule scales it as it scales lr
+    muon_momentum: float = 0.95
     # bookkeeping
     eval_interval: int = 500
     eval_iters: int = 100
@@ -65,10 +69,13 @@ class RunConfig:
         return cls(**d)
 
     def model_settings(self, vocab_size: int) -> dict[str, Any]:
-        """The engine's `Model` settings for this recipe (its model, AdamW and clipping fields)."""
+        """The engine's `Model` settings for this recipe (its model, optimizer and clipping fields).
+        Muon's learning rate goes as its ratio to --lr, so the schedule of --lr scales both."""
         names = ("d_model", "n_head", "n_layer", "block_size", "dropout", "seed", "beta1", "beta2", "eps",
-                 "weight_decay", "grad_clip")
-        return {"vocab_size": vocab_size, "dtype": "float32", **{n: getattr(self, n) for n in names}}
+                 "weight_decay", "grad_clip", "optimizer", "muon_momentum")
+        ratio = self.muon_lr / self.lr if self.lr > 0 else math.inf  # (validate() refuses lr <= 0 first)
+        return {"vocab_size": vocab_size, "dtype": "float32", "muon_lr_ratio": ratio,
+                **{n: getattr(self, n) for n in names}}
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that makes no sense: the engine checks the
@@ -82,6 +89,14 @@ class RunConfig:
             if not fits:
                 wanted = {bool: "true or false", str: "a name", float: "a number", int: "an integer"}[kind]
                 raise ValueError(f"--{f.name.replace('_', '-')} must be {wanted}, got {value!r:.40}")
+        for name in ("lr", "min_lr", "muon_lr"):  # (before the engine's checks, which get muon_lr / lr)
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+        if self.lr <= 0:
+            raise ValueError("--lr must be greater than 0")
+        if not math.isfinite(self.muon_lr / self.lr):
+            raise ValueError(f"--muon-lr {self.muon_lr} is too large beside --lr {self.lr}")
         try:  # (the vocabulary is the tokenizer's, known later; 1 stands in for it here)
             check_settings(**self.model_settings(vocab_size=1))
         except (LmcoreError, OverflowError, TypeError) as e:
@@ -91,12 +106,6 @@ class RunConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.max_iters < 0 or self.warmup_iters < 0:
             raise ValueError("--max-iters and --warmup-iters must not be negative")
-        for name in ("lr", "min_lr"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
-        if self.lr <= 0:
-            raise ValueError("--lr must be greater than 0")
         if self.lr_decay_iters is not None and self.lr_decay_iters < 1:
             raise ValueError(f"--lr-decay-iters must be at least 1, got {self.lr_decay_iters}")
         if self.schedule not in SCHEDULES:
@@ -109,7 +118,7 @@ class RunConfig:
 
 SCHEDULES = ("cosine", "wsd")
 # Fields a checkpoint of an earlier lmcore lacks; their defaults are what that lmcore did.
-LATER_FIELDS = frozenset({"schedule", "decay_frac", "final_lr_ratio", "eval_full"})
+LATER_FIELDS = frozenset({"schedule", "decay_frac", "final_lr_ratio", "eval_full", "optimizer", "muon_lr", "muon_momentum"})
 
 
 def field_kind(name: str) -> type:
@@ -152,6 +161,11 @@ FIELD_HELP: dict[str, str] = {
     "eps": f"AdamW epsilon (default {RunConfig.eps})",
     "weight_decay": f"AdamW weight decay of 2-D weights (default {RunConfig.weight_decay})",
     "grad_clip": f"clip the global gradient norm to this; 0: off (default {RunConfig.grad_clip})",
+    "optimizer": "adamw (default) or muon: the hidden matrices take Nesterov momentum orthogonalised by "
+                 "Newton-Schulz, at --muon-lr; embeddings, gains and biases stay on AdamW at --lr",
+    "muon_lr": f"Muon's peak learning rate of the hidden matrices; the schedule scales it as it scales --lr "
+               f"(default {RunConfig.muon_lr})",
+    "muon_momentum": f"Muon's Nesterov momentum, in [0, 1) (default {RunConfig.muon_momentum})",
     "eval_interval": f"steps between validation evaluations (default {RunConfig.eval_interval})",
     "eval_iters": f"batches per evaluation (default {RunConfig.eval_iters})",
     "ckpt_interval": f"steps between checkpoints (default {RunConfig.ckpt_interval})",
@@ -161,7 +175,6 @@ FIELD_HELP: dict[str, str] = {
                  "not on --eval-iters sampled batches",
 }
 assert set(FIELD_HELP) == {f.name for f in fields(RunConfig)}
-
 
 def lr_at(it: int, cfg: RunConfig) -> float:
     """Learning rate for iteration ``it`` (0-based): warmup, then the schedule (cosine to min_lr, or

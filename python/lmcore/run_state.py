@@ -1,7 +1,7 @@
 """The whole state of a training run, to and from one checkpoint file.
 
 Tensors: every parameter (``param/``) and each of the optimizer's state buffers, a group per buffer
-under the optimizer's own names (AdamW: ``adam_m/``, ``adam_v/``).
+under the optimizer's own names (AdamW: ``adam_m/``, ``adam_v/``; Muon: ``muon_momentum/`` besides).
 Metadata: the recipe (`RunConfig`), the optimizer's name, iteration, optimizer step, the dropout generator's state, the
 batch sampler's state, the tokenizer and the dataset's identity, the run's wall seconds so far (``elapsed_s``), and a
 sha256 of all of it (a flipped bit in a weight is refused, not trained on). Restoring all of it makes a resumed run the
@@ -212,6 +212,8 @@ def model_from_checkpoint(path: Path, weights_only: bool = False) -> tuple[Model
     if tokenizer.vocab_size != vocab_size:
         raise CheckpointError(f"checkpoint {path}: tokenizer has {tokenizer.vocab_size} symbols, model {vocab_size}")
     optimizer = meta.get("optimizer", DEFAULT_OPTIMIZER)
+    if optimizer != cfg.optimizer:
+        raise CheckpointError(f"checkpoint {path} holds {optimizer}'s state, but its recipe says --optimizer {cfg.optimizer}")
     check_tensors(groups, cfg, vocab_size, path, optimizer, weights_only)
     try:
         model = new_model(cfg, vocab_size)

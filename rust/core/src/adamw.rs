@@ -9,7 +9,7 @@ use crate::memory;
 use crate::optimizer::{unknown_state, Optimizer};
 use crate::parallel::for_each_chunk3;
 use crate::real::Real;
-use crate::store::Store;
+use crate::store::{ParamInfo, Store};
 
 /// Elements per span of the parallel pass.
 const SPAN: usize = 1 << 15;
@@ -62,9 +62,15 @@ pub const STATE: [&str; 2] = ["adam_m", "adam_v"];
 impl<F: Real> AdamW<F> {
     /// An optimizer for the parameters registered in `store` (register them all first).
     pub fn new(config: AdamWConfig, store: &Store<F>) -> Result<Self> {
+        Self::for_params(config, store, |_| true)
+    }
+
+    /// An optimizer for those parameters of `store` that `mine` picks; it never touches the others
+    /// (another optimizer's, Muon's matrices), whose parts of m and v stay zero.
+    pub fn for_params(config: AdamWConfig, store: &Store<F>, mine: impl Fn(&ParamInfo) -> bool) -> Result<Self> {
         config.validate()?;
         let n = store.param_len();
-        let layout = store.params().iter().map(|p| (p.offset, p.offset + p.shape.numel(), p.decay)).collect();
+        let layout = store.params().iter().filter(|p| mine(p)).map(|p| (p.offset, p.offset + p.shape.numel(), p.decay)).collect();
         let (m, v) = (memory::filled(n, F::ZERO, "AdamW's m")?, memory::filled(n, F::ZERO, "AdamW's v")?);
         Ok(AdamW { config, m, v, step: 0, layout })
     }

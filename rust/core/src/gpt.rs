@@ -30,18 +30,29 @@ pub enum Init {
     Const(f64),
 }
 
-/// One parameter as the model declares it: name (nanoGPT's), shape, initialisation, and whether
-/// AdamW decays it (2-D weights only).
+/// One parameter as the model declares it: name (nanoGPT's), shape, initialisation, whether
+/// AdamW decays it (2-D weights only), and whether Muon orthogonalises its updates.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamSpec {
     pub name: String,
     pub dims: Vec<usize>,
     pub init: Init,
     pub decay: bool,
+    /// Muon's hidden matrices: the number of equal row blocks orthogonalised separately (3 for a
+    /// fused Q, K, V weight). None: AdamW updates it, even when Muon is the optimizer.
+    pub muon_blocks: Option<usize>,
 }
 
+/// A parameter updated by AdamW under every optimizer unless marked with `muon`.
 fn spec(name: String, dims: &[usize], init: Init) -> ParamSpec {
-    ParamSpec { name, decay: dims.len() == 2, dims: dims.to_vec(), init }
+    ParamSpec { name, decay: dims.len() == 2, dims: dims.to_vec(), init, muon_blocks: None }
+}
+
+impl ParamSpec {
+    /// Mark a hidden 2-D weight as Muon's, its rows orthogonalised as `blocks` equal blocks.
+    fn muon(self, blocks: usize) -> ParamSpec {
+        ParamSpec { muon_blocks: Some(blocks), ..self }
+    }
 }
 
 /// Total elements of `specs`, or None if it overflows.
@@ -81,15 +92,15 @@ impl GptConfig {
         [
             p("ln_1.weight", &[c], one),
             p("ln_1.bias", &[c], zero),
-            p("attn.c_attn.weight", &[3 * c, c], std),
+            p("attn.c_attn.weight", &[3 * c, c], std).muon(3), // rows: Q, K, V
             p("attn.c_attn.bias", &[3 * c], zero),
-            p("attn.c_proj.weight", &[c, c], proj_std),
+            p("attn.c_proj.weight", &[c, c], proj_std).muon(1),
             p("attn.c_proj.bias", &[c], zero),
             p("ln_2.weight", &[c], one),
             p("ln_2.bias", &[c], zero),
-            p("mlp.c_fc.weight", &[4 * c, c], std),
+            p("mlp.c_fc.weight", &[4 * c, c], std).muon(1),
             p("mlp.c_fc.bias", &[4 * c], zero),
-            p("mlp.c_proj.weight", &[c, 4 * c], proj_std),
+            p("mlp.c_proj.weight", &[c, 4 * c], proj_std).muon(1),
             p("mlp.c_proj.bias", &[c], zero),
         ]
     }
@@ -166,7 +177,7 @@ impl Gpt {
         let mut rng = Rng::new(seed);
         let mut handles = Vec::new();
         for spec in config.layout() {
-            let var = g.store.add_param(&spec.name, Shape::new(&spec.dims)?, spec.decay)?;
+            let var = g.store.add_param(&spec.name, Shape::new(&spec.dims)?, spec.decay, spec.muon_blocks)?;
             for x in g.store.values_mut(var) {
                 *x = F::from_f64(match spec.init {
                     Init::Normal(std) => std * rng.normal(),

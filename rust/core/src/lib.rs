@@ -2,7 +2,7 @@
 //!
 //! Data flow of one training step:
 //! `Store::reset` rewinds the activation arena -> ops record `Node`s on the tape while computing
-//! forward -> `Graph::backward` walks the tape in reverse -> `AdamW` updates the flat parameter
+//! forward -> `Graph::backward` walks the tape in reverse -> the optimizer (`AdamW`, `Muon`) updates the flat parameter
 //! buffers. Handles (`Var`) are indices plus a generation, never pointers, so a handle kept past
 //! a reset is a clear `Error::StaleHandle`, never a read of reused memory.
 //!
@@ -22,6 +22,8 @@ pub mod graph;
 pub mod kv_cache;
 pub mod matmul;
 pub mod memory;
+pub mod muon;
+pub mod newton_schulz;
 pub mod optimizer;
 mod op;
 pub mod ops;
@@ -35,6 +37,8 @@ pub mod store;
 pub mod trainer;
 
 pub use adamw::AdamWConfig;
+pub use muon::MuonConfig;
+pub use optimizer::OptimizerConfig;
 pub use error::{Error, Result};
 pub use gpt::{Gpt, GptConfig};
 pub use graph::Graph;

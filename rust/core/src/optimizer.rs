@@ -1,10 +1,14 @@
 //! `Optimizer`: what the trainer needs from one. It updates the flat parameter buffer from the
 //! flat gradient buffer, and keeps its state in named flat buffers parallel to the parameters
 //! (AdamW: `adam_m`, `adam_v`), which the binding reads and writes by name and a checkpoint
-//! saves as tensor groups of the same names. A second optimizer is a new file implementing this.
+//! saves as tensor groups of the same names. A second optimizer is a new file implementing this
+//! (Muon: `muon.rs`), and a variant of `OptimizerConfig`, which is how a trainer chooses one.
 
+use crate::adamw::{AdamW, AdamWConfig};
 use crate::error::{Error, Result};
+use crate::muon::{Muon, MuonConfig};
 use crate::real::Real;
+use crate::store::Store;
 
 pub trait Optimizer<F: Real>: Send {
     /// A short name, stored in checkpoints ("adamw").
@@ -44,7 +48,52 @@ pub trait Optimizer<F: Real>: Send {
 pub fn state_names(name: &str) -> Option<&'static [&'static str]> {
     match name {
         "adamw" => Some(&crate::adamw::STATE),
+        "muon" => Some(&crate::muon::STATE),
         _ => None,
+    }
+}
+
+/// Which optimizer a trainer uses, with its settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OptimizerConfig {
+    AdamW(AdamWConfig),
+    Muon(MuonConfig),
+}
+
+impl From<AdamWConfig> for OptimizerConfig {
+    fn from(c: AdamWConfig) -> Self {
+        OptimizerConfig::AdamW(c)
+    }
+}
+
+impl From<MuonConfig> for OptimizerConfig {
+    fn from(c: MuonConfig) -> Self {
+        OptimizerConfig::Muon(c)
+    }
+}
+
+impl OptimizerConfig {
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            OptimizerConfig::AdamW(c) => c.validate(),
+            OptimizerConfig::Muon(c) => c.validate(),
+        }
+    }
+
+    /// The optimizer's name, as `Optimizer::name` and checkpoints spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OptimizerConfig::AdamW(_) => "adamw",
+            OptimizerConfig::Muon(_) => "muon",
+        }
+    }
+
+    /// The optimizer for the parameters registered in `store`.
+    pub fn build<F: Real>(&self, store: &Store<F>) -> Result<Box<dyn Optimizer<F>>> {
+        Ok(match *self {
+            OptimizerConfig::AdamW(c) => Box::new(AdamW::new(c, store)?),
+            OptimizerConfig::Muon(c) => Box::new(Muon::new(c, store)?),
+        })
     }
 }
 

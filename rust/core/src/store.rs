@@ -144,6 +144,8 @@ pub struct ParamInfo {
     pub shape: Shape,
     /// Whether AdamW applies weight decay to it (2-D weights only).
     pub decay: bool,
+    /// Muon orthogonalises its update as this many equal row blocks; None: AdamW's.
+    pub muon_blocks: Option<usize>,
 }
 
 static NEXT_STORE_ID: AtomicU32 = AtomicU32::new(1);
@@ -337,7 +339,7 @@ impl<F: Real> Store<F> {
     }
 
     /// Register a persistent parameter. Only allowed before any activation exists.
-    pub fn add_param(&mut self, name: &str, shape: Shape, decay: bool) -> Result<Var> {
+    pub fn add_param(&mut self, name: &str, shape: Shape, decay: bool, muon_blocks: Option<usize>) -> Result<Var> {
         if self.entries.len() != self.params.len() || self.values_used != self.param_len {
             return Err(Error::Invalid("parameters must be added before any activation".into()));
         }
@@ -352,7 +354,7 @@ impl<F: Real> Store<F> {
         let e = &mut self.entries[var.index as usize];
         (e.grad, e.leaf) = (offset, true);
         self.high_water = 0;
-        self.params.push(ParamInfo { name: name.to_string(), var, offset, shape, decay });
+        self.params.push(ParamInfo { name: name.to_string(), var, offset, shape, decay, muon_blocks });
         Ok(var)
     }
 

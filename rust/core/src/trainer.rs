@@ -1,10 +1,9 @@
-//! `Trainer`: a GPT, its graph and its AdamW, driven one step at a time. This is what the
+//! `Trainer`: a GPT, its graph and its optimizer, driven one step at a time. This is what the
 //! Python binding wraps. A step rewinds the arena, runs forward and backward, then updates the
 //! parameters; once the first step has sized the arena, a step allocates nothing.
 
-use crate::adamw::{AdamW, AdamWConfig};
 use crate::grad_clip::GradClip;
-use crate::optimizer::Optimizer;
+use crate::optimizer::{Optimizer, OptimizerConfig};
 use crate::error::{Error, Result};
 use crate::gpt::{Gpt, GptConfig};
 use crate::graph::Graph;
@@ -37,28 +36,32 @@ pub struct Trainer<F: Real> {
 }
 
 impl<F: Real> Trainer<F> {
-    /// A freshly initialised model trained with AdamW, its global gradient norm clipped to
-    /// `grad_clip` (0: no clipping). `seed` drives the initial weights and the dropout stream.
-    pub fn new(config: GptConfig, seed: u64, opt: AdamWConfig, grad_clip: f64) -> Result<Self> {
+    /// A freshly initialised model trained with `opt` (an `AdamWConfig`, a `MuonConfig`), its
+    /// global gradient norm clipped to `grad_clip` (0: no clipping). `seed` drives the initial
+    /// weights and the dropout stream.
+    pub fn new(config: GptConfig, seed: u64, opt: impl Into<OptimizerConfig>, grad_clip: f64) -> Result<Self> {
+        let opt = opt.into();
         config.validate()?;
         opt.validate()?;
         GradClip::check(grad_clip)?;
         let n = config.param_count().expect("a valid config's parameter count fits");
-        // Weights, their gradients and AdamW's m and v: four floats per parameter.
+        // Weights, their gradients and the optimizer's state buffers (AdamW's m and v; Muon's
+        // momentum besides): one float each per parameter.
+        let floats = 2 + crate::optimizer::state_names(opt.name()).map_or(0, |s| s.len());
         let in_model_terms = || {
             (
-                format!("a model of {n} parameters (weights, gradients and AdamW's two moments, 4 x {} bytes each)", size_of::<F>()),
+                format!("a model of {n} parameters (weights, gradients and {}'s state, {floats} x {} bytes each)", opt.name(), size_of::<F>()),
                 "parameters grow with vocab_size x d_model, block_size x d_model and n_layer x 12 d_model^2".to_string(),
             )
         };
         let build = || -> Result<Self> {
             let bookkeeping = config.n_layer.saturating_mul(BOOKKEEPING_PER_LAYER);
-            memory::check_available(n.saturating_mul(4 * size_of::<F>()).saturating_add(bookkeeping), "")?;
+            memory::check_available(n.saturating_mul(floats * size_of::<F>()).saturating_add(bookkeeping), "")?;
             let mut graph = Graph::new();
             let gpt = Gpt::new(&mut graph, config, seed)?;
             // A stream of its own for dropout, distinct from the one that drew the weights.
             graph.rng = Rng::new(seed ^ 0xD1B5_4A32_D192_ED03);
-            let opt = Box::new(AdamW::new(opt, &graph.store)?);
+            let opt = opt.build(&graph.store)?;
             let clip = GradClip::new(grad_clip, graph.param_len());
             Ok(Trainer { graph, gpt, opt, clip, kv: None })
         };
@@ -142,7 +145,8 @@ impl<F: Real> Trainer<F> {
         Ok((ids, tg))
     }
 
-    /// One AdamW step on a batch at learning rate `lr`. Returns the loss before the update.
+    /// One optimizer step on a batch at learning rate `lr` (AdamW's; Muon's matrices take
+    /// `lr_ratio` times it). Returns the loss before the update.
     /// A non-finite loss or gradient is an error that leaves weights and optimizer untouched.
     pub fn train_step(&mut self, idx: &[i64], targets: &[i64], b: usize, t: usize, lr: f64) -> Result<StepStats> {
         if !(lr.is_finite() && lr >= 0.0) {

@@ -1,7 +1,8 @@
 //! The promises that make long runs safe: after the first step, a training step makes zero heap
-//! allocations, and the arena's high-water mark never moves, over 1,000 steps.
+//! allocations, and the arena's high-water mark never moves, over 1,000 steps with AdamW and 200
+//! with Muon (its Newton-Schulz products and scratch included).
 
-use lmcore_core::{AdamWConfig, GptConfig, Trainer, IGNORE_ID};
+use lmcore_core::{AdamWConfig, GptConfig, MuonConfig, OptimizerConfig, Trainer, IGNORE_ID};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -37,12 +38,21 @@ fn batch(step: usize, len: usize, vocab: usize) -> (Vec<i64>, Vec<i64>) {
 
 #[test]
 fn steady_state_step_allocates_nothing_and_arena_stays_flat() {
+    let adamw = AdamWConfig { beta2: 0.99, weight_decay: 0.1, ..Default::default() };
+    // One test function: the allocation counter is global, so two tests in parallel would see
+    // each other's allocations.
+    // Muon's run is shorter: both must end within a minute on a busy machine, or libtest's "has
+    // been running for over 60 seconds" warning is an allocation of its own.
+    steady_state(adamw.into(), 1000);
+    steady_state(MuonConfig { adamw, ..Default::default() }.into(), 200);
+}
+
+fn steady_state(opt: OptimizerConfig, steps: usize) {
     let config = GptConfig { vocab_size: 65, d_model: 32, n_head: 2, n_layer: 2, block_size: 16, dropout: 0.1 };
-    let opt = AdamWConfig { beta2: 0.99, weight_decay: 0.1, ..Default::default() };
     let mut trainer = Trainer::<f32>::new(config, 42, opt, 1.0).unwrap();
     let (b, t) = (4, 16);
     // Batches are made up front so that the loop measures the engine, not the test.
-    let batches: Vec<_> = (0..1000).map(|s| batch(s, b * t, 65)).collect();
+    let batches: Vec<_> = (0..steps).map(|s| batch(s, b * t, 65)).collect();
 
     let start = ALLOCATIONS.load(Ordering::SeqCst);
     trainer.train_step(&batches[0].0, &batches[0].1, b, t, 1e-3).unwrap();
@@ -59,10 +69,11 @@ fn steady_state_step_allocates_nothing_and_arena_stays_flat() {
     }
     let allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
 
-    assert_eq!(allocations, 0, "steady-state steps allocated {allocations} times");
+    assert_eq!(allocations, 0, "{}: steady-state steps allocated {allocations} times", opt.name());
     assert_eq!(trainer.graph.arena_high_water_bytes(), high_water, "arena high-water mark moved");
     assert_eq!(trainer.graph.capacity_bytes(), capacity, "buffers grew after the first step");
-    assert_eq!(trainer.opt.step(), 1000);
+    assert_eq!(trainer.opt.step(), steps as u64);
     assert!(last_loss.is_finite());
-    println!("1000 steps: 0 allocations after step 1, arena high-water {high_water} bytes");
+    assert!(last_loss < 3.5, "{}: the loss went nowhere ({last_loss})", opt.name()); // ln 65 = 4.17 at the start
+    println!("{}: {steps} steps: 0 allocations after step 1, arena high-water {high_water} bytes", opt.name());
 }

@@ -1,7 +1,7 @@
-//! `Model` for Python: a GPT with its AdamW state. One training step releases the GIL; every
-//! parameter, gradient and optimizer moment can be read and written by name as numpy arrays
-//! (that is all a checkpoint needs, with `step` and `rng_state`). Calls from several Python
-//! threads take turns (see `exclusive`).
+//! `Model` for Python: a GPT with its optimizer's state (AdamW's or Muon's). One training step
+//! releases the GIL; every parameter, gradient and optimizer state buffer can be read and written
+//! by name as numpy arrays (that is all a checkpoint needs, with `step` and `rng_state`). Calls
+//! from several Python threads take turns (see `exclusive`).
 
 use crate::arrays::{batch_dims, read_floats, read_ids_into, require_finite, to_numpy};
 use crate::exclusive::Exclusive;
@@ -72,7 +72,7 @@ struct State {
     tgt_buf: Vec<i64>,
 }
 
-/// A GPT language model and its AdamW optimizer state.
+/// A GPT language model and its optimizer state (AdamW's or Muon's).
 #[pyclass(frozen, module = "lmcore._core")]
 pub struct Model {
     state: Exclusive<State>,
@@ -82,7 +82,8 @@ pub struct Model {
 impl Model {
     /// `Model(vocab_size=..., d_model=..., n_head=..., n_layer=..., block_size=..., dropout=0.0,
     /// seed=0, dtype="float32", beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01,
-    /// grad_clip=0.0)`: keyword settings, converted once and validated by the engine.
+    /// grad_clip=0.0, optimizer="adamw", muon_lr_ratio=20.0, muon_momentum=0.95)`: keyword
+    /// settings, converted once and validated by the engine.
     #[new]
     #[pyo3(signature = (**settings))]
     fn new(py: Python<'_>, settings: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
@@ -96,7 +97,7 @@ impl Model {
         Ok(Model { state: Exclusive::new(State { inner, idx_buf: Vec::new(), tgt_buf: Vec::new() }) })
     }
 
-    /// One AdamW step on a batch; returns (loss, gradient norm before clipping). Releases the GIL.
+    /// One optimizer step on a batch; returns (loss, gradient norm before clipping). Releases the GIL.
     fn train_step(&self, py: Python<'_>, idx: &Bound<'_, PyAny>, targets: &Bound<'_, PyAny>, lr: f64) -> PyResult<(f64, f64)> {
         let st = &mut *self.state.lock(py);
         let shape = read_ids_into(idx, "idx", &mut st.idx_buf)?;

@@ -4,13 +4,13 @@
 
 use crate::to_py;
 use lmcore_core::grad_clip::GradClip;
-use lmcore_core::{AdamWConfig, GptConfig};
+use lmcore_core::{AdamWConfig, GptConfig, MuonConfig, OptimizerConfig};
 use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 /// Every setting `Model` takes, and its default (None: required).
-const KNOWN: [(&str, Option<f64>); 13] = [
+const KNOWN: [(&str, Option<f64>); 16] = [
     ("vocab_size", None),
     ("d_model", None),
     ("n_head", None),
@@ -24,11 +24,17 @@ const KNOWN: [(&str, Option<f64>); 13] = [
     ("eps", Some(1e-8)),
     ("weight_decay", Some(0.01)),
     ("grad_clip", Some(0.0)),
+    ("optimizer", None), // a string, default "adamw"
+    ("muon_lr_ratio", Some(20.0)),
+    ("muon_momentum", Some(0.95)),
 ];
+
+/// The optimizers `optimizer` may name.
+const OPTIMIZERS: [&str; 2] = ["adamw", "muon"];
 
 pub struct Settings {
     pub model: GptConfig,
-    pub optimizer: AdamWConfig,
+    pub optimizer: OptimizerConfig,
     pub grad_clip: f64,
     pub seed: u64,
     pub dtype: String,
@@ -71,7 +77,18 @@ impl Settings {
             block_size: size(d, "block_size")?,
             dropout: number(d, "dropout")?,
         };
-        let optimizer = AdamWConfig { beta1: number(d, "beta1")?, beta2: number(d, "beta2")?, eps: number(d, "eps")?, weight_decay: number(d, "weight_decay")? };
+        let adamw = AdamWConfig { beta1: number(d, "beta1")?, beta2: number(d, "beta2")?, eps: number(d, "eps")?, weight_decay: number(d, "weight_decay")? };
+        // Muon's settings are checked whichever optimizer is chosen: a bad one is a mistake either way.
+        let muon = MuonConfig { adamw, momentum: number(d, "muon_momentum")?, lr_ratio: number(d, "muon_lr_ratio")? };
+        let name = match d.get_item("optimizer")? {
+            None => "adamw".to_string(),
+            Some(v) => v.extract().map_err(|_| PyTypeError::new_err("optimizer must be a string"))?,
+        };
+        let optimizer = match name.as_str() {
+            "adamw" => OptimizerConfig::AdamW(adamw),
+            "muon" => OptimizerConfig::Muon(muon),
+            _ => return Err(crate::LmcoreError::new_err(format!("optimizer must be one of {}, got {name:?}", OPTIMIZERS.join(", ")))),
+        };
         let seed = match d.get_item("seed")? {
             None => 0,
             Some(v) => v.extract().map_err(|_| PyOverflowError::new_err("seed must be an integer in [0, 2^64)"))?,
@@ -82,7 +99,7 @@ impl Settings {
         };
         let settings = Settings { model, optimizer, grad_clip: number(d, "grad_clip")?, seed, dtype };
         model.validate_settings().map_err(to_py)?; // (the size limit: when a model is built)
-        optimizer.validate().map_err(to_py)?;
+        muon.validate().map_err(to_py)?;
         GradClip::check(settings.grad_clip).map_err(to_py)?;
         Ok(settings)
     }
@@ -111,13 +128,14 @@ fn param_layout(settings: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<(String, V
     Ok(s.model.layout().map(|p| (p.name, p.dims)).collect())
 }
 
-/// The state buffers of the optimizer called `name` ("adamw": adam_m, adam_v), without building
-/// one; an LmcoreError for an optimizer this lmcore does not have.
+/// The state buffers of the optimizer called `name` ("adamw": adam_m, adam_v; "muon":
+/// muon_momentum, adam_m, adam_v), without building one; an LmcoreError for an optimizer this
+/// lmcore does not have.
 #[pyfunction]
 fn optimizer_state_names(name: &str) -> PyResult<Vec<&'static str>> {
     lmcore_core::optimizer::state_names(name)
         .map(|names| names.to_vec())
-        .ok_or_else(|| crate::LmcoreError::new_err(format!("no optimizer named {name:?} in this lmcore (it has adamw)")))
+        .ok_or_else(|| crate::LmcoreError::new_err(format!("no optimizer named {name:?} in this lmcore (it has {})", OPTIMIZERS.join(", "))))
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
