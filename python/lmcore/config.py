@@ -21,6 +21,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# The model options a run may turn on (the engine's `Model` settings of the same names). A
+# checkpoint written before they existed lacks them: missing means off, the block it trained.
+BLOCK_OPTIONS = ("rope", "rmsnorm", "qk_norm", "relu2", "untied_head", "zero_init", "logit_softcap")
+
+
 @dataclass
 class RunConfig:
     # model
@@ -29,6 +34,14 @@ class RunConfig:
     n_layer: int = 2
     block_size: int = 128
     dropout: float = 0.0
+    # block options, all off in the presets (GPT-2's block); see BLOCK_OPTIONS
+    rope: bool = False
+    rmsnorm: bool = False
+    qk_norm: bool = False
+    relu2: bool = False
+    untied_head: bool = False
+    zero_init: bool = False
+    logit_softcap: float = 0.0
     # optimisation: AdamW, linear warmup then cosine to min_lr at lr_decay_iters
     batch_size: int = 16
     max_iters: int = 10_000
@@ -62,7 +75,7 @@ class RunConfig:
     def model_settings(self, vocab_size: int) -> dict[str, Any]:
         """The engine's `Model` settings for this recipe (its model, AdamW and clipping fields)."""
         names = ("d_model", "n_head", "n_layer", "block_size", "dropout", "seed", "beta1", "beta2", "eps",
-                 "weight_decay", "grad_clip")
+                 "weight_decay", "grad_clip", *BLOCK_OPTIONS)
         return {"vocab_size": vocab_size, "dtype": "float32", **{n: getattr(self, n) for n in names}}
 
     def validate(self) -> None:
@@ -70,6 +83,10 @@ class RunConfig:
         model's and the optimizer's (its messages are turned into flag names here), this the rest."""
         for f in fields(self):  # (a checkpoint's configuration is JSON: any type may turn up)
             value, number, optional = getattr(self, f.name), f.type in ("float", float), "None" in str(f.type)
+            if f.type in ("bool", bool):
+                if type(value) is not bool:
+                    raise ValueError(f"--{f.name.replace('_', '-')} must be true or false, got {value!r:.40}")
+                continue
             if not (type(value) is int or (number and type(value) is float) or (optional and value is None)):
                 raise ValueError(f"--{f.name.replace('_', '-')} must be {'a number' if number else 'an integer'}, "
                                  f"got {value!r:.40}")
@@ -110,6 +127,13 @@ FIELD_HELP: dict[str, str] = {
     "n_layer": f"transformer blocks ({_preset_default('n_layer')})",
     "block_size": f"context length in tokens ({_preset_default('block_size')})",
     "dropout": f"dropout probability in [0, 1) (default {RunConfig.dropout})",
+    "rope": "rotary position embeddings on queries and keys instead of a learned position embedding (default: off)",
+    "rmsnorm": "RMSNorm (a gain, no bias) instead of every LayerNorm (default: off)",
+    "qk_norm": "RMS-normalise each head's queries and keys, with learnable gains, before attention (default: off)",
+    "relu2": "relu(x)^2 instead of GELU in the MLP (default: off)",
+    "untied_head": "an output projection of its own (lm_head) instead of the token embedding (default: off)",
+    "zero_init": "start the residual projections and an untied head at zero (default: off)",
+    "logit_softcap": f"cap the logits at F: F * tanh(logits / F); 0: off (default {RunConfig.logit_softcap})",
     "batch_size": f"sequences per step ({_preset_default('batch_size')})",
     "max_iters": f"steps to train to ({_preset_default('max_iters')})",
     "lr_decay_iters": "step where the cosine reaches --min-lr and stays (default: --max-iters of the first run)",

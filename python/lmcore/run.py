@@ -149,7 +149,7 @@ def prepare(args: argparse.Namespace) -> Run:
         if args.init_from:
             base, tokenizer, base_cfg, _ = model_from_checkpoint(Path(args.init_from), weights_only=True)
             check_same_tokenizer(args, tokenizer, f"--init-from: the checkpoint {args.init_from}")
-            shape = ("d_model", "n_head", "n_layer", "block_size")
+            shape = ("d_model", "n_head", "n_layer", "block_size", "rope", "rmsnorm", "qk_norm", "untied_head")
             if any(getattr(base_cfg, k) != getattr(cfg, k) for k in shape):
                 raise UsageError(f"--init-from: the checkpoint's model is {[getattr(base_cfg, k) for k in shape]} "
                                  f"({', '.join(shape)}), this run asks for {[getattr(cfg, k) for k in shape]}")

@@ -30,7 +30,7 @@ from lmcore.checkpoint import (
     short_repr,
     split_groups,
 )
-from lmcore.config import RunConfig
+from lmcore.config import BLOCK_OPTIONS, RunConfig
 from lmcore.tokenizer import Tokenizer, tokenizer_from_dict
 
 CHECKPOINT_NAME = "ckpt.safetensors"
@@ -169,7 +169,8 @@ def check_meta(meta: dict[str, Any], path: Path) -> None:
     for key in ("config", "sampler", "tokenizer", "dataset"):
         if not isinstance(meta[key], dict):
             refuse(key, "a JSON object")
-    if meta["config"].keys() != {f.name for f in fields(RunConfig)}:
+    settings = {f.name for f in fields(RunConfig)}  # (one written before the block options lacks them: off)
+    if not settings - set(BLOCK_OPTIONS) <= meta["config"].keys() <= settings:
         refuse("config", "every setting of a run, and only those")
     dataset = meta["dataset"]
     if not (isinstance(dataset.get("name"), str) and isinstance(dataset.get("sha256"), str)

@@ -21,7 +21,7 @@ from dataclasses import fields
 import lmcore
 from lmcore.checkpoint import CheckpointError
 from lmcore.cli import UsageError, plural, use_threads
-from lmcore.config import FIELD_HELP, PRESETS, RunConfig
+from lmcore.config import BLOCK_OPTIONS, FIELD_HELP, PRESETS, RunConfig
 from lmcore.corpus import DataError
 from lmcore.loop import train
 from lmcore.run import DEFAULT_BPE_VOCAB, Run, fresh_config, prepare
@@ -55,6 +55,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-tokens", type=int, default=300,
                    help="length of the sample printed at the end (default %(default)s; 0: none)")
     for f in fields(RunConfig):
+        if f.type in ("bool", bool):  # --rope / --no-rope; not given: the preset's (off) or the checkpoint's
+            p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, action=argparse.BooleanOptionalAction,
+                           default=None, help=FIELD_HELP[f.name])
+            continue
         kind = float if f.type in ("float", float) else int
         p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
                        metavar="F" if kind is float else "N", help=FIELD_HELP[f.name])
@@ -87,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tokens: {tok.kind} tokenizer, vocab {tok.vocab_size}; {len(tokens.train):,} training and "
               f"{len(tokens.val):,} validation tokens ({tokens.train_chars / len(tokens.train):.2f} chars/token)")
         print(f"model: {run.model.num_params:,} parameters, d_model {cfg.d_model}, {plural(cfg.n_head, 'head')}, "
-              f"{plural(cfg.n_layer, 'layer')}, block {cfg.block_size}, batch {cfg.batch_size}, vocab {tok.vocab_size}")
+              f"{plural(cfg.n_layer, 'layer')}, block {cfg.block_size}, batch {cfg.batch_size}, vocab {tok.vocab_size}"
+              + "".join(f", {n.replace('_', '-')}" + (f" {getattr(cfg, n)}" if n == "logit_softcap" else "")
+                        for n in BLOCK_OPTIONS if getattr(cfg, n)))
         print(f"run: steps {run.iter_num} -> {cfg.max_iters}, output in {run.out_dir}")
         code = train(run)
         if code == 0:
