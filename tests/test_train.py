@@ -405,6 +405,8 @@ BAD_INPUT = [
      "--vocab-size", "512"], None, r"--init-from: the checkpoint .* trained with the char tokenizer"),
     ("init-from-other-shape", "fresh", ["--init-from", "RUN/ckpt.safetensors", "--d-model", "64"], None,
      r"--init-from: the checkpoint's model is \[32, 2, 1, 32\]"),
+    ("init-from-other-layout", "fresh", ["--init-from", "RUN/ckpt.safetensors", "--untied-head"], None,
+     r"--init-from: the checkpoint's model has --untied-head off, this run asks for it on"),
 ]
 
 

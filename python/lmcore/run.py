@@ -149,10 +149,15 @@ def prepare(args: argparse.Namespace) -> Run:
         if args.init_from:
             base, tokenizer, base_cfg, _ = model_from_checkpoint(Path(args.init_from), weights_only=True)
             check_same_tokenizer(args, tokenizer, f"--init-from: the checkpoint {args.init_from}")
-            shape = ("d_model", "n_head", "n_layer", "block_size", "rope", "rmsnorm", "qk_norm", "untied_head")
+            shape = ("d_model", "n_head", "n_layer", "block_size")
             if any(getattr(base_cfg, k) != getattr(cfg, k) for k in shape):
                 raise UsageError(f"--init-from: the checkpoint's model is {[getattr(base_cfg, k) for k in shape]} "
                                  f"({', '.join(shape)}), this run asks for {[getattr(cfg, k) for k in shape]}")
+            for k in ("rope", "rmsnorm", "qk_norm", "untied_head"):  # the options that change the parameters
+                if getattr(base_cfg, k) != getattr(cfg, k):
+                    flag = "--" + k.replace("_", "-")
+                    raise UsageError(f"--init-from: the checkpoint's model has {flag} {'on' if getattr(base_cfg, k) else 'off'}, "
+                                     f"this run asks for it {'on' if getattr(cfg, k) else 'off'} (it changes the parameters)")
             model = new_model(cfg, tokenizer.vocab_size)
             for name in model.param_names():
                 model.set_param(name, base.get_param(name))

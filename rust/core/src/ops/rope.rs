@@ -60,7 +60,7 @@ pub(crate) fn rotate_rows<F: Real>(qkv: &mut [F], table: &[F], hs: usize, n_head
 }
 
 /// Rotate every head of one row's query and key channels (2C) by one position's angles.
-pub(crate) fn rotate_row<F: Real>(qk: &mut [F], angles: &[F]) {
+fn rotate_row<F: Real>(qk: &mut [F], angles: &[F]) {
     let (cos, sin) = angles.split_at(angles.len() / 2);
     for head in qk.chunks_exact_mut(angles.len()) {
         let (lo, hi) = head.split_at_mut(cos.len());
