@@ -33,7 +33,7 @@ pub struct KvCache<F: Real> {
     // Only with the option that needs them (else empty):
     qk_out: Vec<F>,     // qk_norm: (B * P, 3C)
     qk_stats: Vec<F>,   // qk_norm: (B * P, 2H)
-    rope_table: Vec<F>, // rope: (P, hs), the angles of this call's positions
+    rope_table: Vec<F>, // rope: (up to block, hs), the angles of one call's positions
     ids: Vec<u32>,  // (B * P)
     last: Vec<F>,   // (B, C): each row's newest position, for the logits
     logits: Vec<F>, // (B, V)
