@@ -167,7 +167,7 @@ fn main() {
     blas_threads(1); // back to the engine's setting for the training step
 
     // (b) One full training step of the small model.
-    let cfg = GptConfig { vocab_size: v, d_model: c, n_head: h, n_layer: l, block_size: t, dropout: 0.0 };
+    let cfg = GptConfig { vocab_size: v, d_model: c, n_head: h, n_layer: l, block_size: t, dropout: 0.0, ..Default::default() };
     let opt = AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 };
     let mut tr = Trainer::<f32>::new(cfg, 0, opt, 1.0).expect("small model builds");
     let ids: Vec<i64> = (0..n + 1).map(|_| (rng.next_u64() % v as u64) as i64).collect();
@@ -207,7 +207,7 @@ fn main() {
     println!("{:<34} {:>9} {:>9} {:>7}", "model", "adamw", "muon", "ratio");
     let mut json_opt = Vec::new();
     for (name, c, h, l) in [("small", 128usize, 4usize, 2usize), ("medium", 256, 8, 4)] {
-        let cfg = GptConfig { vocab_size: v, d_model: c, n_head: h, n_layer: l, block_size: t, dropout: 0.0 };
+        let cfg = GptConfig { vocab_size: v, d_model: c, n_head: h, n_layer: l, block_size: t, dropout: 0.0, ..Default::default() };
         let mut time = |opt: OptimizerConfig| {
             let mut tr = Trainer::<f32>::new(cfg, 0, opt, 1.0).expect("model builds");
             let n = tr.graph.param_len();

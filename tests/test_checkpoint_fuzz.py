@@ -176,6 +176,10 @@ SEALED = [
     ("missing-setting", lambda t, m: m["config"].pop("n_head"), r"config is .*every setting"),
     ("unknown-setting", _config(evil="rm -rf /"), r"config is .*every setting"),
     ("iter-num-string", _meta(iter_num="7"), r"iter_num is '7', expected an integer >= 0"),
+    ("rope-not-a-bool", _config(rope=1), r"--rope must be true or false"),
+    ("negative-softcap", _config(logit_softcap=-1.0), r"--logit-softcap must be a finite number >= 0"),
+    ("rope-on-a-classic-model", _config(rope=True), r"unexpected \['transformer.wpe.weight'\]"),
+    ("untied-head-missing", _config(untied_head=True), r"missing \['lm_head.weight'\]"),
     ("adam-step-negative", _meta(adam_step=-1), r"adam_step is -1"),
     ("rng-state-garbage", _meta(rng_state="0x12"), r"rng_state is '0x12'"),
     ("rng-state-too-big", _meta(rng_state=str(2**64)), r"rng_state"),
@@ -367,3 +371,19 @@ def test_a_checkpoint_from_before_optimizers_were_named_still_loads(original: by
     for key in [k for k in tensors if k.startswith("adam_m/")]:
         name = key.removeprefix("adam_m/")
         assert np.array_equal(model.get_optimizer_state(name, "adam_m"), tensors[key])
+
+
+def test_a_checkpoint_from_before_the_block_options_still_loads_and_resumes(original: bytes, tmp_path: Path) -> None:
+    """A configuration without the block options' fields (written before they existed) is GPT-2's
+    block: it loads with every option off and resumes as before."""
+    path = tmp_path / "ckpt.safetensors"
+    tensors, meta = _tensors_and_meta(original, path)
+    for name in ("rope", "rmsnorm", "qk_norm", "relu2", "untied_head", "zero_init", "logit_softcap"):
+        assert meta["config"].pop(name) in (False, 0.0)
+    path.write_bytes(seal(tensors, meta))
+    model, _, cfg, _ = model_from_checkpoint(path)
+    assert not (cfg.rope or cfg.untied_head or cfg.logit_softcap) and "transformer.wpe.weight" in model.param_names()
+    for key in [k for k in tensors if k.startswith("param/")]:
+        assert np.array_equal(model.get_param(key.removeprefix("param/")), tensors[key])
+    run = resume_state(path)
+    assert run.iter_num == meta["iter_num"] and run.cfg == cfg

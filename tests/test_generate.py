@@ -20,10 +20,10 @@ from cli_helpers import ENV, run_main
 from cli_helpers import requires_corpus as needs_corpus
 
 
-def random_model(block_size: int = 8, vocab_size: int = 13) -> lmcore.Model:
+def random_model(block_size: int = 8, vocab_size: int = 13, **options: object) -> lmcore.Model:
     """A float64 model whose random weights are large enough that its logits are far from flat."""
     model = lmcore.Model(vocab_size=vocab_size, d_model=16, n_head=2, n_layer=2, block_size=block_size,
-                         dtype="float64", seed=0)
+                         dtype="float64", seed=0, **options)
     rng = np.random.default_rng(42)
     for name in model.param_names():
         shape = model.get_param(name).shape
@@ -83,6 +83,31 @@ def test_cache_gives_the_same_tokens_float64(prompt_len: int, temperature: float
     np.testing.assert_array_equal(cached, uncached)
     if temperature > 0:
         assert len(np.unique(cached[:, prompt_len:])) > 1  # sampled, not stuck on one token
+
+
+ALL_OPTIONS = dict(rope=True, rmsnorm=True, qk_norm=True, relu2=True, untied_head=True, zero_init=True,
+                   logit_softcap=3.0)
+OPTION_SETS = [{k: v} for k, v in ALL_OPTIONS.items()] + [ALL_OPTIONS]
+
+
+@pytest.mark.parametrize("options", OPTION_SETS, ids=lambda o: "+".join(o) if len(o) < 7 else "all")
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_cache_gives_the_same_tokens_with_block_options(options: dict, temperature: float) -> None:
+    """Every block option, alone and all together: the cache (RoPE at absolute positions, across
+    window restarts) gives the tokens a full forward gives."""
+    model = random_model(block_size=8, **options)
+    prompt = np.random.default_rng(3).integers(0, 13, size=(2, 5))
+    kw = dict(temperature=temperature, seed=11)
+    cached = generate(model, prompt, 30, use_cache=True, **kw)
+    np.testing.assert_array_equal(cached, generate(model, prompt, 30, use_cache=False, **kw))
+    if temperature == 0:
+        np.testing.assert_array_equal(cached[:, :8], greedy_reference(model, prompt, 3))
+    # The cache's logits are the forward's, not just their argmax.
+    model.kv_start(2)
+    pushed = model.kv_push(cached[:, :7])
+    np.testing.assert_allclose(pushed, model.forward(cached[:, :7])[0][:, -1, :], rtol=1e-10, atol=1e-12)
+    if "logit_softcap" in options:
+        assert np.abs(model.forward(cached[:, :8])[0]).max() < 3.0
 
 
 @needs_corpus

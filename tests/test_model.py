@@ -191,3 +191,102 @@ def test_settings_cross_once_and_the_engine_validates_them() -> None:
     layout = param_layout(**tiny)
     assert [name for name, _ in layout] == model.param_names()
     assert all(tuple(shape) == model.get_param(name).shape for name, shape in layout)
+
+
+# --- the block options ---
+
+ALL_OPTIONS = dict(rope=True, rmsnorm=True, qk_norm=True, relu2=True, untied_head=True, zero_init=True,
+                   logit_softcap=4.0)
+
+
+def test_block_options_off_are_the_classic_model() -> None:
+    """Every option off, spelled out, is the model of before: the same layout and initial weights."""
+    from lmcore._core import param_layout
+    off = dict(rope=False, rmsnorm=False, qk_norm=False, relu2=False, untied_head=False, zero_init=False,
+               logit_softcap=0.0)
+    assert param_layout(**TINY) == param_layout(**TINY, **off)
+    a, b = lmcore.Model(**TINY, seed=5), lmcore.Model(**TINY, seed=5, **off)
+    assert all(np.array_equal(a.get_param(n), b.get_param(n)) for n in a.param_names())
+    assert a.config == {**TINY, "dropout": 0.0, **off}
+
+
+def test_each_option_changes_the_layout_as_documented() -> None:
+    from lmcore._core import param_layout
+    classic = dict(param_layout(**TINY))
+    hs = TINY["d_model"] // TINY["n_head"]
+
+    def diff(**option: object) -> tuple[set[str], set[str]]:
+        layout = dict(param_layout(**TINY, **option))
+        return set(layout) - set(classic), set(classic) - set(layout)
+
+    assert diff(rope=True) == (set(), {"transformer.wpe.weight"})
+    assert diff(rmsnorm=True) == (set(), {"transformer.ln_f.bias"} | {f"transformer.h.{i}.ln_{j}.bias"
+                                                                      for i in range(2) for j in (1, 2)})
+    added, removed = diff(qk_norm=True)
+    assert removed == set() and added == {f"transformer.h.{i}.attn.{p}_norm.weight" for i in range(2) for p in "qk"}
+    assert dict(param_layout(**TINY, qk_norm=True))["transformer.h.0.attn.q_norm.weight"] == [hs]
+    assert diff(untied_head=True) == ({"lm_head.weight"}, set())
+    assert dict(param_layout(**TINY, untied_head=True))["lm_head.weight"] == [11, 8]
+    for option in (dict(relu2=True), dict(zero_init=True), dict(logit_softcap=3.0)):
+        assert diff(**option) == (set(), set())
+    names = [n for n, _ in param_layout(**TINY, **ALL_OPTIONS)]
+    m = lmcore.Model(**TINY, **ALL_OPTIONS)
+    assert m.param_names() == names and names[-1] == "lm_head.weight"
+    assert m.num_params == sum(m.get_param(n).size for n in names)
+
+
+def test_zero_init_zeroes_the_projections_and_an_untied_head_only() -> None:
+    zeroed = ("attn.c_proj.weight", "mlp.c_proj.weight")
+    untied = lmcore.Model(**TINY, zero_init=True, untied_head=True)
+    for name in untied.param_names():
+        is_zero = not untied.get_param(name).any()
+        should = name.endswith(zeroed) or name == "lm_head.weight" or name.endswith("bias")
+        assert is_zero == should, name
+    tied = lmcore.Model(**TINY, zero_init=True)  # the head is the embedding: not zeroed
+    assert tied.get_param("transformer.wte.weight").std() > 0.01
+    assert not tied.get_param("transformer.h.1.mlp.c_proj.weight").any()
+
+
+def test_whole_model_gradient_with_every_option_matches_finite_differences() -> None:
+    rng = np.random.default_rng(1)
+    m = lmcore.Model(**TINY, **ALL_OPTIONS, seed=3, dtype="float64", weight_decay=0.0)
+    for name in m.param_names():  # off zero, and large enough for visible gradients everywhere
+        p = m.get_param(name)
+        m.set_param(name, p + 0.3 * rng.normal(size=p.shape))
+    x, y = batch(rng)
+    m.train_step(x, y, lr=0.0)
+    for name in m.param_names():
+        p = m.get_param(name)
+
+        def f() -> float:
+            m.set_param(name, p)
+            return m.forward(x, y)[1]
+
+        numeric = numeric_grad(f, p)
+        m.set_param(name, p)
+        assert_grad_close(m.get_grad(name), numeric, name)
+
+
+@pytest.mark.parametrize("options", [dict(ALL_OPTIONS), dict(rope=True, qk_norm=True), dict(relu2=True, rmsnorm=True)])
+def test_training_with_block_options_is_deterministic_and_learns(options: dict) -> None:
+    rng = np.random.default_rng(0)
+    x, y = batch(rng, b=4, t=6)
+    runs = []
+    for _ in range(2):
+        m = lmcore.Model(**TINY, **options, seed=1)
+        runs.append([m.train_step(x, y, lr=1e-2)[0] for _ in range(40)])
+    assert runs[0] == runs[1]
+    assert runs[0][-1] < 0.5 * runs[0][0]
+
+
+def test_block_option_settings_are_validated() -> None:
+    from lmcore._core import check_settings
+    with pytest.raises(lmcore.LmcoreError, match="logit_softcap must be a finite number >= 0"):
+        check_settings(**TINY, logit_softcap=-1.0)
+    with pytest.raises(lmcore.LmcoreError, match="logit_softcap must be a finite number >= 0"):
+        check_settings(**TINY, logit_softcap=float("inf"))
+    with pytest.raises(lmcore.LmcoreError, match="rope needs an even head size, but d_model 6 / n_head 2 = 3"):
+        check_settings(**{**TINY, "d_model": 6}, rope=True)
+    with pytest.raises(TypeError, match="rope must be True or False"):
+        check_settings(**TINY, rope=1)
+    check_settings(**{**TINY, "d_model": 6}, rmsnorm=True, qk_norm=True)  # an odd head size is fine without rope

@@ -209,3 +209,96 @@ def test_attention_gradient_across_query_blocks(seed, t):
     rng = np.random.default_rng(seed)
     check_op(lambda g, ts: g.attention(ts["qkv"], 2), {"qkv": normal(rng, 1, t, 6)})
 
+
+
+# The block options' ops (RMSNorm, ReLU^2, QK-norm, RoPE, the logit soft-cap).
+
+@SETTINGS
+@given(seed=seeds, rows=small, c=st.integers(1, 8))
+def test_rmsnorm(seed, rows, c):
+    rng = np.random.default_rng(seed)
+    check_op(lambda g, t: g.rmsnorm(t["x"], t["gain"]), {"x": normal(rng, rows, c, scale=2.0), "gain": normal(rng, c)})
+
+
+@SETTINGS
+@given(seed=seeds, shape=st.lists(st.integers(1, 5), min_size=1, max_size=3))
+def test_relu_squared(seed, shape):
+    rng = np.random.default_rng(seed)
+    x = normal(rng, *shape, scale=2.0)
+    x += np.where(x < 0, -0.01, 0.01)  # off the kink, where a finite difference straddles both sides
+    check_op(lambda g, t: g.relu_squared(t["x"]), {"x": x})
+
+
+@SETTINGS
+@given(seed=seeds, b=st.integers(1, 2), t=st.integers(1, 4), n_head=st.integers(1, 3), hs=st.integers(1, 4))
+def test_qk_norm(seed, b, t, n_head, hs):
+    rng = np.random.default_rng(seed)
+    c = n_head * hs
+    inputs = {"qkv": normal(rng, b, t, 3 * c, scale=2.0), "q_gain": normal(rng, hs), "k_gain": normal(rng, hs)}
+    check_op(lambda g, ts: g.qk_norm(ts["qkv"], ts["q_gain"], ts["k_gain"], n_head), inputs)
+
+
+@SETTINGS
+@given(seed=seeds, b=st.integers(1, 2), t=st.integers(1, 6), n_head=st.integers(1, 3), half=st.integers(1, 3))
+def test_rope(seed, b, t, n_head, half):
+    rng = np.random.default_rng(seed)
+    c = n_head * 2 * half
+    check_op(lambda g, ts: g.rope(ts["qkv"], n_head), {"qkv": normal(rng, b, t, 3 * c)})
+
+
+@SETTINGS
+@given(seed=seeds, shape=st.lists(st.integers(1, 5), min_size=1, max_size=3), cap=st.floats(0.5, 5.0))
+def test_softcap(seed, shape, cap):
+    rng = np.random.default_rng(seed)
+    check_op(lambda g, t: g.softcap(t["x"], cap), {"x": normal(rng, *shape, scale=3.0)})
+
+
+def numpy_rms(x: np.ndarray) -> np.ndarray:
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-5)
+
+
+def numpy_rope(qkv: np.ndarray, nh: int) -> np.ndarray:
+    """Rotary embeddings written out: channel j of a head's first half pairs with channel j of its
+    second half, rotated by position * 10000^(-j / half)."""
+    b, t, c3 = qkv.shape
+    c = c3 // 3
+    half = c // nh // 2
+    angle = np.arange(t)[:, None] * 10_000.0 ** (-np.arange(half) / half)  # (t, half)
+    cos, sin = np.cos(angle)[None, :, None, :], np.sin(angle)[None, :, None, :]
+    out = qkv.copy()
+    for part in (0, 1):  # queries, keys
+        x = qkv[..., part * c:(part + 1) * c].reshape(b, t, nh, 2 * half)
+        lo, hi = x[..., :half], x[..., half:]
+        out[..., part * c:(part + 1) * c] = np.concatenate([lo * cos - hi * sin, lo * sin + hi * cos], -1).reshape(b, t, c)
+    return out
+
+
+def test_block_option_ops_match_numpy():
+    rng = np.random.default_rng(3)
+    g = lmcore.Graph("float64")
+    x, gain = rng.normal(size=(3, 6)), rng.normal(size=6)
+    np.testing.assert_allclose(g.value(g.rmsnorm(g.tensor(x), g.tensor(gain))), numpy_rms(x) * gain, rtol=1e-12)
+    np.testing.assert_allclose(g.value(g.relu_squared(g.tensor(x))), np.maximum(x, 0) ** 2, rtol=1e-12)
+    np.testing.assert_allclose(g.value(g.softcap(g.tensor(x * 10), 4.0)), 4.0 * np.tanh(x * 10 / 4.0), rtol=1e-12)
+    nh, hs, t = 2, 4, 5
+    qkv, qg, kg = rng.normal(size=(2, t, 3 * nh * hs)), rng.normal(size=hs), rng.normal(size=hs)
+    want = qkv.copy()
+    for part, gain in ((0, qg), (1, kg)):
+        heads = qkv[..., part * nh * hs:(part + 1) * nh * hs].reshape(2, t, nh, hs)
+        want[..., part * nh * hs:(part + 1) * nh * hs] = (numpy_rms(heads) * gain).reshape(2, t, nh * hs)
+    got = g.value(g.qk_norm(g.tensor(qkv), g.tensor(qg), g.tensor(kg), nh))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(g.value(g.rope(g.tensor(qkv), nh)), numpy_rope(qkv, nh), rtol=1e-12, atol=1e-14)
+
+
+def test_block_option_ops_refuse_bad_input():
+    g = lmcore.Graph("float64")
+    qkv = g.tensor(np.ones((1, 2, 18)))
+    with pytest.raises(lmcore.LmcoreError, match="even size"):
+        g.rope(qkv, 2)  # heads of 3 channels
+    with pytest.raises(lmcore.LmcoreError, match="finite number > 0"):
+        g.softcap(qkv, 0.0)
+    with pytest.raises(lmcore.LmcoreError, match="head size"):
+        g.qk_norm(qkv, g.tensor(np.ones(6)), g.tensor(np.ones(3)), 2)
+    with pytest.raises(lmcore.LmcoreError, match="gain must have shape"):
+        g.rmsnorm(qkv, g.tensor(np.ones(3)))

@@ -416,6 +416,8 @@ BAD_INPUT = [
      "--vocab-size", "512"], None, r"--init-from: the checkpoint .* trained with the char tokenizer"),
     ("init-from-other-shape", "fresh", ["--init-from", "RUN/ckpt.safetensors", "--d-model", "64"], None,
      r"--init-from: the checkpoint's model is \[32, 2, 1, 32\]"),
+    ("init-from-other-layout", "fresh", ["--init-from", "RUN/ckpt.safetensors", "--untied-head"], None,
+     r"--init-from: the checkpoint's model has --untied-head off, this run asks for it on"),
 ]
 
 
@@ -508,6 +510,39 @@ def test_init_from_fine_tunes_from_step_zero(tmp_path: Path, finished_run: Path)
           "--init-from", str(finished_run / "ckpt.safetensors"))
     assert_same_tensors(safetensors.numpy.load_file(str(tmp_path / "zero" / "model.safetensors")),
                         base_tensors["param"])
+
+
+def test_block_option_flags_train_and_resume_bit_for_bit(tmp_path: Path) -> None:
+    """The block options as flags: stored in the checkpoint, kept by --resume (which stays bit-exact),
+    and the final weights have the options' layout (an untied head, no wpe, no norm biases)."""
+    n = 10
+    plan = ["--rope", "--rmsnorm", "--qk-norm", "--relu2", "--untied-head", "--zero-init", "--logit-softcap", "15",
+            "--lr-decay-iters", str(2 * n)]
+    train(tmp_path / "whole", *plan, "--max-iters", str(2 * n))
+    train(tmp_path / "split", *plan, "--max-iters", str(n))
+    resume(tmp_path / "split", "--max-iters", str(2 * n))
+    assert_same_weights(tmp_path / "whole", tmp_path / "split")
+    assert_same_checkpoint(tmp_path / "whole", tmp_path / "split")
+    _, meta = load_run(tmp_path / "whole" / "ckpt.safetensors")
+    cfg = RunConfig.from_dict(meta["config"])
+    assert (cfg.rope, cfg.rmsnorm, cfg.qk_norm, cfg.relu2, cfg.untied_head, cfg.zero_init) == (True,) * 6
+    assert cfg.logit_softcap == 15.0
+    weights = safetensors.numpy.load_file(str(tmp_path / "whole" / "model.safetensors"))
+    assert weights["lm_head.weight"].shape == (65, 32) and weights["lm_head.weight"].any()  # trained off zero
+    assert "transformer.wpe.weight" not in weights and not any(k.endswith("ln_1.bias") for k in weights)
+    assert "transformer.h.0.attn.q_norm.weight" in weights
+    assert metrics(tmp_path / "whole")[-1]["train_loss"] < metrics(tmp_path / "whole")[0]["train_loss"]
+    # An option cannot change on --resume.
+    code = run_main(["--resume", "--no-rope", *QUIET, "--out-dir", str(tmp_path / "split"), "--max-iters", "30"])
+    assert code == 2
+
+
+def test_block_option_flags_parse() -> None:
+    args = lmcore.train.parse_args(["--rope", "--no-rmsnorm", "--logit-softcap", "30"])
+    assert (args.rope, args.rmsnorm, args.qk_norm, args.logit_softcap) == (True, False, None, 30.0)
+    assert RunConfig.from_dict(lmcore.run.explicit_settings(args)).rope is True
+    assert not any(getattr(RunConfig(), n) for n in ("rope", "rmsnorm", "qk_norm", "relu2", "untied_head",
+                                                    "zero_init", "logit_softcap"))  # presets: all off
 
 
 # --- 7. what a run leaves behind ---

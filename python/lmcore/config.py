@@ -21,6 +21,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# The model options a run may turn on (the engine's `Model` settings of the same names). A
+# checkpoint written before they existed lacks them: missing means off, the block it trained.
+BLOCK_OPTIONS = ("rope", "rmsnorm", "qk_norm", "relu2", "untied_head", "zero_init", "logit_softcap")
+
+
 @dataclass
 class RunConfig:
     # model
@@ -29,6 +34,14 @@ class RunConfig:
     n_layer: int = 2
     block_size: int = 128
     dropout: float = 0.0
+    # block options, all off in the presets (GPT-2's block); see BLOCK_OPTIONS
+    rope: bool = False
+    rmsnorm: bool = False
+    qk_norm: bool = False
+    relu2: bool = False
+    untied_head: bool = False
+    zero_init: bool = False
+    logit_softcap: float = 0.0
     # optimisation: AdamW (or Muon), linear warmup, then the schedule: cosine to min_lr at
     # lr_decay_iters, or warmup-stable-decay (flat at lr, then linear to lr * final_lr_ratio over the last decay_frac)
     batch_size: int = 16
@@ -72,7 +85,8 @@ class RunConfig:
         """The engine's `Model` settings for this recipe (its model, optimizer and clipping fields).
         Muon's learning rate goes as its ratio to --lr, so the schedule of --lr scales both."""
         names = ("d_model", "n_head", "n_layer", "block_size", "dropout", "seed", "beta1", "beta2", "eps",
-                 "weight_decay", "grad_clip", "optimizer", "muon_momentum")
+                 "weight_decay", "grad_clip", "optimizer", "muon_momentum",
+                 *BLOCK_OPTIONS)
         ratio = self.muon_lr / self.lr if self.lr > 0 else math.inf  # (validate() refuses lr <= 0 first)
         return {"vocab_size": vocab_size, "dtype": "float32", "muon_lr_ratio": ratio,
                 **{n: getattr(self, n) for n in names}}
@@ -118,7 +132,8 @@ class RunConfig:
 
 SCHEDULES = ("cosine", "wsd")
 # Fields a checkpoint of an earlier lmcore lacks; their defaults are what that lmcore did.
-LATER_FIELDS = frozenset({"schedule", "decay_frac", "final_lr_ratio", "eval_full", "optimizer", "muon_lr", "muon_momentum"})
+LATER_FIELDS = frozenset({"schedule", "decay_frac", "final_lr_ratio", "eval_full", "optimizer", "muon_lr", "muon_momentum",
+                          *BLOCK_OPTIONS})
 
 
 def field_kind(name: str) -> type:
@@ -145,6 +160,13 @@ FIELD_HELP: dict[str, str] = {
     "n_layer": f"transformer blocks ({_preset_default('n_layer')})",
     "block_size": f"context length in tokens ({_preset_default('block_size')})",
     "dropout": f"dropout probability in [0, 1) (default {RunConfig.dropout})",
+    "rope": "rotary position embeddings on queries and keys instead of a learned position embedding (default: off)",
+    "rmsnorm": "RMSNorm (a gain, no bias) instead of every LayerNorm (default: off)",
+    "qk_norm": "RMS-normalise each head's queries and keys, with learnable gains, before attention (default: off)",
+    "relu2": "relu(x)^2 instead of GELU in the MLP (default: off)",
+    "untied_head": "an output projection of its own (lm_head) instead of the token embedding (default: off)",
+    "zero_init": "start the residual projections and an untied head at zero (default: off)",
+    "logit_softcap": f"cap the logits at F: F * tanh(logits / F); 0: off (default {RunConfig.logit_softcap})",
     "batch_size": f"sequences per step ({_preset_default('batch_size')})",
     "max_iters": f"steps to train to ({_preset_default('max_iters')})",
     "lr_decay_iters": "step where the schedule's decay ends and the learning rate stays "

@@ -21,7 +21,7 @@ from dataclasses import fields
 import lmcore
 from lmcore.checkpoint import CheckpointError
 from lmcore.cli import UsageError, plural, use_threads
-from lmcore.config import FIELD_HELP, PRESETS, RunConfig, field_kind
+from lmcore.config import BLOCK_OPTIONS, FIELD_HELP, PRESETS, RunConfig, field_kind
 from lmcore.corpus import DataError
 from lmcore.loop import train
 from lmcore.run import DEFAULT_BPE_VOCAB, Run, fresh_config, prepare
@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tokens: {tok.kind} tokenizer, vocab {tok.vocab_size}; {len(tokens.train):,} training and "
               f"{len(tokens.val):,} validation tokens ({tokens.train_chars / len(tokens.train):.2f} chars/token)")
         print(f"model: {run.model.num_params:,} parameters, d_model {cfg.d_model}, {plural(cfg.n_head, 'head')}, "
-              f"{plural(cfg.n_layer, 'layer')}, block {cfg.block_size}, batch {cfg.batch_size}, vocab {tok.vocab_size}")
+              f"{plural(cfg.n_layer, 'layer')}, block {cfg.block_size}, batch {cfg.batch_size}, vocab {tok.vocab_size}"
+              + "".join(f", {n.replace('_', '-')}" + (f" {getattr(cfg, n)}" if n == "logit_softcap" else "")
+                        for n in BLOCK_OPTIONS if getattr(cfg, n)))
         print(f"run: steps {run.iter_num} -> {cfg.max_iters}, output in {run.out_dir}")
         code = train(run)
         if code == 0:

@@ -1,7 +1,9 @@
 //! The GPT-2 style decoder assembled from the ops: token + position embeddings, pre-norm blocks
 //! of causal self-attention and a GELU MLP with residual connections, a final layernorm and the
-//! output projection tied to the token embedding. Parameter names follow nanoGPT's, so weights
-//! read naturally in a safetensors file.
+//! output projection tied to the token embedding. Options of `GptConfig` swap in modern parts
+//! (rotary embeddings, RMSNorm, QK-norm, ReLU^2, an untied head, zero-initialised projections,
+//! a logit soft-cap). Parameter names follow nanoGPT's, so weights read naturally in a
+//! safetensors file.
 
 use crate::error::{Error, Result};
 use crate::graph::Graph;
@@ -9,7 +11,9 @@ use crate::real::Real;
 use crate::rng::Rng;
 use crate::store::{Shape, Var};
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The model's shape and its block options. Every option is off by default, which is GPT-2's
+/// block (the classic presets): its layout, initial weights and results stay as they were.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct GptConfig {
     pub vocab_size: usize,
     pub d_model: usize,
@@ -17,6 +21,23 @@ pub struct GptConfig {
     pub n_layer: usize,
     pub block_size: usize,
     pub dropout: f64,
+    /// Rotary position embeddings on every head's query and key (base 10000) instead of the
+    /// learned position embedding `wpe`, which the layout then lacks.
+    pub rope: bool,
+    /// RMSNorm (a gain, no bias) instead of every LayerNorm, ln_f included.
+    pub rmsnorm: bool,
+    /// RMS-normalise each head's query and key before the scores (then rotate, with `rope`), with
+    /// learnable gains `attn.q_norm.weight` and `attn.k_norm.weight` (hs each, shared by the heads).
+    pub qk_norm: bool,
+    /// relu(x)^2 instead of GELU in the MLP.
+    pub relu2: bool,
+    /// A separate output projection `lm_head.weight` (V, C) instead of the token embedding.
+    pub untied_head: bool,
+    /// The residual projections (attn.c_proj, mlp.c_proj weights) and an untied head start at
+    /// zero. A tied head is the token embedding, which is never zeroed.
+    pub zero_init: bool,
+    /// logits = cap * tanh(logits / cap) before the loss and in generation; 0 = off.
+    pub logit_softcap: f64,
 }
 
 /// The most parameters a model may have (4 GiB of f32 weights), so a config cannot ask for
@@ -60,49 +81,69 @@ fn sum_numel(specs: impl IntoIterator<Item = ParamSpec>) -> Option<usize> {
     specs.into_iter().try_fold(0usize, |n, s| n.checked_add(s.dims.iter().try_fold(1usize, |m, &d| m.checked_mul(d))?))
 }
 
-/// Parameters per block, in `block_specs` order (the order `Block::from_handles` reads).
-const PER_BLOCK: usize = 12;
-
 impl GptConfig {
-    /// The one declaration of the model's parameters, in registration order: the token and
-    /// position embeddings, every block's, the final layernorm. `Gpt::new`, the parameter count
-    /// and (through the binding) Python's checkpoint checks all read it.
+    /// The one declaration of the model's parameters, in registration order: the token (and,
+    /// without rope, position) embeddings, every block's, the final norm, an untied head. `Gpt::new`,
+    /// the parameter count and (through the binding) Python's checkpoint checks all read it.
+    /// With every option off it is GPT-2's layout, in the same order (so the same initial draws).
     pub fn layout(&self) -> impl Iterator<Item = ParamSpec> + '_ {
+        self.embedding_specs().into_iter().chain((0..self.n_layer).flat_map(|i| self.block_specs(i))).chain(self.final_specs())
+    }
+
+    fn embedding_specs(&self) -> Vec<ParamSpec> {
         let (v, c, t) = (self.vocab_size, self.d_model, self.block_size);
         let std = Init::Normal(0.02);
-        let embeddings = [
-            spec("transformer.wte.weight".into(), &[v, c], std),
-            spec("transformer.wpe.weight".into(), &[t, c], std),
-        ];
-        let ln_f = [
-            spec("transformer.ln_f.weight".into(), &[c], Init::Const(1.0)),
-            spec("transformer.ln_f.bias".into(), &[c], Init::Const(0.0)),
-        ];
-        embeddings.into_iter().chain((0..self.n_layer).flat_map(|i| self.block_specs(i))).chain(ln_f)
+        let mut specs = vec![spec("transformer.wte.weight".into(), &[v, c], std)];
+        if !self.rope {
+            specs.push(spec("transformer.wpe.weight".into(), &[t, c], std));
+        }
+        specs
+    }
+
+    /// The final norm and an untied head.
+    fn final_specs(&self) -> Vec<ParamSpec> {
+        let mut specs = self.norm_specs("transformer.ln_f");
+        if self.untied_head {
+            let init = if self.zero_init { Init::Const(0.0) } else { Init::Normal(0.02) };
+            specs.push(spec("lm_head.weight".into(), &[self.vocab_size, self.d_model], init));
+        }
+        specs
+    }
+
+    /// A norm's weight and, for a LayerNorm, its bias.
+    fn norm_specs(&self, prefix: &str) -> Vec<ParamSpec> {
+        let c = self.d_model;
+        let mut specs = vec![spec(format!("{prefix}.weight"), &[c], Init::Const(1.0))];
+        if !self.rmsnorm {
+            specs.push(spec(format!("{prefix}.bias"), &[c], Init::Const(0.0)));
+        }
+        specs
     }
 
     /// Block `i`'s parameters.
-    fn block_specs(&self, i: usize) -> [ParamSpec; PER_BLOCK] {
-        let c = self.d_model;
+    fn block_specs(&self, i: usize) -> Vec<ParamSpec> {
+        let (c, hs) = (self.d_model, self.d_model / self.n_head.max(1));
         let std = Init::Normal(0.02);
         // Residual projections are scaled so the residual stream's variance does not grow with depth.
-        let proj_std = Init::Normal(0.02 / (2.0 * self.n_layer as f64).sqrt());
+        let proj_std = if self.zero_init { Init::Const(0.0) } else { Init::Normal(0.02 / (2.0 * self.n_layer as f64).sqrt()) };
         let (one, zero) = (Init::Const(1.0), Init::Const(0.0));
-        let p = |part: &str, dims: &[usize], init| spec(format!("transformer.h.{i}.{part}"), dims, init);
-        [
-            p("ln_1.weight", &[c], one),
-            p("ln_1.bias", &[c], zero),
-            p("attn.c_attn.weight", &[3 * c, c], std).muon(3), // rows: Q, K, V
-            p("attn.c_attn.bias", &[3 * c], zero),
-            p("attn.c_proj.weight", &[c, c], proj_std).muon(1),
-            p("attn.c_proj.bias", &[c], zero),
-            p("ln_2.weight", &[c], one),
-            p("ln_2.bias", &[c], zero),
+        let name = |part: &str| format!("transformer.h.{i}.{part}");
+        let p = |part: &str, dims: &[usize], init| spec(name(part), dims, init);
+        let mut specs = self.norm_specs(&name("ln_1"));
+        // The fused weight's rows are Q, K and V: Muon orthogonalises each block alone.
+        specs.extend([p("attn.c_attn.weight", &[3 * c, c], std).muon(3), p("attn.c_attn.bias", &[3 * c], zero)]);
+        if self.qk_norm {
+            specs.extend([p("attn.q_norm.weight", &[hs], one), p("attn.k_norm.weight", &[hs], one)]);
+        }
+        specs.extend([p("attn.c_proj.weight", &[c, c], proj_std).muon(1), p("attn.c_proj.bias", &[c], zero)]);
+        specs.extend(self.norm_specs(&name("ln_2")));
+        specs.extend([
             p("mlp.c_fc.weight", &[4 * c, c], std).muon(1),
             p("mlp.c_fc.bias", &[4 * c], zero),
             p("mlp.c_proj.weight", &[c, 4 * c], proj_std).muon(1),
             p("mlp.c_proj.bias", &[c], zero),
-        ]
+        ]);
+        specs
     }
 
     /// Number of parameters, or None if it overflows. Counts one block's layout and multiplies,
@@ -140,16 +181,34 @@ impl GptConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return fail(format!("dropout must be in [0, 1), got {}", self.dropout));
         }
+        if !(self.logit_softcap.is_finite() && self.logit_softcap >= 0.0) {
+            return fail(format!("logit_softcap must be a finite number >= 0 (0: off), got {}", self.logit_softcap));
+        }
+        if self.rope && !(self.d_model / self.n_head).is_multiple_of(2) {
+            return fail(format!(
+                "rope needs an even head size, but d_model {} / n_head {} = {}",
+                self.d_model, self.n_head, self.d_model / self.n_head
+            ));
+        }
         Ok(())
     }
 }
 
+/// A norm's handles: its weight and, for a LayerNorm, its bias (RMSNorm has none).
+#[derive(Clone, Copy)]
+pub(crate) struct Norm {
+    pub weight: Var,
+    pub bias: Option<Var>,
+}
+
 /// Handles of one transformer block's parameters.
 pub(crate) struct Block {
-    pub ln1: (Var, Var),
+    pub ln1: Norm,
     pub attn: (Var, Var),
+    /// QK-norm's gains (queries, keys).
+    pub qk_norm: Option<(Var, Var)>,
     pub attn_proj: (Var, Var),
-    pub ln2: (Var, Var),
+    pub ln2: Norm,
     pub fc: (Var, Var),
     pub fc_proj: (Var, Var),
 }
@@ -157,15 +216,52 @@ pub(crate) struct Block {
 pub struct Gpt {
     pub config: GptConfig,
     pub(crate) wte: Var,
-    pub(crate) wpe: Var,
+    pub(crate) wpe: Option<Var>,
     pub(crate) blocks: Vec<Block>,
-    pub(crate) ln_f: (Var, Var),
+    pub(crate) ln_f: Norm,
+    /// The output projection: `lm_head` when untied, else `wte`.
+    pub(crate) head: Var,
+}
+
+/// Handles registered from consecutive specs, found by the end of their names.
+struct Named<'a>(&'a [(String, Var)]);
+
+impl Named<'_> {
+    fn get(&self, suffix: &str) -> Option<Var> {
+        self.0.iter().find(|(n, _)| n.ends_with(suffix)).map(|&(_, v)| v)
+    }
+    fn must(&self, suffix: &str) -> Var {
+        self.get(suffix).expect("the layout declares it")
+    }
+    fn norm(&self, prefix: &str) -> Norm {
+        Norm { weight: self.must(&format!("{prefix}.weight")), bias: self.get(&format!("{prefix}.bias")) }
+    }
+    fn pair(&self, prefix: &str) -> (Var, Var) {
+        (self.must(&format!("{prefix}.weight")), self.must(&format!("{prefix}.bias")))
+    }
 }
 
 impl Block {
-    /// The handles of one block, in `block_specs` order.
-    fn from_handles(h: &[Var]) -> Block {
-        Block { ln1: (h[0], h[1]), attn: (h[2], h[3]), attn_proj: (h[4], h[5]), ln2: (h[6], h[7]), fc: (h[8], h[9]), fc_proj: (h[10], h[11]) }
+    /// The handles of one block, registered from `block_specs`.
+    fn from_handles(h: &Named) -> Block {
+        let qk_norm = h.get("attn.q_norm.weight").map(|q| (q, h.must("attn.k_norm.weight")));
+        Block {
+            ln1: h.norm("ln_1"),
+            attn: h.pair("attn.c_attn"),
+            qk_norm,
+            attn_proj: h.pair("attn.c_proj"),
+            ln2: h.norm("ln_2"),
+            fc: h.pair("mlp.c_fc"),
+            fc_proj: h.pair("mlp.c_proj"),
+        }
+    }
+}
+
+/// LayerNorm, or RMSNorm for a norm without a bias.
+fn norm<F: Real>(g: &mut Graph<F>, x: Var, n: Norm) -> Result<Var> {
+    match n.bias {
+        Some(b) => g.layernorm(x, n.weight, b),
+        None => g.rmsnorm(x, n.weight),
     }
 }
 
@@ -175,20 +271,26 @@ impl Gpt {
     pub fn new<F: Real>(g: &mut Graph<F>, config: GptConfig, seed: u64) -> Result<Gpt> {
         config.validate()?;
         let mut rng = Rng::new(seed);
-        let mut handles = Vec::new();
-        for spec in config.layout() {
-            let var = g.store.add_param(&spec.name, Shape::new(&spec.dims)?, spec.decay, spec.muon_blocks)?;
-            for x in g.store.values_mut(var) {
-                *x = F::from_f64(match spec.init {
-                    Init::Normal(std) => std * rng.normal(),
-                    Init::Const(c) => c,
-                });
+        let mut register = |specs: Vec<ParamSpec>| -> Result<Vec<(String, Var)>> {
+            let mut handles = Vec::with_capacity(specs.len());
+            for spec in specs {
+                let var = g.store.add_param(&spec.name, Shape::new(&spec.dims)?, spec.decay, spec.muon_blocks)?;
+                for x in g.store.values_mut(var) {
+                    *x = F::from_f64(match spec.init {
+                        Init::Normal(std) => std * rng.normal(),
+                        Init::Const(c) => c,
+                    });
+                }
+                handles.push((spec.name, var));
             }
-            handles.push(var);
-        }
-        let (wte, wpe, ln_f) = (handles[0], handles[1], (handles[handles.len() - 2], handles[handles.len() - 1]));
-        let blocks = handles[2..handles.len() - 2].chunks_exact(PER_BLOCK).map(Block::from_handles).collect();
-        Ok(Gpt { config, wte, wpe, blocks, ln_f })
+            Ok(handles)
+        };
+        let embeddings = register(config.embedding_specs())?;
+        let blocks = (0..config.n_layer).map(|i| Ok(Block::from_handles(&Named(&register(config.block_specs(i))?)))).collect::<Result<_>>()?;
+        let last = register(config.final_specs())?;
+        let (embeddings, last) = (Named(&embeddings), Named(&last));
+        let wte = embeddings.must("wte.weight");
+        Ok(Gpt { config, wte, wpe: embeddings.get("wpe.weight"), blocks, ln_f: last.norm("ln_f"), head: last.get("lm_head.weight").unwrap_or(wte) })
     }
 
     /// Forward pass on ids (B, T). Returns logits (B, T, V) and, given targets (B, T), the mean
@@ -199,31 +301,43 @@ impl Gpt {
             return Err(Error::Shape(format!("token ids must be a non-empty (B, T) array, got shape {:?}", s.dims())));
         }
         let (b, t) = (s.dims()[0], s.dims()[1]);
-        if t > self.config.block_size {
-            return Err(Error::Shape(format!("sequence length {t} exceeds the block size {}", self.config.block_size)));
+        let cfg = &self.config;
+        if t > cfg.block_size {
+            return Err(Error::Shape(format!("sequence length {t} exceeds the block size {}", cfg.block_size)));
         }
-        let p_drop = if train { self.config.dropout } else { 0.0 };
-        let pos = g.input_ids(&[b, t], (0..b * t).map(|i| (i % t) as i64), t)?;
-        let tok = g.embedding(idx, self.wte)?;
-        let pe = g.embedding(pos, self.wpe)?;
-        let sum = g.add(tok, pe)?;
-        let mut x = g.dropout(sum, p_drop)?;
+        let p_drop = if train { cfg.dropout } else { 0.0 };
+        let pos = self.wpe.map(|_| g.input_ids(&[b, t], (0..b * t).map(|i| (i % t) as i64), t)).transpose()?;
+        let mut x = g.embedding(idx, self.wte)?;
+        if let (Some(wpe), Some(pos)) = (self.wpe, pos) {
+            let pe = g.embedding(pos, wpe)?;
+            x = g.add(x, pe)?;
+        }
+        let mut x = g.dropout(x, p_drop)?;
         for blk in &self.blocks {
-            let h = g.layernorm(x, blk.ln1.0, blk.ln1.1)?;
-            let qkv = g.linear(h, blk.attn.0, Some(blk.attn.1))?;
-            let a = g.attention(qkv, self.config.n_head)?;
+            let h = norm(g, x, blk.ln1)?;
+            let mut qkv = g.linear(h, blk.attn.0, Some(blk.attn.1))?;
+            if let Some((qg, kg)) = blk.qk_norm {
+                qkv = g.qk_norm(qkv, qg, kg, cfg.n_head)?;
+            }
+            if cfg.rope {
+                qkv = g.rope(qkv, cfg.n_head)?;
+            }
+            let a = g.attention(qkv, cfg.n_head)?;
             let a = g.linear(a, blk.attn_proj.0, Some(blk.attn_proj.1))?;
             let a = g.dropout(a, p_drop)?;
             x = g.add(x, a)?;
-            let h = g.layernorm(x, blk.ln2.0, blk.ln2.1)?;
+            let h = norm(g, x, blk.ln2)?;
             let f = g.linear(h, blk.fc.0, Some(blk.fc.1))?;
-            let f = g.gelu(f)?;
+            let f = if cfg.relu2 { g.relu_squared(f)? } else { g.gelu(f)? };
             let f = g.linear(f, blk.fc_proj.0, Some(blk.fc_proj.1))?;
             let f = g.dropout(f, p_drop)?;
             x = g.add(x, f)?;
         }
-        let x = g.layernorm(x, self.ln_f.0, self.ln_f.1)?;
-        let logits = g.linear(x, self.wte, None)?; // tied output projection
+        let x = norm(g, x, self.ln_f)?;
+        let mut logits = g.linear(x, self.head, None)?; // the tied or untied output projection
+        if cfg.logit_softcap > 0.0 {
+            logits = g.softcap(logits, cfg.logit_softcap)?;
+        }
         let loss = targets.map(|tg| g.cross_entropy(logits, tg)).transpose()?;
         Ok((logits, loss))
     }

@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::op::Op;
 use crate::profile::{self, Section};
-use crate::ops::{attention, cross_entropy, dropout, embedding, gelu, layernorm, linear, residual};
+use crate::ops::{attention, cross_entropy, dropout, embedding, gelu, layernorm, linear, qk_norm, relu_squared, residual, rmsnorm, rope, softcap};
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::grad_plan::GradPlan;
@@ -139,6 +139,31 @@ impl<F: Real> Graph<F> {
         let recorded = profile::timed(Section::Gelu, false, || gelu::record(&mut self.store, x));
         record(&mut self.tape, recorded)
     }
+    /// RMS normalisation of the last dimension, with a gain and no bias.
+    pub fn rmsnorm(&mut self, x: Var, gain: Var) -> Result<Var> {
+        let recorded = profile::timed(Section::RmsNorm, false, || rmsnorm::record(&mut self.store, x, gain));
+        record(&mut self.tape, recorded)
+    }
+    /// max(x, 0)^2.
+    pub fn relu_squared(&mut self, x: Var) -> Result<Var> {
+        let recorded = profile::timed(Section::ReluSquared, false, || relu_squared::record(&mut self.store, x));
+        record(&mut self.tape, recorded)
+    }
+    /// qkv (..., 3C) with each query and key head RMS-normalised (gains (hs) each); values unchanged.
+    pub fn qk_norm(&mut self, qkv: Var, q_gain: Var, k_gain: Var, n_head: usize) -> Result<Var> {
+        let recorded = profile::timed(Section::QkNorm, false, || qk_norm::record(&mut self.store, qkv, q_gain, k_gain, n_head));
+        record(&mut self.tape, recorded)
+    }
+    /// qkv (B, T, 3C) with each query and key head rotated by its position (0..T); values unchanged.
+    pub fn rope(&mut self, qkv: Var, n_head: usize) -> Result<Var> {
+        let recorded = profile::timed(Section::Rope, false, || rope::record(&mut self.store, qkv, n_head));
+        record(&mut self.tape, recorded)
+    }
+    /// cap * tanh(x / cap), for a finite cap > 0.
+    pub fn softcap(&mut self, x: Var, cap: f64) -> Result<Var> {
+        let recorded = profile::timed(Section::Softcap, false, || softcap::record(&mut self.store, x, cap));
+        record(&mut self.tape, recorded)
+    }
     /// Causal self-attention on qkv (B, T, 3C): (B, T, C).
     pub fn attention(&mut self, qkv: Var, n_head: usize) -> Result<Var> {
         let recorded = profile::timed(Section::Attention, false, || attention::record(&mut self.store, qkv, n_head));
@@ -213,6 +238,13 @@ impl<F: Real> Graph<F> {
                 Op::Attention { qkv, n_head, out, lse, bwd_tiles } => attention::backward(s, qkv, n_head, out, lse, bwd_tiles),
                 Op::CrossEntropy { logits, targets, out, lse } => cross_entropy::backward(s, logits, targets, out, lse),
                 Op::Dropout { x, out, mask } => dropout::backward(s, x, out, mask),
+                Op::RmsNorm { x, gain, out, stats, partials } => rmsnorm::backward(s, x, gain, out, stats, partials),
+                Op::QkNorm { qkv, q_gain, k_gain, n_head, out, stats, partials } => {
+                    qk_norm::backward(s, qkv, q_gain, k_gain, n_head, out, stats, partials)
+                }
+                Op::Rope { qkv, n_head, out, table } => rope::backward(s, qkv, n_head, out, table),
+                Op::ReluSquared { x, out } => relu_squared::backward(s, x, out),
+                Op::Softcap { x, cap, out } => softcap::backward(s, x, cap, out),
             });
         }
         Ok(())

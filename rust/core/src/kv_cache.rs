@@ -1,15 +1,17 @@
 //! Incremental inference with a key/value cache. Feeding P new tokens per row costs P rows
 //! through every layer plus attention over the cached keys and values, instead of a full forward
 //! of the window: one token at a time while sampling, a whole window at once when (re)filling.
-//! It reuses the training kernels (embedding, layernorm, linear, gelu) and BLAS; no tape.
+//! It reuses the training kernels (embedding, the norms, linear, the activations, rope, softcap)
+//! and BLAS; no tape. Rotary embeddings rotate each query and key at its absolute position
+//! before the key enters the cache.
 //! Shapes: B rows decoded together, P new positions per call, C channels, L layers; k and v are
 //! (L, B, block, C); the scratch holds up to (B, block) positions.
 
 use crate::blas::{gemm, Gemm};
 use crate::error::{Error, Result};
-use crate::gpt::Gpt;
+use crate::gpt::{Gpt, Norm};
 use crate::memory;
-use crate::ops::{attention, embedding, gelu, layernorm, linear};
+use crate::ops::{attention, embedding, gelu, layernorm, linear, qk_norm, relu_squared, rmsnorm, rope, softcap};
 use crate::real::Real;
 use crate::store::Store;
 
@@ -28,6 +30,10 @@ pub struct KvCache<F: Real> {
     proj: Vec<F>,   // (B * P, C)
     scores: Vec<F>, // (P, block)
     stats: Vec<F>,  // (B * P, 2)
+    // Only with the option that needs them (else empty):
+    qk_out: Vec<F>,     // qk_norm: (B * P, 3C)
+    qk_stats: Vec<F>,   // qk_norm: (B * P, 2H)
+    rope_table: Vec<F>, // rope: (up to block, hs), the angles of one call's positions
     ids: Vec<u32>,  // (B * P)
     last: Vec<F>,   // (B, C): each row's newest position, for the logits
     logits: Vec<F>, // (B, V)
@@ -40,9 +46,16 @@ impl<F: Real> KvCache<F> {
         }
         let c = gpt.config;
         let (d, l, t) = (c.d_model, c.n_layer, c.block_size);
-        // Keys and values (2L floats per position and channel) and the scratch (15) for B * block
-        // positions, checked against the memory this process can still use before any of it is made.
-        let floats = batch.checked_mul(t * d).and_then(|n| n.checked_mul(2 * l + 15)).and_then(|n| n.checked_add(t * t + batch * c.vocab_size));
+        let hs = d / c.n_head;
+        let qk = if c.qk_norm { 3 * d + 2 * c.n_head } else { 0 }; // QK-norm's scratch per position
+        // Keys and values (2L floats per position and channel) and the scratch (15, and QK-norm's)
+        // for B * block positions, checked against the memory this process can still use before
+        // any of it is made.
+        let floats = (t * d)
+            .checked_mul(2 * l + 15)
+            .and_then(|n| n.checked_add(qk))
+            .and_then(|n| n.checked_mul(batch))
+            .and_then(|n| n.checked_add(t * t + t * hs * c.rope as usize + batch * c.vocab_size));
         let bytes = floats.and_then(|n| n.checked_mul(size_of::<F>())).unwrap_or(usize::MAX);
         let in_cache_terms = |e: Error| {
             e.out_of_memory_as(|| {
@@ -73,6 +86,9 @@ impl<F: Real> KvCache<F> {
             proj: z(rows * d)?,
             scores: z(t * t)?,
             stats: z(rows * 2)?,
+            qk_out: z(if c.qk_norm { rows * 3 * d } else { 0 })?,
+            qk_stats: z(if c.qk_norm { rows * 2 * c.n_head } else { 0 })?,
+            rope_table: z(if c.rope { t * hs } else { 0 })?,
             ids: memory::filled(rows, 0, "").map_err(in_cache_terms)?,
             last: z(batch * d)?,
             logits: z(batch * c.vocab_size)?,
@@ -121,21 +137,39 @@ impl<F: Real> KvCache<F> {
         }
         let n = bsz * steps; // rows of this call
         let p = |v| store.values(v);
-        let (x, h, stats) = (&mut self.x[..n * c], &mut self.h[..n * c], &mut self.stats[..n * 2]);
-        let (qkv, att, proj) = (&mut self.qkv[..n * 3 * c], &mut self.att[..n * c], &mut self.proj[..n * c]);
+        let (x, h, stats) = (&mut self.x[..n * c], &mut self.h[..n * c], &mut self.stats[..]);
+        let (qkv_raw, att, proj) = (&mut self.qkv[..n * 3 * c], &mut self.att[..n * c], &mut self.proj[..n * c]);
+        let (qk_out, qk_stats) = (&mut self.qk_out[..], &mut self.qk_stats[..]);
         let (fc, fc_act) = (&mut self.fc[..n * 4 * c], &mut self.fc_act[..n * 4 * c]);
-        // x = wte[token] + wpe[position]
-        embedding::forward(&self.ids[..n], p(gpt.wte), x, c);
-        let pe = &p(gpt.wpe)[pos * c..(pos + steps) * c];
-        for row in x.chunks_exact_mut(steps * c) {
-            row.iter_mut().zip(pe).for_each(|(x, &e)| *x += e);
-        }
         let hs = c / cfg.n_head;
+        // x = wte[token] (+ wpe[position])
+        embedding::forward(&self.ids[..n], p(gpt.wte), x, c);
+        if let Some(wpe) = gpt.wpe {
+            let pe = &p(wpe)[pos * c..(pos + steps) * c];
+            for row in x.chunks_exact_mut(steps * c) {
+                row.iter_mut().zip(pe).for_each(|(x, &e)| *x += e);
+            }
+        }
+        let angles = &mut self.rope_table[..if cfg.rope { steps * hs } else { 0 }];
+        rope::fill_table(angles, pos, hs);
+        let angles = &*angles;
         let scale = F::from_f64(1.0 / (hs as f64).sqrt());
         let keys = pos + steps; // every query sees the cache and the new positions up to itself
         for (layer, blk) in gpt.blocks.iter().enumerate() {
-            layernorm::forward(x, p(blk.ln1.0), p(blk.ln1.1), h, stats, c);
-            linear::forward(h, p(blk.attn.0), Some(p(blk.attn.1)), qkv, n, 3 * c, c);
+            norm(x, blk.ln1, p, h, stats, c);
+            linear::forward(h, p(blk.attn.0), Some(p(blk.attn.1)), qkv_raw, n, 3 * c, c);
+            let qkv: &mut [F] = match blk.qk_norm {
+                Some((qg, kg)) => {
+                    let out = &mut qk_out[..n * 3 * c];
+                    qk_norm::forward(qkv_raw, p(qg), p(kg), out, &mut qk_stats[..n * 2 * cfg.n_head], cfg.n_head);
+                    out
+                }
+                None => qkv_raw,
+            };
+            if cfg.rope {
+                rope::rotate_rows(qkv, angles, hs, cfg.n_head); // row b * P + i: position pos + i
+            }
+            let qkv = &*qkv;
             for b in 0..bsz {
                 let slab = (layer * bsz + b) * block * c; // this row's (block, C) keys and values
                 let q = &qkv[b * steps * 3 * c..(b + 1) * steps * 3 * c];
@@ -159,9 +193,13 @@ impl<F: Real> KvCache<F> {
             }
             linear::forward(att, p(blk.attn_proj.0), Some(p(blk.attn_proj.1)), proj, n, c, c);
             x.iter_mut().zip(&*proj).for_each(|(x, &d)| *x += d);
-            layernorm::forward(x, p(blk.ln2.0), p(blk.ln2.1), h, stats, c);
+            norm(x, blk.ln2, p, h, stats, c);
             linear::forward(h, p(blk.fc.0), Some(p(blk.fc.1)), fc, n, 4 * c, c);
-            gelu::forward(fc, fc_act);
+            if cfg.relu2 {
+                relu_squared::forward(fc, fc_act);
+            } else {
+                gelu::forward(fc, fc_act);
+            }
             linear::forward(fc_act, p(blk.fc_proj.0), Some(p(blk.fc_proj.1)), proj, n, c, 4 * c);
             x.iter_mut().zip(&*proj).for_each(|(x, &d)| *x += d);
         }
@@ -170,9 +208,23 @@ impl<F: Real> KvCache<F> {
             last.copy_from_slice(&row[(steps - 1) * c..]);
         }
         let h = &mut h[..bsz * c];
-        layernorm::forward(&self.last, p(gpt.ln_f.0), p(gpt.ln_f.1), h, &mut stats[..bsz * 2], c);
-        linear::forward(h, p(gpt.wte), None, &mut self.logits, bsz, cfg.vocab_size, c);
+        norm(&self.last, gpt.ln_f, p, h, stats, c);
+        linear::forward(h, p(gpt.head), None, &mut self.logits, bsz, cfg.vocab_size, c);
+        if cfg.logit_softcap > 0.0 {
+            softcap::forward(&mut self.logits, cfg.logit_softcap);
+        }
         self.len += steps;
         Ok(&self.logits)
+    }
+}
+
+/// LayerNorm, or RMSNorm for a norm without a bias, of the rows of `x` into `out`; `stats` is
+/// scratch of at least two floats per row.
+fn norm<'a, F: Real>(x: &[F], n: Norm, p: impl Fn(crate::store::Var) -> &'a [F], out: &mut [F], stats: &mut [F], c: usize) {
+    let rows = x.len() / c;
+    let out = &mut out[..x.len()];
+    match n.bias {
+        Some(b) => layernorm::forward(x, p(n.weight), p(b), out, &mut stats[..2 * rows], c),
+        None => rmsnorm::forward(x, p(n.weight), out, &mut stats[..rows], c),
     }
 }

@@ -16,6 +16,11 @@ pub enum Op {
     Attention { qkv: Var, n_head: usize, out: Var, lse: Var, bwd_tiles: Var },
     CrossEntropy { logits: Var, targets: Var, out: Var, lse: Var },
     Dropout { x: Var, out: Var, mask: Var },
+    RmsNorm { x: Var, gain: Var, out: Var, stats: Var, partials: Var },
+    QkNorm { qkv: Var, q_gain: Var, k_gain: Var, n_head: usize, out: Var, stats: Var, partials: Var },
+    Rope { qkv: Var, n_head: usize, out: Var, table: Var },
+    ReluSquared { x: Var, out: Var },
+    Softcap { x: Var, cap: f64, out: Var },
 }
 
 impl Op {
@@ -26,7 +31,10 @@ impl Op {
             Op::Add { a, b, .. } => [Some(a), Some(b), None],
             Op::Linear { x, w, b, .. } => [Some(x), Some(w), b],
             Op::LayerNorm { x, gamma, beta, .. } => [Some(x), Some(gamma), Some(beta)],
-            Op::Gelu { x, .. } | Op::Dropout { x, .. } => [Some(x), None, None],
+            Op::Gelu { x, .. } | Op::Dropout { x, .. } | Op::ReluSquared { x, .. } | Op::Softcap { x, .. } => [Some(x), None, None],
+            Op::RmsNorm { x, gain, .. } => [Some(x), Some(gain), None],
+            Op::QkNorm { qkv, q_gain, k_gain, .. } => [Some(qkv), Some(q_gain), Some(k_gain)],
+            Op::Rope { qkv, .. } => [Some(qkv), None, None],
             Op::Attention { qkv, .. } => [Some(qkv), None, None],
             Op::CrossEntropy { logits, .. } => [Some(logits), None, None],
         }
@@ -43,20 +51,30 @@ impl Op {
             Op::Attention { .. } => Section::Attention,
             Op::CrossEntropy { .. } => Section::CrossEntropy,
             Op::Dropout { .. } => Section::Dropout,
+            Op::RmsNorm { .. } => Section::RmsNorm,
+            Op::QkNorm { .. } => Section::QkNorm,
+            Op::Rope { .. } => Section::Rope,
+            Op::ReluSquared { .. } => Section::ReluSquared,
+            Op::Softcap { .. } => Section::Softcap,
         }
     }
 
     /// The tensors with gradient slots that this op creates: its output and backward scratch.
     pub(crate) fn grad_outputs(&self) -> [Option<Var>; 2] {
         match *self {
-            Op::LayerNorm { out, partials, .. } => [Some(out), Some(partials)],
+            Op::LayerNorm { out, partials, .. } | Op::RmsNorm { out, partials, .. } | Op::QkNorm { out, partials, .. } => {
+                [Some(out), Some(partials)]
+            }
             Op::Attention { out, bwd_tiles, .. } => [Some(out), Some(bwd_tiles)],
             Op::Embedding { out, .. }
             | Op::Add { out, .. }
             | Op::Linear { out, .. }
             | Op::Gelu { out, .. }
             | Op::CrossEntropy { out, .. }
-            | Op::Dropout { out, .. } => [Some(out), None],
+            | Op::Dropout { out, .. }
+            | Op::Rope { out, .. }
+            | Op::ReluSquared { out, .. }
+            | Op::Softcap { out, .. } => [Some(out), None],
         }
     }
 }

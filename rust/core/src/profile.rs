@@ -17,13 +17,18 @@ pub enum Section {
     Attention,
     CrossEntropy,
     Dropout,
+    RmsNorm,
+    QkNorm,
+    Rope,
+    ReluSquared,
+    Softcap,
     /// Zeroing activation and parameter gradient slots before backward writes them.
     ZeroGrads,
     GradNorm,
     Optimizer,
 }
 
-const SECTIONS: [(Section, &str); 11] = [
+const SECTIONS: [(Section, &str); 16] = [
     (Section::Embedding, "embedding"),
     (Section::Residual, "residual add"),
     (Section::Linear, "linear (GEMM)"),
@@ -32,6 +37,11 @@ const SECTIONS: [(Section, &str); 11] = [
     (Section::Attention, "attention"),
     (Section::CrossEntropy, "cross-entropy"),
     (Section::Dropout, "dropout"),
+    (Section::RmsNorm, "rmsnorm"),
+    (Section::QkNorm, "qk-norm"),
+    (Section::Rope, "rotary embeddings"),
+    (Section::ReluSquared, "relu^2"),
+    (Section::Softcap, "logit soft-cap"),
     (Section::ZeroGrads, "zero gradient slots"),
     (Section::GradNorm, "gradient norm"),
     (Section::Optimizer, "optimizer"),

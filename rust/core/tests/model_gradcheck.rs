@@ -1,5 +1,6 @@
 //! Whole-model gradient check in f64: every parameter tensor of a tiny GPT (dropout off) gets
-//! analytic gradients that match central finite differences of the loss.
+//! analytic gradients that match central finite differences of the loss, with GPT-2's block and
+//! with every block option on.
 
 use lmcore_core::{Gpt, GptConfig, Graph};
 
@@ -11,9 +12,35 @@ fn loss(g: &mut Graph<f64>, gpt: &Gpt, x: &[i64], y: &[i64]) -> f64 {
     g.value(l.unwrap()).unwrap()[0]
 }
 
+const CLASSIC: GptConfig = GptConfig {
+    vocab_size: 11,
+    d_model: 8,
+    n_head: 2,
+    n_layer: 2,
+    block_size: 6,
+    dropout: 0.0,
+    rope: false,
+    rmsnorm: false,
+    qk_norm: false,
+    relu2: false,
+    untied_head: false,
+    zero_init: false,
+    logit_softcap: 0.0,
+};
+
 #[test]
 fn tiny_gpt_gradients_match_finite_differences() {
-    let config = GptConfig { vocab_size: 11, d_model: 8, n_head: 2, n_layer: 2, block_size: 6, dropout: 0.0 };
+    check_gradients(CLASSIC);
+}
+
+#[test]
+fn tiny_gpt_with_every_block_option_gradients_match_finite_differences() {
+    // (zero_init only changes the start; the perturbation below moves the weights off zero.)
+    let all = GptConfig { rope: true, rmsnorm: true, qk_norm: true, relu2: true, untied_head: true, zero_init: true, logit_softcap: 2.0, ..CLASSIC };
+    check_gradients(all);
+}
+
+fn check_gradients(config: GptConfig) {
     let mut g = Graph::<f64>::new();
     let gpt = Gpt::new(&mut g, config, 3).unwrap();
     // Larger weights than the 0.02 init so every path carries a visible gradient.

@@ -1,79 +1,12 @@
 //! The promises that make long runs safe: after the first step, a training step makes zero heap
-//! allocations, and the arena's high-water mark never moves, over 1,000 steps with AdamW and 200
-//! with Muon (its Newton-Schulz products and scratch included).
+//! allocations, and the arena's high-water mark never moves, over 1,000 steps.
 
-use lmcore_core::{AdamWConfig, GptConfig, MuonConfig, OptimizerConfig, Trainer, IGNORE_ID};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod common;
 
-/// Counts every allocation and reallocation made through Rust's global allocator.
-struct CountingAlloc;
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
-        System.realloc(ptr, layout, new_size)
-    }
-}
-
-#[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
-
-fn batch(step: usize, len: usize, vocab: usize) -> (Vec<i64>, Vec<i64>) {
-    let x: Vec<i64> = (0..len).map(|i| ((i * 7 + step * 13) % vocab) as i64).collect();
-    // Odd steps ignore a third of their targets, as fine-tuning on replies does.
-    let y: Vec<i64> = (0..len)
-        .map(|i| if step % 2 == 1 && i % 3 == 0 { IGNORE_ID } else { ((i * 5 + step * 3 + 1) % vocab) as i64 })
-        .collect();
-    (x, y)
-}
+use lmcore_core::GptConfig;
 
 #[test]
 fn steady_state_step_allocates_nothing_and_arena_stays_flat() {
-    let adamw = AdamWConfig { beta2: 0.99, weight_decay: 0.1, ..Default::default() };
-    // One test function: the allocation counter is global, so two tests in parallel would see
-    // each other's allocations.
-    // Muon's run is shorter: both must end within a minute on a busy machine, or libtest's "has
-    // been running for over 60 seconds" warning is an allocation of its own.
-    steady_state(adamw.into(), 1000);
-    steady_state(MuonConfig { adamw, ..Default::default() }.into(), 200);
-}
-
-fn steady_state(opt: OptimizerConfig, steps: usize) {
-    let config = GptConfig { vocab_size: 65, d_model: 32, n_head: 2, n_layer: 2, block_size: 16, dropout: 0.1 };
-    let mut trainer = Trainer::<f32>::new(config, 42, opt, 1.0).unwrap();
-    let (b, t) = (4, 16);
-    // Batches are made up front so that the loop measures the engine, not the test.
-    let batches: Vec<_> = (0..steps).map(|s| batch(s, b * t, 65)).collect();
-
-    let start = ALLOCATIONS.load(Ordering::SeqCst);
-    trainer.train_step(&batches[0].0, &batches[0].1, b, t, 1e-3).unwrap();
-    // The counter sees the first step size the arena: proof it is really counting.
-    assert!(ALLOCATIONS.load(Ordering::SeqCst) > start);
-    let high_water = trainer.graph.arena_high_water_bytes();
-    let capacity = trainer.graph.capacity_bytes();
-    assert!(high_water > 0);
-
-    let before = ALLOCATIONS.load(Ordering::SeqCst);
-    let mut last_loss = 0.0;
-    for (x, y) in &batches[1..] {
-        last_loss = trainer.train_step(x, y, b, t, 1e-3).unwrap().loss;
-    }
-    let allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
-
-    assert_eq!(allocations, 0, "{}: steady-state steps allocated {allocations} times", opt.name());
-    assert_eq!(trainer.graph.arena_high_water_bytes(), high_water, "arena high-water mark moved");
-    assert_eq!(trainer.graph.capacity_bytes(), capacity, "buffers grew after the first step");
-    assert_eq!(trainer.opt.step(), steps as u64);
-    assert!(last_loss.is_finite());
-    assert!(last_loss < 3.5, "{}: the loss went nowhere ({last_loss})", opt.name()); // ln 65 = 4.17 at the start
-    println!("{}: {steps} steps: 0 allocations after step 1, arena high-water {high_water} bytes", opt.name());
+    let config = GptConfig { vocab_size: 65, d_model: 32, n_head: 2, n_layer: 2, block_size: 16, dropout: 0.1, ..Default::default() };
+    common::steady_state(config, common::adamw().into(), 1000);
 }

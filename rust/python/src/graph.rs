@@ -138,6 +138,31 @@ impl Graph {
         with_graph!(self, py, g, F => tensor(g.gelu(x.var)))
     }
 
+    /// RMS normalisation of the last dimension: x * rstd * gain (no mean, no bias).
+    fn rmsnorm(&self, py: Python<'_>, x: Tensor, gain: Tensor) -> PyResult<Tensor> {
+        with_graph!(self, py, g, F => tensor(g.rmsnorm(x.var, gain.var)))
+    }
+
+    /// max(x, 0)^2.
+    fn relu_squared(&self, py: Python<'_>, x: Tensor) -> PyResult<Tensor> {
+        with_graph!(self, py, g, F => tensor(g.relu_squared(x.var)))
+    }
+
+    /// qkv (..., 3C) with every query and key head RMS-normalised, gains q_gain and k_gain (hs).
+    fn qk_norm(&self, py: Python<'_>, qkv: Tensor, q_gain: Tensor, k_gain: Tensor, n_head: usize) -> PyResult<Tensor> {
+        with_graph!(self, py, g, F => tensor(g.qk_norm(qkv.var, q_gain.var, k_gain.var, n_head)))
+    }
+
+    /// qkv (B, T, 3C) with every query and key head rotated by its position (rotary embeddings).
+    fn rope(&self, py: Python<'_>, qkv: Tensor, n_head: usize) -> PyResult<Tensor> {
+        with_graph!(self, py, g, F => tensor(g.rope(qkv.var, n_head)))
+    }
+
+    /// cap * tanh(x / cap).
+    fn softcap(&self, py: Python<'_>, x: Tensor, cap: f64) -> PyResult<Tensor> {
+        with_graph!(self, py, g, F => tensor(g.softcap(x.var, cap)))
+    }
+
     /// Causal self-attention on qkv (B, T, 3C) with `n_head` heads; returns (B, T, C).
     fn attention(&self, py: Python<'_>, qkv: Tensor, n_head: usize) -> PyResult<Tensor> {
         with_graph!(self, py, g, F => tensor(g.attention(qkv.var, n_head)))

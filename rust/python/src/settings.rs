@@ -9,8 +9,9 @@ use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-/// Every setting `Model` takes, and its default (None: required).
-const KNOWN: [(&str, Option<f64>); 16] = [
+/// Every setting `Model` takes, and its default (None: required; the block options are booleans,
+/// default off, but `logit_softcap`, a number).
+const KNOWN: [(&str, Option<f64>); 23] = [
     ("vocab_size", None),
     ("d_model", None),
     ("n_head", None),
@@ -27,6 +28,13 @@ const KNOWN: [(&str, Option<f64>); 16] = [
     ("optimizer", None), // a string, default "adamw"
     ("muon_lr_ratio", Some(20.0)),
     ("muon_momentum", Some(0.95)),
+    ("rope", Some(0.0)),
+    ("rmsnorm", Some(0.0)),
+    ("qk_norm", Some(0.0)),
+    ("relu2", Some(0.0)),
+    ("untied_head", Some(0.0)),
+    ("zero_init", Some(0.0)),
+    ("logit_softcap", Some(0.0)),
 ];
 
 /// The optimizers `optimizer` may name.
@@ -59,6 +67,14 @@ fn number(d: &Bound<'_, PyDict>, name: &str) -> PyResult<f64> {
     }
 }
 
+/// A block option: True or False (default False).
+fn flag(d: &Bound<'_, PyDict>, name: &str) -> PyResult<bool> {
+    match d.get_item(name)? {
+        None => Ok(false),
+        Some(v) => v.extract().map_err(|_| PyTypeError::new_err(format!("{name} must be True or False, got {v}"))),
+    }
+}
+
 impl Settings {
     /// Convert keyword arguments (or a settings dict) and have the engine validate them.
     pub fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<Settings> {
@@ -76,6 +92,13 @@ impl Settings {
             n_layer: size(d, "n_layer")?,
             block_size: size(d, "block_size")?,
             dropout: number(d, "dropout")?,
+            rope: flag(d, "rope")?,
+            rmsnorm: flag(d, "rmsnorm")?,
+            qk_norm: flag(d, "qk_norm")?,
+            relu2: flag(d, "relu2")?,
+            untied_head: flag(d, "untied_head")?,
+            zero_init: flag(d, "zero_init")?,
+            logit_softcap: number(d, "logit_softcap")?,
         };
         let adamw = AdamWConfig { beta1: number(d, "beta1")?, beta2: number(d, "beta2")?, eps: number(d, "eps")?, weight_decay: number(d, "weight_decay")? };
         // Muon's settings are checked whichever optimizer is chosen: a bad one is a mistake either way.
@@ -123,7 +146,7 @@ fn param_layout(settings: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<(String, V
     let s = Settings::from_dict(d)?;
     // (No size limit: a checkpoint's shapes are compared with these before any model is built.)
     // Names of a few hundred bytes each: check a model of millions of tiny layers fits the list.
-    let bytes = s.model.n_layer.saturating_mul(12 * 256);
+    let bytes = s.model.n_layer.saturating_mul(14 * 256);
     lmcore_core::memory::check_available(bytes, &format!("the parameter list of {} layers", s.model.n_layer)).map_err(to_py)?;
     Ok(s.model.layout().map(|p| (p.name, p.dims)).collect())
 }
