@@ -17,7 +17,7 @@ from typing import Any
 import lmcore
 from lmcore.checkpoint import CheckpointError
 from lmcore.cli import UsageError, printed_warnings
-from lmcore.config import PRESETS, RunConfig
+from lmcore.config import PRESETS, SPEEDRUN_TARGET, RunConfig
 from lmcore.corpus import Corpus, DataError
 from lmcore.datasets import resolve_corpus
 from lmcore.run_state import CHECKPOINT_NAME, load_run, model_from_checkpoint, new_model
@@ -135,6 +135,8 @@ def prepare(args: argparse.Namespace) -> Run:
     ckpt_path = out_dir / CHECKPOINT_NAME
     iter_num, sampler_state, best_val, pending, elapsed = 0, None, None, None, 0.0
     target = getattr(args, "target_loss", None)
+    if target is None and args.preset == "speedrun":
+        target = SPEEDRUN_TARGET
     if target is not None and not (math.isfinite(target) and target > 0):
         raise UsageError(f"--target-loss must be a finite number > 0, got {target}")
     if args.resume and args.init_from:

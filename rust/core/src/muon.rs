@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 use crate::memory;
 use crate::newton_schulz::NewtonSchulz;
 use crate::optimizer::{unknown_state, Optimizer};
-use crate::parallel::{for_each_chunk, for_each_chunk2};
+use crate::parallel::{for_each_chunk, for_each_chunk2, for_each_span, num_threads};
+use std::sync::{Mutex, PoisonError};
 use crate::real::Real;
 use crate::simd::simd_loop;
 use crate::store::Store;
@@ -61,6 +62,15 @@ struct Matrix {
     /// Equal row blocks, each orthogonalised on its own.
     blocks: usize,
     decay: bool,
+    /// Where its update is made in `Muon::update`.
+    at: usize,
+}
+
+/// The Newton-Schulz work of one thread: its run of consecutive row blocks of `update`, each
+/// (rows, cols), and its own scratch.
+struct Share<F> {
+    blocks: Vec<(usize, usize)>,
+    ns: Mutex<NewtonSchulz<F>>,
 }
 
 pub struct Muon<F: Real> {
@@ -69,9 +79,11 @@ pub struct Muon<F: Real> {
     /// Momentum buffer, parallel to the parameters (zero outside Muon's matrices).
     momentum: Vec<F>,
     matrices: Vec<Matrix>,
-    /// The update of one matrix being made, as long as the largest.
+    /// Every matrix's update, one after another, as the step makes it.
     update: Vec<F>,
-    ns: NewtonSchulz<F>,
+    /// The threads' shares of the row blocks, and where each share ends in `update`.
+    shares: Vec<Share<F>>,
+    share_ends: Vec<usize>,
 }
 
 /// Muon's state buffers: its momentum, then the inner AdamW's moments.
@@ -82,27 +94,55 @@ impl<F: Real> Muon<F> {
     pub fn new(config: MuonConfig, store: &Store<F>) -> Result<Self> {
         config.validate()?;
         let adamw = AdamW::for_params(config.adamw, store, |p| p.muon_blocks.is_none())?;
-        let mut matrices = Vec::new();
+        let (mut matrices, mut len) = (Vec::new(), 0usize);
         for p in store.params() {
             let Some(blocks) = p.muon_blocks else { continue };
             match *p.shape.dims() {
                 [rows, cols] if blocks > 0 && rows.is_multiple_of(blocks) => {
-                    matrices.push(Matrix { offset: p.offset, rows, cols, blocks, decay: p.decay })
+                    matrices.push(Matrix { offset: p.offset, rows, cols, blocks, decay: p.decay, at: len });
+                    len += rows * cols;
                 }
                 _ => return Err(Error::Invalid(format!("Muon needs {} to be a matrix of {blocks} equal row blocks, got shape {:?}", p.name, p.shape.dims()))),
             }
         }
-        let largest = matrices.iter().map(|m| m.rows * m.cols).max().unwrap_or(0);
-        let ns = NewtonSchulz::new(matrices.iter().map(|m| (m.rows / m.blocks, m.cols)))?;
+        let (shares, share_ends) = share_blocks(&matrices, num_threads())?;
         Ok(Muon {
             config,
             adamw,
             momentum: memory::filled(store.param_len(), F::ZERO, "Muon's momentum")?,
             matrices,
-            update: memory::filled(largest, F::ZERO, "Muon's update")?,
-            ns,
+            update: memory::filled(len, F::ZERO, "Muon's update")?,
+            shares,
+            share_ends,
         })
     }
+}
+
+/// The row blocks of `matrices` in `threads` shares of about equal Newton-Schulz work, each a run
+/// of consecutive blocks. Small models' products are too small to split across threads well, so
+/// the threads take whole blocks instead; each block's result does not depend on which thread
+/// runs it, so neither does a run's.
+fn share_blocks<F: Real>(matrices: &[Matrix], threads: usize) -> Result<(Vec<Share<F>>, Vec<usize>)> {
+    let threads = threads.max(1);
+    // Multiply-adds of one step of the quintic on a (rows, cols) block: X X^T, A A and B X.
+    let cost = |&(r, c): &(usize, usize)| (r.min(c) * r.min(c) * (2 * r.max(c) + r.min(c))) as f64;
+    let blocks: Vec<(usize, usize)> = matrices.iter().flat_map(|m| (0..m.blocks).map(move |_| (m.rows / m.blocks, m.cols))).collect();
+    let total: f64 = blocks.iter().map(cost).sum();
+    // A block goes to the thread whose fraction of the total work its middle falls in.
+    let mut owner = Vec::with_capacity(blocks.len());
+    let mut done = 0.0;
+    for b in &blocks {
+        owner.push(((done + cost(b) / 2.0) / total * threads as f64) as usize);
+        done += cost(b);
+    }
+    let (mut shares, mut ends, mut at) = (Vec::new(), Vec::new(), 0);
+    for t in 0..threads {
+        let mine: Vec<(usize, usize)> = blocks.iter().zip(&owner).filter(|(_, &o)| o.min(threads - 1) == t).map(|(&b, _)| b).collect();
+        at += mine.iter().map(|(r, c)| r * c).sum::<usize>();
+        shares.push(Share { ns: Mutex::new(NewtonSchulz::new(mine.iter().copied())?), blocks: mine });
+        ends.push(at);
+    }
+    Ok((shares, ends))
 }
 
 impl<F: Real> Optimizer<F> for Muon<F> {
@@ -114,19 +154,28 @@ impl<F: Real> Optimizer<F> for Muon<F> {
         self.adamw.update(params, grads, lr, grad_scale);
         let lr = lr * self.config.lr_ratio;
         let (mu, clip) = (F::from_f64(self.config.momentum), F::from_f64(grad_scale));
+        // The Nesterov update of every matrix, then every row block orthogonalised (the
+        // threads' shares side by side), then the descent.
         for m in &self.matrices {
             let span = m.offset..m.offset + m.rows * m.cols;
-            let u = &mut self.update[..span.len()];
-            let g = &grads[span.clone()];
-            for_each_chunk2(&mut self.momentum[span.clone()], SPAN, u, SPAN, |i, buf, u| nesterov(buf, u, &g[i * SPAN..], mu, clip));
-            let rows = m.rows / m.blocks;
-            for block in u.chunks_exact_mut(rows * m.cols) {
-                self.ns.orthogonalise(block, rows, m.cols);
+            let (u, g) = (&mut self.update[m.at..m.at + span.len()], &grads[span.clone()]);
+            for_each_chunk2(&mut self.momentum[span], SPAN, u, SPAN, |i, buf, u| nesterov(buf, u, &g[i * SPAN..], mu, clip));
+        }
+        let shares = &self.shares;
+        for_each_span(&mut self.update, &self.share_ends, |t, mut part| {
+            let mut ns = shares[t].ns.lock().unwrap_or_else(PoisonError::into_inner);
+            for &(rows, cols) in &shares[t].blocks {
+                let (block, rest) = part.split_at_mut(rows * cols);
+                ns.orthogonalise(block, rows, cols);
+                part = rest;
             }
+        });
+        for m in &self.matrices {
+            let rows = m.rows / m.blocks;
             let shrink = F::from_f64(if m.decay { 1.0 - lr * self.config.adamw.weight_decay } else { 1.0 });
             let step = F::from_f64(lr * (rows as f64 / m.cols as f64).max(1.0).sqrt());
-            let u = &*u;
-            for_each_chunk(&mut params[span], SPAN, |i, p| descend(p, &u[i * SPAN..], shrink, step));
+            let u = &self.update[m.at..m.at + m.rows * m.cols];
+            for_each_chunk(&mut params[m.offset..m.offset + m.rows * m.cols], SPAN, |i, p| descend(p, &u[i * SPAN..], shrink, step));
         }
     }
 
@@ -173,7 +222,7 @@ impl<F: Real> Optimizer<F> for Muon<F> {
         self.adamw.capacity_bytes()
             + (self.momentum.capacity() + self.update.capacity()) * size_of::<F>()
             + self.matrices.capacity() * size_of::<Matrix>()
-            + self.ns.capacity_bytes()
+            + self.shares.iter().map(|s| s.ns.lock().unwrap_or_else(PoisonError::into_inner).capacity_bytes()).sum::<usize>()
     }
 }
 

@@ -3,14 +3,14 @@
 //! Keller Jordan's quintic X <- a X + (b A + c A^2) X, A = X X^T, on X = G / ||G||_F. The
 //! coefficients trade exactness for speed: singular values land in roughly [0.7, 1.2], not at 1,
 //! which training does not mind. X is kept wide (rows <= columns, G transposed if it is tall), so
-//! A is the smaller Gram matrix. Every product is `matmul::gemm_rows_with` (the engine's threads,
-//! one BLAS thread each), except tiny ones, which run on the calling thread; the scratch is sized
-//! once, for the largest matrix, so a call allocates nothing. It runs in the model's float type: float32 for training, float64 for the gradient
-//! checks (and the tests that compare it with a float64 reference).
+//! A is the smaller Gram matrix. One matrix runs on one thread (Muon gives the threads different
+//! matrices: its products are too small to split well), so its result does not depend on the
+//! thread count; the scratch is sized once, for the largest matrix, so a call allocates nothing.
+//! It runs in the model's float type: float32 for training, float64 for the gradient checks (and
+//! the tests that compare it with a float64 reference).
 
-use crate::blas::{gemm, BlasFloat, Gemm};
+use crate::blas::{gemm, Gemm};
 use crate::error::{Error, Result};
-use crate::matmul::gemm_rows_with;
 use crate::memory;
 use crate::real::Real;
 use crate::simd::simd_loop;
@@ -18,10 +18,6 @@ use crate::simd::simd_loop;
 /// (a, b, c) of the quintic a x + b x^3 + c x^5.
 pub const COEFFS: (f64, f64, f64) = (3.4445, -4.7750, 2.0315);
 pub const STEPS: usize = 5;
-/// Multiply-adds below which a product runs on the calling thread: waking the pool costs more
-/// than it saves (a d_model 32 model's 15 products per matrix took milliseconds on a busy machine).
-const SPLIT_MIN: usize = 1 << 18;
-
 /// Added to the Frobenius norm, so a zero matrix stays zero instead of becoming NaN.
 const NORM_EPS: f64 = 1e-7;
 
@@ -71,13 +67,15 @@ impl<F: Real> NewtonSchulz<F> {
         for _ in 0..STEPS {
             let (x, y, a, b) = (&self.x[..m * n], &mut self.y[..m * n], &mut self.a[..m * m], &mut self.b[..m * m]);
             // A = X X^T
-            product(&Gemm::nt(m, m, n, x, n, x, n), a, m, &|_, _| {});
+            gemm(&Gemm::nt(m, m, n, x, n, x, n), a, m);
             let a = &*a;
-            // B = c A A + b A, the b A added to each thread's rows while they are in its cache.
-            product(&Gemm::nn(m, m, m, a, m, a, m).alpha(kc), b, m, &|r0, part| add_scaled(part, &a[r0 * m..r0 * m + part.len()], kb));
+            // B = c A A + b A
+            gemm(&Gemm::nn(m, m, m, a, m, a, m).alpha(kc), b, m);
+            add_scaled(b, a, kb);
             // Y = B X + a X
             let b = &*b;
-            product(&Gemm::nn(m, n, m, b, m, x, n), y, n, &|r0, part| add_scaled(part, &x[r0 * n..r0 * n + part.len()], ka));
+            gemm(&Gemm::nn(m, n, m, b, m, x, n), y, n);
+            add_scaled(y, x, ka);
             std::mem::swap(&mut self.x, &mut self.y);
         }
         let x = &self.x[..m * n];
@@ -90,19 +88,6 @@ impl<F: Real> NewtonSchulz<F> {
 
     pub fn capacity_bytes(&self) -> usize {
         (self.x.capacity() + self.y.capacity() + self.a.capacity() + self.b.capacity()) * size_of::<F>()
-    }
-}
-
-/// The product `g` into C (dense rows of `ldc`), then `finish(first_row, rows)` on its rows: split
-/// across the engine's threads unless it is tiny (the split depends only on the shape and the
-/// thread count, so a run is reproducible with the same `--threads`).
-fn product<F: BlasFloat + Send + Sync>(g: &Gemm<F>, c: &mut [F], ldc: usize, finish: &(dyn Fn(usize, &mut [F]) + Sync)) {
-    if g.m * g.n * g.k < SPLIT_MIN {
-        let c = &mut c[..g.m * ldc];
-        gemm(g, c, ldc);
-        finish(0, c);
-    } else {
-        gemm_rows_with(g, c, ldc, &|_| {}, finish);
     }
 }
 

@@ -234,6 +234,13 @@ struct SendPtr<T>(*mut T);
 unsafe impl<T: Send> Send for SendPtr<T> {}
 unsafe impl<T: Send> Sync for SendPtr<T> {}
 
+impl<T> SendPtr<T> {
+    /// The pointer (a method, so closures capture the wrapper, not the bare pointer).
+    fn get(&self) -> *mut T {
+        self.0
+    }
+}
+
 /// Split `data` into chunks of `size` elements and run `f(index, chunk)` on them in parallel.
 pub fn for_each_chunk<T: Send>(data: &mut [T], size: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     let n = data.len().div_ceil(size.max(1));
@@ -247,6 +254,19 @@ pub fn for_each_chunk<T: Send>(data: &mut [T], size: usize, f: impl Fn(usize, &m
 pub fn for_each_chunk2<T: Send, U: Send>(a: &mut [T], size_a: usize, b: &mut [U], size_b: usize, f: impl Fn(usize, &mut [T], &mut [U]) + Sync) {
     let mut none: [u8; 0] = [];
     for_each_chunk3(a, size_a, b, size_b, &mut none, 1, |i, a, b, _| f(i, a, b));
+}
+
+/// Run `f(i, part)` in parallel on the parts that `ends` cuts `data` into: part i is
+/// `data[ends[i - 1]..ends[i]]` (from 0 for the first), so parts may differ in length.
+pub fn for_each_span<T: Send>(data: &mut [T], ends: &[usize], f: impl Fn(usize, &mut [T]) + Sync) {
+    let in_order = ends.windows(2).all(|w| w[0] <= w[1]) && ends.last().is_none_or(|&e| e <= data.len());
+    assert!(in_order, "for_each_span: ends must be sorted and within the data");
+    let ptr = SendPtr(data.as_mut_ptr());
+    parallel_for(ends.len(), &|i| {
+        let start = if i == 0 { 0 } else { ends[i - 1] };
+        // SAFETY: sorted ends within `data` give disjoint parts, one per task index.
+        f(i, unsafe { std::slice::from_raw_parts_mut(ptr.get().add(start), ends[i] - start) })
+    });
 }
 
 /// Like `for_each_chunk` over three buffers in lockstep. Chunk i of a buffer with fewer chunks
@@ -284,6 +304,6 @@ impl<T> Chunks<T> {
     /// No other live reference may cover chunk `i` of this buffer.
     unsafe fn get<'a>(&self, i: usize) -> &'a mut [T] {
         let start = (i * self.size).min(self.len);
-        std::slice::from_raw_parts_mut(self.ptr.0.add(start), self.size.min(self.len - start))
+        std::slice::from_raw_parts_mut(self.ptr.get().add(start), self.size.min(self.len - start))
     }
 }
