@@ -3,17 +3,20 @@
 Each configuration (``CONFIGS`` below: a name and the flags of ``python -m lmcore.train``) is trained
 in a process of its own, one after another (never side by side: they would share the cores), in an
 output directory of its own, with ``--eval-full`` (the whole validation split, so losses compare to
-the third decimal), ``--target-loss`` (the run stops at the first evaluation at or below it) and
-``--eval-interval``; those three flags come last, so they override a configuration's own. Then:
+the third decimal) and ``--target-loss`` (the run stops at the first evaluation at or below it),
+and ``--eval-interval`` if given; these come last, so they override a configuration's own. Then:
 
 - one PNG: validation loss against wall seconds (``elapsed_s`` of metrics.jsonl: evaluations and
   checkpoints included) for every configuration, the target as a dashed line (``--log-x``: log x);
 - a table: steps and seconds to reach the target (or "not reached" and the best validation loss),
   the run's seconds (its last ``elapsed_s``) and the process's wall seconds (start-up included);
-  and a ``JSON: {...}`` line of the same.
+  and a ``JSON: {...}`` line of the same;
+- PyTorch's time to the target with the classic recipe: the classic run's steps to it times
+  PyTorch's classic step, timed in the same invocation by benches/vs_pytorch.py (skipped without
+  torch, or with --no-torch), and the speedrun's time as a fraction of it (issue 13: <= 0.25).
 
 Run:  LMCORE_DATA_DIR=/path/to/data python benches/speedrun.py [--only NAME ...] [--target 1.55]
-      [--eval-interval 250] [--png speedrun.png] [--log-x] [--threads N] [--keep DIR] [--quick]
+      [--eval-interval N] [--png speedrun.png] [--log-x] [--threads N] [--keep DIR] [--quick] [--no-torch]
 --quick: every configuration for 20 steps on 32-token blocks of 4 rows of the first 100,000
 characters of tinyshakespeare, an evaluation every 10 steps and a target of 3.9: checks that the
 harness works (seconds for the classic recipe). --keep DIR must not hold these runs already (a run
@@ -38,13 +41,24 @@ from lmcore.datasets import resolve_corpus
 from lmcore.metrics import read_metrics
 
 # The classic recipe: `--small` (128 wide, 2 layers, block 128, batch 16, cosine from 1e-3), its own
-# 10,000 steps; it stops earlier at the target.
-CLASSIC = ["--small"]
-# The speedrun preset and its ablations: placeholders for whoever adds the preset. SPEEDRUN is its
-# flag list (e.g. ["--speedrun"]); each ablation is (name, flags to remove, flags to add), see
-# `ablations`.
-SPEEDRUN: list[str] | None = None
-ABLATIONS: list[tuple[str, list[str], list[str]]] = []
+# 10,000 steps; it stops earlier at the target. Evaluated every 500 steps (each is a pass over the
+# whole validation split, about a second here).
+CLASSIC = ["--small", "--eval-interval", "500"]
+# The speedrun preset (python/lmcore/config.py) and its ablations: each takes one part away (name,
+# flags to remove, flags to add; see `ablations`). Without Muon, every weight goes to AdamW at the
+# classic recipe's learning rate and weight decay.
+SPEEDRUN: list[str] | None = ["--speedrun"]
+ABLATIONS: list[tuple[str, list[str], list[str]]] = [
+    ("- muon (adamw)", [], ["--optimizer", "adamw", "--lr", "1e-3", "--weight-decay", "0.1"]),
+    ("- rope (learned pos.)", [], ["--no-rope"]),
+    ("- rmsnorm (layernorm)", [], ["--no-rmsnorm"]),
+    ("- qk-norm", [], ["--no-qk-norm"]),
+    ("- relu2 (gelu)", [], ["--no-relu2"]),
+    ("- untied head", [], ["--no-untied-head"]),
+    ("- zero init", [], ["--no-zero-init"]),
+    ("- soft-cap", [], ["--logit-softcap", "0"]),
+    ("- wsd (cosine)", [], ["--schedule", "cosine", "--min-lr", "8e-4"]),
+]
 
 
 def ablations(base: list[str], changes: list[tuple[str, list[str], list[str]]]) -> dict[str, list[str]]:
@@ -83,11 +97,12 @@ QUICK = ["--max-iters", "20", "--lr-decay-iters", "20", "--warmup-iters", "5", "
 QUICK_EVAL_INTERVAL, QUICK_TARGET, QUICK_CHARS = 10, 3.9, 100_000
 
 
-def run(name: str, flags: list[str], out: Path, target: float, eval_interval: int,
+def run(name: str, flags: list[str], out: Path, target: float, eval_interval: int | None,
         threads: int | None) -> dict[str, Any]:
     """Train one configuration in a child process; its results, read from its metrics.jsonl."""
+    interval = [] if eval_interval is None else ["--eval-interval", str(eval_interval)]
     cmd = [sys.executable, "-m", "lmcore.train", *flags, "--eval-full", "--target-loss", repr(target),
-           "--eval-interval", str(eval_interval), "--sample-tokens", "0", "--out-dir", str(out),
+           *interval, "--sample-tokens", "0", "--out-dir", str(out),
            *(["--threads", str(threads)] if threads else [])]
     print(f"\n=== {name}\n$ {' '.join(cmd)}", flush=True)
     started = time.perf_counter()
@@ -163,17 +178,52 @@ def table(results: list[dict[str, Any]], target: float) -> str:
     return "\n".join(lines)
 
 
+def torch_classic_step(threads: int | None) -> dict[str, float] | None:
+    """PyTorch's and lmcore's ms per step of the classic `--small` recipe, measured together by
+    benches/vs_pytorch.py (same model, batches and initial weights: the two compute the same losses
+    to about 1e-6, so PyTorch needs as many steps to the target as lmcore's classic run); None
+    without torch."""
+    cmd = [sys.executable, str(Path(__file__).with_name("vs_pytorch.py")), "--small", "--warmup", "10", "--steps", "100"]
+    print(f"\n=== PyTorch's classic step\n$ {' '.join(cmd)}", flush=True)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("JSON: ")), None)
+    small = json.loads(line[len("JSON: "):]).get("small", {}) if line else {}
+    if "torch" not in small:
+        print("PyTorch not measured (is torch installed? pip install -r benches/requirements.txt)")
+        return None
+    return {"torch_step_ms": small["torch"]["step_ms"], "lmcore_step_ms": small["lmcore"]["step_ms"]}
+
+
+def against_torch(results: list[dict[str, Any]], torch: dict[str, float]) -> str:
+    """The issue's yardstick: PyTorch's time to the target with the classic recipe (the classic
+    run's steps to it at PyTorch's step time), against the speedrun's."""
+    classic = next((r for r in results if r["name"] == "classic"), None)
+    fast = next((r for r in results if r["name"] == "speedrun"), None)
+    if classic is None or classic["reached_step"] is None:
+        steps, how = 10_000, "10,000 steps (assumed: the classic run did not reach the target here)"
+    else:
+        steps, how = classic["reached_step"], f"{classic['reached_step']:,} steps (the classic run's)"
+    torch_s = steps * torch["torch_step_ms"] / 1e3
+    line = (f"PyTorch, classic recipe, to the target: {how} x {torch['torch_step_ms']:.1f} ms/step "
+            f"= {torch_s:.0f} s (lmcore's classic step in the same measurement: {torch['lmcore_step_ms']:.1f} ms)")
+    if fast is not None and fast["reached_s"] is not None:
+        line += f"\nspeedrun: {fast['reached_s']:.1f} s = {fast['reached_s'] / torch_s:.3f} of it (goal <= 0.25)"
+    return line
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--only", nargs="+", metavar="NAME", choices=sorted(CONFIGS),
                    help=f"run these configurations only (of: {', '.join(CONFIGS)})")
     p.add_argument("--target", type=float, default=1.55, help="target validation loss (default %(default)s)")
-    p.add_argument("--eval-interval", type=int, default=250, help="steps between evaluations (default %(default)s)")
+    p.add_argument("--eval-interval", type=int, default=None,
+                   help="steps between evaluations (default: each configuration's own)")
     p.add_argument("--png", type=Path, default=Path("speedrun.png"), help="the plot (default %(default)s)")
     p.add_argument("--log-x", action="store_true", help="log-scale wall seconds")
     p.add_argument("--threads", type=int, default=None, help="engine threads of each run (default: all cores)")
     p.add_argument("--keep", type=Path, default=None, help="keep the runs' output directories under DIR")
     p.add_argument("--quick", action="store_true", help="20 steps of each, target 3.9: check the harness works")
+    p.add_argument("--no-torch", action="store_true", help="skip timing PyTorch's classic step")
     args = p.parse_args(argv)
     target, interval = (QUICK_TARGET, QUICK_EVAL_INTERVAL) if args.quick else (args.target, args.eval_interval)
     chosen = {name: CONFIGS[name] for name in (args.only or CONFIGS)}
@@ -190,10 +240,13 @@ def main(argv: list[str] | None = None) -> int:
         for i, (name, flags) in enumerate(chosen.items()):
             out = root / f"{i:02d}-{re.sub(r'[^A-Za-z0-9.-]+', '-', name)}"
             results.append(run(name, [*flags, *quick], out, target, interval, args.threads))
+    torch = None if args.quick or args.no_torch else torch_classic_step(args.threads)
     plot(results, target, args.png, args.log_x)
     print("\n" + table(results, target))
+    if torch is not None:
+        print(against_torch(results, torch))
     print(f"plot: {args.png}")
-    print("JSON: " + json.dumps({"target": target, "eval_interval": interval, "quick": args.quick,
+    print("JSON: " + json.dumps({"target": target, "eval_interval": interval, "quick": args.quick, "torch": torch,
                                  "results": [{k: v for k, v in r.items() if k != "curve"} for r in results]}))
     return 0 if all(r["exit"] == 0 for r in results) else 1
 

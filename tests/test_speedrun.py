@@ -43,11 +43,12 @@ def test_ablations_remove_flags_with_their_values_and_add_others() -> None:
 def test_quick_speedrun(tmp_path: Path) -> None:
     png = tmp_path / "speedrun.png"
     done = subprocess.run([sys.executable, str(BENCH), "--quick", "--png", str(png), "--keep", str(tmp_path / "runs"),
-                           "--threads", "1"], env=ENV, capture_output=True, text=True, timeout=300)
+                           "--threads", "1", "--only", "classic", "speedrun"], env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = json.loads(done.stdout.splitlines()[-1].removeprefix("JSON: "))
-    (classic,) = result["results"]
+    classic, speedrun = result["results"]
+    assert speedrun["name"] == "speedrun" and speedrun["exit"] == 0 and speedrun["steps"] == (speedrun["reached_step"] or 20)
     assert classic["name"] == "classic" and classic["exit"] == 0 and result["target"] == 3.9
     assert classic["reached_step"] == classic["steps"] == 10  # the target of --quick is met at the first evaluation
     assert 0 < classic["reached_s"] == classic["run_s"] <= classic["wall_s"]
