@@ -45,14 +45,14 @@ from lmcore.metrics import read_metrics
 # whole validation split, about a second here).
 CLASSIC = ["--small", "--eval-interval", "500"]
 # The speedrun preset (python/lmcore/config.py) and its ablations: each takes one part away (name,
-# flags to remove, flags to add; see `ablations`). Without Muon, every weight goes to AdamW at the
+# flags to remove, flags to add; see `ablations`), or, for QK-norm, which the preset leaves out, adds it. Without Muon, every weight goes to AdamW at the
 # classic recipe's learning rate and weight decay.
 SPEEDRUN: list[str] | None = ["--speedrun"]
 ABLATIONS: list[tuple[str, list[str], list[str]]] = [
     ("- muon (adamw)", [], ["--optimizer", "adamw", "--lr", "1e-3", "--weight-decay", "0.1"]),
     ("- rope (learned pos.)", [], ["--no-rope"]),
     ("- rmsnorm (layernorm)", [], ["--no-rmsnorm"]),
-    ("- qk-norm", [], ["--no-qk-norm"]),
+    ("+ qk-norm", [], ["--qk-norm"]),
     ("- relu2 (gelu)", [], ["--no-relu2"]),
     ("- untied head", [], ["--no-untied-head"]),
     ("- zero init", [], ["--no-zero-init"]),

@@ -42,3 +42,29 @@ def assert_grad_close(analytic: np.ndarray, numeric: np.ndarray, what: str) -> N
             f"{what}: {len(bad)} entries off; first at {i}: analytic {analytic[i]!r} "
             f"vs numeric {numeric[i]!r} (max abs err {err.max():.3e})"
         )
+
+
+def perturb_weights(model, rng: np.random.Generator, scale: float = 0.3) -> None:  # noqa: ANN001 (a Model)
+    """Move every weight off its initial value (zeros, ones, 0.02-wide normals), so every path of
+    the model carries a gradient visible to finite differences."""
+    for name in model.param_names():
+        p = model.get_param(name)
+        model.set_param(name, p + scale * rng.normal(size=p.shape))
+
+
+def assert_model_grads_match(model, x: np.ndarray, y: np.ndarray) -> float:  # noqa: ANN001 (a Model)
+    """Every parameter's gradient from a float64 `train_step(x, y, lr=0)` (gradients computed,
+    weights unchanged) against central differences of `forward(x, y)`'s loss; returns the loss."""
+    loss, _ = model.train_step(x, y, lr=0.0)
+    assert abs(loss - model.forward(x, y)[1]) <= 1e-14 * abs(loss)
+    for name in model.param_names():
+        p = model.get_param(name)
+
+        def f() -> float:
+            model.set_param(name, p)
+            return model.forward(x, y)[1]
+
+        numeric = numeric_grad(f, p)
+        model.set_param(name, p)
+        assert_grad_close(model.get_grad(name), numeric, name)
+    return loss

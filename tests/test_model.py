@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lmcore
-from gradcheck import assert_grad_close, numeric_grad
+from gradcheck import assert_model_grads_match, perturb_weights
 
 TINY = dict(vocab_size=11, d_model=8, n_head=2, n_layer=2, block_size=6)
 
@@ -29,22 +29,9 @@ def test_whole_model_gradient_matches_finite_differences():
     rng = np.random.default_rng(0)
     m = lmcore.Model(**TINY, seed=3, dtype="float64", weight_decay=0.0)
     # Weights larger than the 0.02 init so every path carries a visible gradient.
-    for name in m.param_names():
-        p = m.get_param(name)
-        m.set_param(name, p + 0.3 * rng.normal(size=p.shape))
+    perturb_weights(m, rng)
     x, y = batch(rng)
-    loss, _ = m.train_step(x, y, lr=0.0)  # lr 0: gradients computed, weights unchanged
-    assert np.isclose(loss, m.forward(x, y)[1], rtol=1e-14)
-    for name in m.param_names():
-        p = m.get_param(name)
-
-        def f() -> float:
-            m.set_param(name, p)
-            return m.forward(x, y)[1]
-
-        numeric = numeric_grad(f, p)
-        m.set_param(name, p)
-        assert_grad_close(m.get_grad(name), numeric, name)
+    assert_model_grads_match(m, x, y)
 
 
 def adamw_reference(params, grads, ms, vs, t, lr, beta1, beta2, eps, wd, clip):
@@ -250,21 +237,9 @@ def test_zero_init_zeroes_the_projections_and_an_untied_head_only() -> None:
 def test_whole_model_gradient_with_every_option_matches_finite_differences() -> None:
     rng = np.random.default_rng(1)
     m = lmcore.Model(**TINY, **ALL_OPTIONS, seed=3, dtype="float64", weight_decay=0.0)
-    for name in m.param_names():  # off zero, and large enough for visible gradients everywhere
-        p = m.get_param(name)
-        m.set_param(name, p + 0.3 * rng.normal(size=p.shape))
+    perturb_weights(m, rng)
     x, y = batch(rng)
-    m.train_step(x, y, lr=0.0)
-    for name in m.param_names():
-        p = m.get_param(name)
-
-        def f() -> float:
-            m.set_param(name, p)
-            return m.forward(x, y)[1]
-
-        numeric = numeric_grad(f, p)
-        m.set_param(name, p)
-        assert_grad_close(m.get_grad(name), numeric, name)
+    assert_model_grads_match(m, x, y)
 
 
 @pytest.mark.parametrize("options", [dict(ALL_OPTIONS), dict(rope=True, qk_norm=True), dict(relu2=True, rmsnorm=True)])

@@ -256,6 +256,17 @@ pub fn for_each_chunk2<T: Send, U: Send>(a: &mut [T], size_a: usize, b: &mut [U]
     for_each_chunk3(a, size_a, b, size_b, &mut none, 1, |i, a, b, _| f(i, a, b));
 }
 
+/// Elements below which an elementwise pass is not split further: a smaller span costs more to
+/// hand to a thread than to compute.
+const ELEMENTWISE_MIN: usize = 4096;
+
+/// An elementwise pass over `out` split among the threads: `f(first, span)` gets each span of
+/// `out` and the index of its first element, to take the same span of its inputs.
+pub fn elementwise<T: Send>(out: &mut [T], f: impl Fn(usize, &mut [T]) + Sync) {
+    let chunk = rows_per_task(out.len()).max(ELEMENTWISE_MIN);
+    for_each_chunk(out, chunk, |i, part| f(i * chunk, part));
+}
+
 /// Run `f(i, part)` in parallel on the parts that `ends` cuts `data` into: part i is
 /// `data[ends[i - 1]..ends[i]]` (from 0 for the first), so parts may differ in length.
 pub fn for_each_span<T: Send>(data: &mut [T], ends: &[usize], f: impl Fn(usize, &mut [T]) + Sync) {

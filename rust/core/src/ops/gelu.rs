@@ -2,7 +2,7 @@
 
 use crate::error::Result;
 use crate::op::Op;
-use crate::parallel::{for_each_chunk, rows_per_task};
+use crate::parallel::elementwise;
 use crate::real::Real;
 use crate::simd::simd_loop;
 use crate::store::{Store, Var};
@@ -19,8 +19,7 @@ pub(crate) fn record<F: Real>(store: &mut Store<F>, x: Var) -> Result<(Var, Op)>
 }
 
 pub(crate) fn forward<F: Real>(x: &[F], out: &mut [F]) {
-    let chunk = rows_per_task(x.len()).max(4096);
-    for_each_chunk(out, chunk, |i, out| forward_span(&x[i * chunk..], out));
+    elementwise(out, |at, out| forward_span(&x[at..], out));
 }
 
 simd_loop! {
@@ -35,8 +34,7 @@ simd_loop! {
 pub(crate) fn backward<F: Real>(s: &mut Store<F>, x: Var, out: Var) {
     let (r, [dout, dx]) = s.backward_io([out, x]);
     let (dout, xv) = (&*dout, r.f(x));
-    let chunk = rows_per_task(xv.len()).max(4096);
-    for_each_chunk(dx, chunk, |i, dx| backward_span(&dout[i * chunk..], &xv[i * chunk..], dx));
+    elementwise(dx, |at, dx| backward_span(&dout[at..], &xv[at..], dx));
 }
 
 simd_loop! {

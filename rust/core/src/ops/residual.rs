@@ -2,7 +2,7 @@
 
 use crate::error::{shape_err, Result};
 use crate::op::Op;
-use crate::parallel::{for_each_chunk, rows_per_task};
+use crate::parallel::elementwise;
 use crate::real::Real;
 use crate::simd::simd_loop;
 use crate::store::{Store, Var};
@@ -15,9 +15,8 @@ pub(crate) fn record<F: Real>(store: &mut Store<F>, a: Var, b: Var) -> Result<(V
     }
     let out = store.alloc(sa)?;
     let (r, mut w) = store.forward_io(out);
-    let chunk = rows_per_task(sa.numel()).max(4096);
     let (o, av, bv) = (w.one(out), r.f(a), r.f(b));
-    for_each_chunk(o, chunk, |i, o| sum_into(o, &av[i * chunk..], &bv[i * chunk..]));
+    elementwise(o, |at, o| sum_into(o, &av[at..], &bv[at..]));
     Ok((out, Op::Add { a, b, out }))
 }
 
@@ -25,8 +24,8 @@ pub(crate) fn backward<F: Real>(s: &mut Store<F>, a: Var, b: Var, out: Var) {
     // One input at a time, so add(x, x) is fine: both contributions accumulate.
     for input in [a, b] {
         let (_, [dout, g]) = s.backward_io([out, input]);
-        let (dout, chunk) = (&*dout, rows_per_task(g.len()).max(4096));
-        for_each_chunk(g, chunk, |i, g| add_into(g, &dout[i * chunk..]));
+        let dout = &*dout;
+        elementwise(g, |at, g| add_into(g, &dout[at..]));
     }
 }
 

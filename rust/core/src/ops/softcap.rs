@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::op::Op;
-use crate::parallel::{for_each_chunk, rows_per_task};
+use crate::parallel::elementwise;
 use crate::real::Real;
 use crate::simd::simd_loop;
 use crate::store::{Store, Var};
@@ -24,8 +24,7 @@ pub(crate) fn record<F: Real>(store: &mut Store<F>, x: Var, cap: f64) -> Result<
 
 /// Cap `xs` in place.
 pub(crate) fn forward<F: Real>(xs: &mut [F], cap: f64) {
-    let chunk = rows_per_task(xs.len()).max(4096);
-    for_each_chunk(xs, chunk, |_, xs| cap_span(xs, F::from_f64(cap), F::from_f64(1.0 / cap)));
+    elementwise(xs, |_, xs| cap_span(xs, F::from_f64(cap), F::from_f64(1.0 / cap)));
 }
 
 simd_loop! {
@@ -39,9 +38,8 @@ simd_loop! {
 pub(crate) fn backward<F: Real>(s: &mut Store<F>, x: Var, cap: f64, out: Var) {
     let (r, [dout, dx]) = s.backward_io([out, x]);
     let (dout, ov) = (&*dout, r.f(out));
-    let chunk = rows_per_task(ov.len()).max(4096);
     let inv_cap = F::from_f64(1.0 / cap);
-    for_each_chunk(dx, chunk, |i, dx| backward_span(&dout[i * chunk..], &ov[i * chunk..], dx, inv_cap));
+    elementwise(dx, |at, dx| backward_span(&dout[at..], &ov[at..], dx, inv_cap));
 }
 
 simd_loop! {
