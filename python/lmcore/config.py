@@ -22,11 +22,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # small shape with a modern block, Muon for the hidden matrices, AdamW for the rest, a short
     # warmup-stable-decay schedule, evaluations on the whole validation split; it stops at
     # SPEEDRUN_TARGET unless --target-loss says otherwise.
-    "speedrun": dict(d_model=128, n_head=4, n_layer=2, block_size=128, batch_size=32, max_iters=1050,
+    "speedrun": dict(d_model=128, n_head=4, n_layer=2, block_size=128, batch_size=24, max_iters=1200,
                      rope=True, rmsnorm=True, relu2=True, untied_head=True, zero_init=True,
                      logit_softcap=15.0, optimizer="muon", muon_lr=0.03, lr=0.02, weight_decay=0.0,
                      warmup_iters=50, schedule="wsd", decay_frac=0.4, final_lr_ratio=0.1, eval_full=True,
-                     eval_interval=350, eval_iters=10, ckpt_interval=1000),
+                     eval_interval=400, eval_iters=10, ckpt_interval=1000),
 }
 # Validation loss at which `--speedrun` stops.
 SPEEDRUN_TARGET = 1.55
