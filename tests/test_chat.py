@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli_helpers import ENV, run_main
+from cli_helpers import ENV, run_main, train
 from lmcore.chat import ctrl_c_stops
+from lmcore.chat import main as chat_main
 from lmcore.chat_template import apply_chat_template
 from lmcore.chat_session import ChatSession
 from lmcore.run_state import model_from_checkpoint
@@ -26,11 +27,11 @@ SYSTEM = "You echo."
 
 @pytest.fixture(scope="module")
 def chat_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny chat model (window 32), fine-tuned from scratch on the echo conversations until it
-    answers them and ends its turns."""
+    """A tiny chat model (window 96: three exchanges and the system line), fine-tuned from scratch
+    on the echo conversations until it answers them and ends its turns."""
     out = tmp_path_factory.mktemp("chat")
     chats = write_chats(out / "chats.jsonl", n=120)
-    assert run_main([*SFT, "--data", str(chats), "--max-iters", "300", "--eval-interval", "300", "--lr", "1e-2",
+    assert run_main([*SFT, "--data", str(chats), "--max-iters", "300", "--eval-interval", "300", "--lr", "1e-2", "--block-size", "96",
                      "--ckpt-interval", "300", "--sample-tokens", "0", "--threads", "1", "--out-dir", str(out)]) == 0
     return out
 
@@ -56,7 +57,7 @@ def test_kept_cache_and_refed_conversation_give_the_same_replies(chat_dir):
     kept, refed = session(chat_dir), session(chat_dir, keep_cache=False)
     only_new = 0
     for i, message in enumerate(MESSAGES):
-        lag = len(kept.tokens()) - kept.model.kv_len()  # the last reply's tail, not fed yet
+        lag = len(kept.tokens()) - kept.model.kv_len  # the last reply's tail, not fed yet
         turns = len(kept.turns)
         a, b = kept.reply(message), refed.reply(message)
         assert np.array_equal(a.ids, b.ids), (i, a.text, b.text)
@@ -67,7 +68,7 @@ def test_kept_cache_and_refed_conversation_give_the_same_replies(chat_dir):
             only_new += 1
     assert only_new >= 2
     # The kept cache is the conversation: its logits equal a fresh forward of all of it.
-    lag = len(kept.tokens()) - kept.model.kv_len()
+    lag = len(kept.tokens()) - kept.model.kv_len
     logits, fed = kept._sync()
     assert fed == lag
     full = kept.model.forward(kept.tokens()[None, :])[0][0, -1]
@@ -85,13 +86,13 @@ def test_a_full_window_drops_the_oldest_exchanges_and_keeps_the_system_line(chat
         dropped |= len(s.turns) <= before
         assert np.array_equal(s.tokens()[:len(system)], system)
         assert s.turns[0][0] == "user" and len(s.tokens()) <= s.block + 2
-        assert s.model.kv_len() == s.cached
-    assert dropped  # (a window of 32 holds two or three exchanges)
+        assert s.model.kv_len == s.cached
+    assert dropped  # (a window of 96 holds three exchanges)
     s.set_system(None)
     s.reply("say rose")
     assert s.tokens()[0] == s.tokenizer.special_id("<|user|>") or s.tokens()[0] == s.tokenizer.special_id("<|assistant|>")
     with pytest.raises(ValueError, match="does not fit the model's window"):
-        s.reply("say " + "king " * 10)
+        s.reply("say " + "king " * 25)
     s.reset()
     assert s.turns == []
 
@@ -104,7 +105,7 @@ def test_ctrl_c_stops_the_reply_and_keeps_the_session(chat_dir):
     assert reply.why == "stopped" and len(reply.ids) == 1
     assert s.turns[-1][1][-1] == s.end  # the stopped reply is closed as a turn
     again = s.reply("say rose")
-    assert again.why in ("end", "max", "window") and s.model.kv_len() == s.cached
+    assert again.why in ("end", "max", "window") and s.model.kv_len == s.cached
 
 
 def chat_cli(chat_dir: Path, *args: str) -> list[str]:
@@ -112,7 +113,7 @@ def chat_cli(chat_dir: Path, *args: str) -> list[str]:
 
 
 def test_pipes_one_line_one_reply_then_a_blank_line(chat_dir):
-    lines = ["say king", "and rose?", "/reset", "say love", "/system Be brief.", "say ghost"]
+    lines = ["say king", "and rose?", "/reset", "say love", "/system You say.", "say ghost"]
     out = subprocess.run(chat_cli(chat_dir, "--system", SYSTEM, "--temperature", "0", "--seed", "7",
                                   "--max-new-tokens", "40"),
                          input="\n".join(lines) + "\n", env=ENV, capture_output=True, text=True, timeout=60)
@@ -140,10 +141,9 @@ def test_pipes_a_bad_message_gets_an_error_and_an_empty_reply(chat_dir):
 
 
 def test_a_checkpoint_without_chat_markers_is_refused(tmp_path, capsys):
-    from cli_helpers import train
-    train(tmp_path / "plain", "--max-iters", "2")
-    from lmcore.chat import main
-    assert main(["--out-dir", str(tmp_path / "plain")]) == 2
+    text = write_chats(tmp_path / "chats.jsonl")  # (read as plain text: a model without the markers)
+    train(tmp_path / "plain", "--data", str(text), "--max-iters", "2")
+    assert chat_main(["--out-dir", str(tmp_path / "plain")]) == 2
     assert "no chat template" in capsys.readouterr().err
 
 
@@ -151,24 +151,27 @@ def test_a_terminal_session(chat_dir):
     """Three turns in a pseudo-terminal, Ctrl-C (during or right after a reply) keeps the session,
     /system and /reset answer, Ctrl-D leaves."""
     pexpect = pytest.importorskip("pexpect")
+    greedy = session(chat_dir, temperature=0, max_new_tokens=256)
+    answers = [greedy.reply(m).text for m in ("say king", "and rose?", "say love")]
+    after_reset = session(chat_dir, temperature=0, system="You say.").reply("say crown").text
     cmd = chat_cli(chat_dir, "--temperature", "0", "--system", SYSTEM)
     child = pexpect.spawn(cmd[0], cmd[1:], env={**ENV, "TERM": "dumb"}, encoding="utf-8", timeout=30)
     try:
-        child.expect("Ctrl-D leaves")
-        for message, answer in [("say king", "king king."), ("and rose?", "rose, rose!"), ("say love", "love love.")]:
+        child.expect_exact("Ctrl-D leaves")
+        for message, answer in zip(("say king", "and rose?", "say love"), answers):
             child.expect_exact("> ")
             child.sendline(message)
-            child.expect_exact(answer)
+            child.expect_exact(message + "\r\n" + answer + "\r\n")
         child.expect_exact("> ")
         child.sendline("say ghost")
         child.sendintr()
         child.expect_exact("> ")
-        child.sendline("/system Be brief.")
-        child.expect_exact("(system line: Be brief.)")
+        child.sendline("/system You say.")
+        child.expect_exact("(system line: You say.)")
         child.sendline("/reset")
         child.expect_exact("(a new conversation)")
         child.sendline("say crown")
-        child.expect_exact("crown crown.")
+        child.expect_exact("say crown\r\n" + after_reset + "\r\n")
         child.expect_exact("> ")
         child.sendeof()
         child.expect(pexpect.EOF)

@@ -143,13 +143,16 @@ def read_line(interactive: bool) -> str | None:
 
 def converse(session: ChatSession, interactive: bool) -> None:
     while (line := read_line(interactive)) is not None:
-        try:
-            if not line.strip():
-                continue
-            if line.startswith("/"):
+        if not line.strip():
+            continue
+        if line.startswith("/"):
+            try:
                 if not command(session, line.strip(), interactive):
                     return
-                continue
+            except ValueError as e:
+                print(f"error: {e}", file=sys.stderr)
+            continue
+        try:
             out = Output(pipe=not interactive)
             with ctrl_c_stops() as flag:
                 reply = session.reply(line, on_text=out, stop=lambda: flag["stop"])
