@@ -34,6 +34,7 @@ from lmcore.tokenizer import CharTokenizer  # noqa: E402
 
 MESSAGE = "Good morrow, friend; what news from the court?"  # 46 characters
 SHOWN = (1, 5, 10)
+SYSTEM = "A scene at court. You are a courtier."
 
 
 def cpu_name() -> str:
@@ -50,7 +51,7 @@ def build(args: argparse.Namespace) -> tuple[lmcore.Model, object]:
     if args.out_dir:
         model, tok, _, _ = model_from_checkpoint(find_checkpoint(args.out_dir, None), weights_only=True)
         return model, tok
-    tok = add_chat_tokens(CharTokenizer.from_text(MESSAGE + "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\n"))
+    tok = add_chat_tokens(CharTokenizer.from_text(MESSAGE + SYSTEM + "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\n"))
     model = lmcore.Model(vocab_size=tok.vocab_size, d_model=128, n_head=4, n_layer=2, block_size=args.block_size,
                          seed=1)
     return model, tok
@@ -58,9 +59,8 @@ def build(args: argparse.Namespace) -> tuple[lmcore.Model, object]:
 
 def conversation(model: lmcore.Model, tok: object, args: argparse.Namespace, keep_cache: bool) -> list[tuple[float, float, int]]:
     """(seconds to the first token, reply tokens/s after it, tokens fed) for each turn."""
-    s = ChatSession(model, tok, "A scene at court. You are a courtier.", temperature=1.0, seed=3,  # type: ignore[arg-type]
-                    max_new_tokens=args.reply_tokens, keep_cache=keep_cache)
-    s.end = -1  # (no token is -1: every reply is exactly --reply-tokens long)
+    s = ChatSession(model, tok, SYSTEM, temperature=1.0, seed=3,  # type: ignore[arg-type]
+                    max_new_tokens=args.reply_tokens, keep_cache=keep_cache, stop_at_end=False)
     rows = []
     for _ in range(args.turns):
         r = s.reply(MESSAGE)

@@ -164,6 +164,7 @@ def test_a_terminal_session(chat_dir):
             child.expect_exact(message + "\r\n" + answer + "\r\n")
         child.expect_exact("> ")
         child.sendline("say ghost")
+        child.expect_exact("say ghost\r\n")  # (read: the reply is being written, or just was)
         child.sendintr()
         child.expect_exact("> ")
         child.sendline("/system You say.")

@@ -40,7 +40,8 @@ class Reply(NamedTuple):
 class ChatSession:
     def __init__(self, model: Model, tokenizer: Tokenizer, system: str | None = None, *,
                  temperature: float = 0.8, top_k: int | None = None, top_p: float | None = None,
-                 seed: int = 1337, max_new_tokens: int = 256, keep_cache: bool = True) -> None:
+                 seed: int = 1337, max_new_tokens: int = 256, keep_cache: bool = True,
+                 stop_at_end: bool = True) -> None:
         if tokenizer.chat_template != CHAT_TEMPLATE:
             raise ValueError("this model has no chat template (its tokenizer lacks the chat markers): "
                              "fine-tune it first with python -m lmcore.train --sft --init-from CKPT")
@@ -51,6 +52,7 @@ class ChatSession:
         self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
         self.rng = np.random.default_rng(seed)
         self.max_new_tokens, self.keep_cache = max_new_tokens, keep_cache
+        self.stop_at_end = stop_at_end  # False: every reply runs to max_new_tokens (benchmarks)
         self.block = int(model.config["block_size"])
         self.end, self.assistant = tokenizer.special_id(END), tokenizer.special_id("<|assistant|>")
         self.system = np.zeros(0, np.int64)
@@ -92,9 +94,9 @@ class ChatSession:
 
     def _sync(self) -> tuple[np.ndarray, int]:
         """Bring the cache to tokens() and return the logits after its last token, and how many
-        tokens were fed: only those it lacks, or (a stale cache, ``keep_cache=False``) all."""
+        tokens were fed: only those it lacks, or (a stale cache) all."""
         conversation = self.tokens()
-        if self.cached is None or not self.keep_cache:
+        if self.cached is None:
             self.model.kv_start(1)
             self.cached = 0
         todo = conversation[self.cached:]
@@ -117,6 +119,8 @@ class ChatSession:
         while len(self.tokens()) + need > self.block:
             self._drop_oldest_exchange()
         self.turns += [("user", user), ("assistant", np.array([self.assistant], np.int64))]
+        if not self.keep_cache:  # the whole conversation again; the reply itself is decoded with the cache
+            self.cached = None
         logits, fed = self._sync()
         decode = self.tokenizer.stream_decoder(skip_special=True)
         ids: list[int] = []
@@ -125,7 +129,7 @@ class ChatSession:
             nxt = int(sample_next(logits, self.rng, **self.sampling)[0])
             if not ids:
                 first_token_s = time.perf_counter() - start
-            if nxt == self.end:
+            if nxt == self.end and self.stop_at_end:
                 why = "end"
                 break
             ids.append(nxt)
