@@ -95,6 +95,11 @@ def test_a_full_window_drops_the_oldest_exchanges_and_keeps_the_system_line(chat
         s.reply("say " + "king " * 25)
     s.reset()
     assert s.turns == []
+    with pytest.raises(ValueError, match="leaves no room for a turn"):
+        s.set_system("You echo. " * 10)
+    s.set_system(SYSTEM)
+    s.reply("say king")
+    assert np.array_equal(s.tokens()[:len(system)], system) and s.model.kv_len == s.cached
 
 
 def test_ctrl_c_stops_the_reply_and_keeps_the_session(chat_dir):

@@ -72,9 +72,9 @@ class ChatSession:
             system = np.zeros(0, np.int64)
         else:
             system = apply_chat_template(self.tokenizer, [{"role": "system", "content": text}]).ids
-            if len(system) > self.block // 2:  # (the turns need room too)
-                raise ValueError(f"the system line is {len(system)} tokens; it may take at most half the model's "
-                                 f"window of {self.block}")
+            if len(system) + 5 > self.block:  # (the shortest turn: <|user|>, a token, <|end|>, <|assistant|>, a reply token)
+                raise ValueError(f"the system line is {len(system)} tokens; it leaves no room for a turn in the "
+                                 f"model's window of {self.block}")
         self.system, self.cached = system, None
 
     def reset(self) -> None:

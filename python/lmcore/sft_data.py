@@ -52,8 +52,9 @@ class ChatData:
     skipped: str | None = None  # the file's summary of skipped lines
 
     def text_corpus(self) -> Corpus:
-        """The contents of the training conversations as one text: what a new run's tokenizer is
-        built from (its 90% cut is near the end, so a BPE trains on most of it)."""
+        """The contents of every conversation as one text, what a new run's tokenizer is built
+        from: a character tokenizer knows all their characters (as pretraining's knows the whole
+        text's), a BPE trains on the first 90% (the training conversations, about)."""
         text = "\n".join(m["content"] for c in self.train + self.val for m in c["messages"])
         return Corpus.from_text(self.name, text, self.source)
 
