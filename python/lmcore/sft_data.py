@@ -105,8 +105,8 @@ def _chat_data(name: str, source: str, train: list[Conversation], val: list[Conv
 @dataclass(frozen=True)
 class ChatWindows:
     """Both splits packed into windows: ``x`` ids, ``y`` targets (``IGNORE_ID`` but at reply
-    tokens), int32 (windows, block_size). ``bits_per_char`` and ``val`` as a ``TokenizedCorpus``
-    has them, for the loop and the checkpoint's lines."""
+    tokens), int32 (windows, block_size). ``bits_per_char`` as a ``TokenizedCorpus`` has it,
+    for the loop's lines."""
 
     train_x: np.ndarray
     train_y: np.ndarray
@@ -114,10 +114,6 @@ class ChatWindows:
     val_y: np.ndarray
     val_chars: int  # characters of the validation replies (an <|end|> has none)
     skipped: int  # conversations the tokenizer could not encode
-
-    @property
-    def val(self) -> np.ndarray:
-        return self.val_y
 
     def counted(self, split: str) -> int:
         y = self.train_y if split == "train" else self.val_y
