@@ -80,6 +80,8 @@ class RunConfig:
     log_interval: int = 10
     seed: int = 1337
     eval_full: bool = False  # validation loss over the whole split instead of eval_iters sampled batches
+    # chat fine-tuning: packed conversations, the loss on the assistant's replies only (sft_data.py)
+    sft: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -144,7 +146,7 @@ class RunConfig:
 SCHEDULES = ("cosine", "wsd")
 # Fields a checkpoint of an earlier lmcore lacks; their defaults are what that lmcore did.
 LATER_FIELDS = frozenset({"schedule", "decay_frac", "final_lr_ratio", "eval_full", "optimizer", "muon_lr", "muon_momentum",
-                          *BLOCK_OPTIONS})
+                          "sft", *BLOCK_OPTIONS})
 
 
 def field_kind(name: str) -> type:
@@ -206,6 +208,8 @@ FIELD_HELP: dict[str, str] = {
     "seed": f"seed of the weights, batches and dropout (default {RunConfig.seed})",
     "eval_full": "evaluate on every window of the whole validation split (deterministic), "
                  "not on --eval-iters sampled batches",
+    "sft": "chat fine-tuning on conversations (--dataset plays-dialogue or --data FILE.jsonl): the loss and the "
+           "validation loss on the assistant's replies only; usually with --init-from CKPT",
 }
 assert set(FIELD_HELP) == {f.name for f in fields(RunConfig)}
 

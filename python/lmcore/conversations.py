@@ -105,6 +105,19 @@ def _parse_line(raw: bytes) -> tuple[Conversation | None, str | None]:
     return {"messages": [{"role": m["role"], "content": m["content"]} for m in obj["messages"]]}, None
 
 
+def first_line_problem(path: str | os.PathLike[str]) -> tuple[int, str] | None:
+    """The first non-blank line's number and problem if it is not a conversation (None if it is,
+    or if there is none): a file failing this is not conversation JSONL at all."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            conversation, problem = _parse_line(raw)
+            if problem is not None:
+                return number, problem
+            if conversation is not None:
+                return None
+    return None
+
+
 def read_conversations(path: str | os.PathLike[str], strict: bool = False) -> list[Conversation]:
     """All conversations of a file at once (for small files and tests); see ``ConversationFile``."""
     return list(ConversationFile(path, strict))

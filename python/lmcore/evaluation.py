@@ -1,6 +1,7 @@
 """Evaluation during training: the mean loss over ``eval_iters`` fixed batches of a split, drawn by
 a sampler of its own (the training stream is untouched), or (``eval_full``) over the whole validation
-split, and the best validation loss so far."""
+split, and the best validation loss so far. A chat fine-tuning run (``--sft``) measures the loss on
+the replies of every validation window (``masked_loss``: token-weighted)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import lmcore
 from lmcore.cli import Interrupted, Stop, UsageError
 from lmcore.config import RunConfig
 from lmcore.run import Run
-from lmcore.sampler import BatchSampler
+from lmcore.sampler import BatchSampler, WindowSampler
+from lmcore.sft_data import ChatWindows
 
 
 def estimate_loss(model: lmcore.Model, data: np.ndarray, cfg: RunConfig, seed: int, stop: Stop | None = None) -> float:
@@ -55,11 +57,34 @@ def full_loss(model: lmcore.Model, data: np.ndarray, block_size: int, batch_size
     return total / n_targets
 
 
+def masked_loss(model: lmcore.Model, x: np.ndarray, y: np.ndarray, batch_size: int,
+                stop: Stop | None = None) -> float:
+    """The mean loss over every counted target (not ``IGNORE_ID``) of the windows ``x``, ``y``:
+    the sum of the per-token losses divided by their number, so a window counts for its counted
+    tokens (a mean of per-window or per-batch means would weigh a window with one reply token
+    as much as one full of them). ``batch_size`` windows at a time, in order; a stop signal ends
+    it with ``Interrupted`` between two batches."""
+    total, count = 0.0, 0
+    for first in range(0, len(x), batch_size):
+        if stop is not None and stop.signal is not None:
+            raise Interrupted
+        xb, yb = x[first:first + batch_size].astype(np.int64), y[first:first + batch_size].astype(np.int64)
+        n = int((yb != lmcore.IGNORE_ID).sum())
+        if n:  # (forward's loss is the mean over the batch's counted targets)
+            total += model.forward(xb, yb)[1] * n
+            count += n
+    if count == 0:
+        raise ValueError("no counted target to measure a loss on")
+    return total / count
+
+
 def validation(run: Run, kept: str, stop: Stop | None = None) -> dict[str, float]:
     """The validation loss and bits per character at the run's step, noting the best in the run; a
     non-finite loss stops training (``kept`` says which checkpoint survives)."""
     cfg = run.cfg
-    if cfg.eval_full:
+    if isinstance(run.tokens, ChatWindows):  # every validation reply token, always
+        val = masked_loss(run.model, run.tokens.val_x, run.tokens.val_y, cfg.batch_size, stop)
+    elif cfg.eval_full:
         val = full_loss(run.model, run.tokens.val, cfg.block_size, cfg.batch_size, stop)
     else:
         val = estimate_loss(run.model, run.tokens.val, cfg, cfg.seed + 1, stop)
@@ -71,4 +96,9 @@ def validation(run: Run, kept: str, stop: Stop | None = None) -> dict[str, float
 
 def training_loss(run: Run, stop: Stop | None = None) -> float:
     """The training split's loss on fixed batches (step 0's record, before any step)."""
+    if isinstance(run.tokens, ChatWindows):  # eval_iters fixed batches of windows, token-weighted
+        windows = WindowSampler(run.tokens.train_x, run.tokens.train_y, run.cfg.batch_size, run.cfg.seed + 2)
+        batches = [windows.next_batch() for _ in range(run.cfg.eval_iters)]
+        return masked_loss(run.model, np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]),
+                           run.cfg.batch_size, stop)
     return estimate_loss(run.model, run.tokens.train, run.cfg, run.cfg.seed + 2, stop)

