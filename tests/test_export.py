@@ -20,7 +20,7 @@ import pytest
 from lmcore.chat_template import add_chat_tokens
 from lmcore.config import RunConfig
 from lmcore.export import main as export_main
-from lmcore.hf_format import ExportError, check_gpt2
+from lmcore.hf_format import ExportError, check_exportable
 from lmcore.hf_tokenizer import hf_tokenizer, tokenizer_config, tokenizer_from_hf
 from lmcore.run import init_weights
 from lmcore.run_state import model_from_checkpoint, new_model
@@ -70,6 +70,17 @@ def bpe_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def modern_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The options GPT-2 holds besides its block: ReLU^2, an untied head, zero-initialised projections."""
     return tiny(tmp_path_factory, "modern", "--relu2", "--untied-head", "--zero-init")
+
+
+@pytest.fixture(scope="module")
+def rope_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Rotary embeddings: GPT-NeoX's architecture (transformers' GPTNeoXForCausalLM, llama.cpp's gptneox)."""
+    return tiny(tmp_path_factory, "rope", "--rope")
+
+
+@pytest.fixture(scope="module")
+def rope_modern_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny(tmp_path_factory, "rope_modern", "--rope", "--relu2", "--untied-head")
 
 
 def load(run: Path):
@@ -139,13 +150,14 @@ def test_tokenizer_import_refuses_other_models() -> None:
 # --- refusals ---
 
 
-@pytest.mark.parametrize("option, value, flag", [("rope", True, "--rope"), ("rmsnorm", True, "--rmsnorm"),
-                                                 ("qk_norm", True, "--qk-norm"), ("logit_softcap", 15.0, "--logit-softcap")])
-def test_options_gpt2_cannot_express_are_refused_by_name(option: str, value: object, flag: str) -> None:
+@pytest.mark.parametrize("option, value, flag", [("rmsnorm", True, "--rmsnorm"), ("qk_norm", True, "--qk-norm"),
+                                                 ("logit_softcap", 15.0, "--logit-softcap")])
+def test_options_no_standard_architecture_has_are_refused_by_name(option: str, value: object, flag: str) -> None:
     with pytest.raises(ExportError, match=flag) as e:
-        check_gpt2(RunConfig(**{option: value}), "Hugging Face transformers")
+        check_exportable(RunConfig(rope=True, **{option: value}), "Hugging Face transformers")
     assert "\n" not in str(e.value)
-    check_gpt2(RunConfig(relu2=True, untied_head=True, zero_init=True), "Hugging Face transformers")  # these map
+    # these map (--rope to GPT-NeoX)
+    check_exportable(RunConfig(rope=True, relu2=True, untied_head=True, zero_init=True), "Hugging Face transformers")
 
 
 @requires_corpus
@@ -249,6 +261,19 @@ def test_gguf_holds_the_weights_and_the_vocabulary(run_name: str, request: pytes
     assert len(tensors) == len(model.param_names())
 
 
+@requires_corpus
+def test_gguf_of_a_rope_model_is_gptneox(rope_run: Path, tmp_path: Path) -> None:
+    gguf = pytest.importorskip("gguf")
+    model, _, cfg, _ = load(rope_run)
+    export(rope_run, "gguf", tmp_path / "m.gguf")
+    reader = gguf.GGUFReader(str(tmp_path / "m.gguf"))
+    assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == "gptneox"
+    assert int(reader.fields["gptneox.rope.dimension_count"].parts[-1][0]) == cfg.d_model // cfg.n_head
+    tensors = {t.name: np.asarray(t.data) for t in reader.tensors}
+    assert "position_embd.weight" not in tensors
+    np.testing.assert_array_equal(tensors["output.weight"], model.get_param("transformer.wte.weight"))  # tied, written out
+
+
 # --- with the peers: transformers and llama.cpp ---
 
 
@@ -258,7 +283,7 @@ def lmcore_greedy(model, prompt: np.ndarray) -> list[int]:
 
 @requires_peers
 @requires_corpus
-@pytest.mark.parametrize("run_name", ["char_run", "bpe_run", "modern_run"])
+@pytest.mark.parametrize("run_name", ["char_run", "bpe_run", "modern_run", "rope_run", "rope_modern_run"])
 def test_transformers_loads_the_export_and_agrees(run_name: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     run = request.getfixturevalue(run_name)
     model, tok, cfg, _ = load(run)
@@ -268,7 +293,7 @@ def test_transformers_loads_the_export_and_agrees(run_name: str, request: pytest
     answer = peer(tmp_path, {"op": "hf", "dir": str(tmp_path / "hf"), "ids": ids.tolist(), "prompt": prompt.tolist(),
                              "new_tokens": NEW_TOKENS, "logits_out": str(tmp_path / "logits.npy"),
                              "texts": [TEXT], "decode": [tok.encode(TEXT).tolist()]})
-    assert answer["class"] == "GPT2LMHeadModel"
+    assert answer["class"] == ("GPTNeoXForCausalLM" if cfg.rope else "GPT2LMHeadModel")
     theirs, ours = np.load(tmp_path / "logits.npy"), model.forward(ids)[0]
     assert np.abs(theirs - ours).max() < 1e-4
     greedy = lmcore_greedy(model, prompt)
@@ -290,7 +315,7 @@ def test_transformers_chat_template_gives_lmcore_ids(tmp_path: Path) -> None:
 
 @requires_peers
 @requires_corpus
-@pytest.mark.parametrize("run_name", ["char_run", "bpe_run"])
+@pytest.mark.parametrize("run_name", ["char_run", "bpe_run", "rope_run"])
 def test_llama_cpp_greedy_tokens_equal_lmcore(run_name: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     run = request.getfixturevalue(run_name)
     model, tok, cfg, _ = load(run)

@@ -1,11 +1,11 @@
 """``python -m lmcore.export``: a trained model for other tools.
 
-    python -m lmcore.export --out-dir out/small --to hf EXPORT_DIR    # transformers' GPT2LMHeadModel
+    python -m lmcore.export --out-dir out/small --to hf EXPORT_DIR    # transformers' GPT2LMHeadModel (GPT-NeoX with --rope)
     python -m lmcore.export --out-dir out/small --to gguf model.gguf  # llama.cpp
 
 ``--to hf`` writes a directory that ``transformers`` loads with no custom code and no network:
 ``config.json``, ``generation_config.json``, ``model.safetensors``, ``tokenizer.json`` and
-``tokenizer_config.json`` (``hf_format.py``, ``hf_tokenizer.py``). ``--to gguf`` writes one GGUF
+``tokenizer_config.json`` (``hf_format.py``, ``hf_neox.py`` for ``--rope``, ``hf_tokenizer.py``). ``--to gguf`` writes one GGUF
 file (``gguf_format.py``; needs PyPI's ``gguf``). A model whose options the format cannot express
 is refused with a one-line message naming the option.
 """
@@ -24,7 +24,7 @@ import lmcore
 from lmcore.atomic import atomic_write_bytes
 from lmcore.checkpoint import CheckpointError
 from lmcore.config import RunConfig
-from lmcore.hf_format import ExportError, check_gpt2, generation_config, gpt2_config, gpt2_tensors
+from lmcore.hf_format import ExportError, generation_config, hf_model
 from lmcore.hf_tokenizer import eos_token_id, hf_tokenizer, tokenizer_config
 from lmcore.run_state import find_checkpoint, model_from_checkpoint
 from lmcore.tokenizer import Tokenizer
@@ -47,17 +47,17 @@ def _json_bytes(obj: Any) -> bytes:
 
 
 def write_hf(dest: Path, cfg: RunConfig, tok: Tokenizer, params: dict[str, np.ndarray]) -> None:
-    """The transformers directory of a GPT-2-architecture model (refused first if it is not one)."""
+    """The transformers directory of a GPT-2 (or, with --rope, GPT-NeoX) model; anything else is
+    refused before a file is written."""
     import safetensors.numpy
 
-    check_gpt2(cfg, "Hugging Face transformers")
-    hf_tok = hf_tokenizer(tok)  # (before anything is written: it may refuse the vocabulary)
-    dest.mkdir(parents=True, exist_ok=True)
     eos = eos_token_id(tok)
-    atomic_write_bytes(dest / "config.json", _json_bytes(gpt2_config(cfg, tok.vocab_size, eos)))
+    config, tensors = hf_model(cfg, params, tok.vocab_size, eos)
+    hf_tok = hf_tokenizer(tok)  # (it may refuse the vocabulary)
+    dest.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(dest / "config.json", _json_bytes(config))
     atomic_write_bytes(dest / "generation_config.json", _json_bytes(generation_config(eos)))
-    tensors = safetensors.numpy.save(gpt2_tensors(params, cfg), metadata={"format": "pt"})
-    atomic_write_bytes(dest / "model.safetensors", tensors)
+    atomic_write_bytes(dest / "model.safetensors", safetensors.numpy.save(tensors, metadata={"format": "pt"}))
     write_hf_tokenizer(dest, tok, cfg.block_size, hf_tok)
 
 

@@ -2,8 +2,11 @@
 
 llama.cpp's ``gpt2`` architecture is lmcore's classic block: learned positions, LayerNorm, a fused
 Q, K, V projection with biases, a tanh-GELU MLP, the head tied to the token embedding unless an
-``output.weight`` is given. ggml keeps a weight (out, in) as lmcore does, so nothing is transposed.
-llama.cpp's gpt2 has no ReLU^2, so ``--relu2`` is refused here on top of what GPT-2 lacks.
+``output.weight`` is given. With ``--rope`` it is llama.cpp's ``gptneox`` (rotary over the whole
+head in NeoX's half-split pairing, sequential blocks, an ``output.weight`` always). ggml keeps a
+weight (out, in) and the fused rows as Q, K, V, as lmcore does, so nothing is transposed or
+permuted. llama.cpp's MLP there is GELU only, so ``--relu2`` is refused here on top of what the
+transformers export refuses.
 
 The tokenizer is written as llama.cpp's byte-level BPE (``tokenizer.ggml.model`` "gpt2"): each
 token spelled in GPT-2's byte symbols, a BPE's merges in order. A char vocabulary is a BPE with
@@ -19,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from lmcore.config import RunConfig
-from lmcore.hf_format import NORM_EPS, ExportError, check_gpt2
+from lmcore.hf_format import NORM_EPS, ExportError, check_exportable
+from lmcore.hf_neox import ROPE_BASE
 from lmcore.hf_tokenizer import eos_token_id
 from lmcore.tokenizer import BpeTokenizer, Tokenizer, _byte_symbols
 
-ARCH = "gpt2"
 # lmcore's parameter names -> llama.cpp's (blk.N. for transformer.h.N.).
 _GLOBAL = {
     "transformer.wte.weight": "token_embd.weight",
@@ -54,10 +57,14 @@ def gguf_name(name: str) -> str:
 
 
 def check_gguf(cfg: RunConfig) -> None:
-    check_gpt2(cfg, "GGUF")
+    check_exportable(cfg, "GGUF")
     if cfg.relu2:
-        raise ExportError("cannot export to GGUF: the model uses --relu2, which llama.cpp's gpt2 architecture "
-                          "does not have (it uses GELU); export it with --to hf instead")
+        raise ExportError("cannot export to GGUF: the model uses --relu2, which llama.cpp's gpt2 and gptneox "
+                          "architectures do not have (they use GELU); export it with --to hf instead")
+
+
+def architecture(cfg: RunConfig) -> str:
+    return "gptneox" if cfg.rope else "gpt2"
 
 
 def gguf_vocab(tok: Tokenizer) -> tuple[list[str], list[int], list[str]]:
@@ -83,7 +90,8 @@ def write_gguf(path: Path, cfg: RunConfig, tok: Tokenizer, params: dict[str, np.
 
     check_gguf(cfg)
     tokens, types, merges = gguf_vocab(tok)
-    w = gguf.GGUFWriter(str(path), ARCH)
+    arch = architecture(cfg)
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_name(name)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
     w.add_context_length(cfg.block_size)
@@ -92,6 +100,10 @@ def write_gguf(path: Path, cfg: RunConfig, tok: Tokenizer, params: dict[str, np.
     w.add_block_count(cfg.n_layer)
     w.add_head_count(cfg.n_head)
     w.add_layer_norm_eps(NORM_EPS)
+    if arch == "gptneox":
+        w.add_rope_dimension_count(cfg.d_model // cfg.n_head)
+        w.add_rope_freq_base(ROPE_BASE)
+        w.add_parallel_residual(False)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
     w.add_token_list(tokens)
@@ -101,6 +113,8 @@ def write_gguf(path: Path, cfg: RunConfig, tok: Tokenizer, params: dict[str, np.
     w.add_add_bos_token(False)
     if (eos := eos_token_id(tok)) is not None:
         w.add_eos_token_id(eos)
+    if arch == "gptneox" and "lm_head.weight" not in params:  # (its loader needs an output weight)
+        params = {**params, "lm_head.weight": params["transformer.wte.weight"]}
     for pname, value in params.items():
         w.add_tensor(gguf_name(pname), np.ascontiguousarray(value, dtype=np.float32))
     w.write_header_to_file()

@@ -5,8 +5,9 @@ lmcore's classic block is GPT-2's (``GPT2LMHeadModel``): learned positions, pre-
 the token embedding. GPT-2's linear layers are ``Conv1D`` (y = x W + b with W (in, out)), so each
 lmcore weight (out, in) is stored transposed. ``--relu2`` is GPT-2's ``relu2`` activation and
 ``--untied-head`` an ``lm_head.weight`` of its own; ``--zero-init`` is only how training starts.
-Rotary embeddings, RMSNorm, QK-norm and a logit soft-cap have no exact counterpart in a standard
-architecture with lmcore's MLP and biases, so a model with them is refused, naming the option.
+``--rope`` makes it GPT-NeoX's model instead (``hf_neox.py``). RMSNorm, QK-norm and a logit
+soft-cap have no exact counterpart in a standard architecture with lmcore's plain MLP and biases
+(Llama's MLP is gated), so a model with them is refused, naming the option.
 
 This file knows the names and layouts; ``export.py`` writes the files and ``hf_import.py`` reads them.
 """
@@ -23,12 +24,11 @@ from lmcore.config import RunConfig
 NORM_EPS = 1e-5
 # The linear weights GPT-2 keeps as Conv1D (in, out): lmcore's (out, in), transposed.
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-# Why a block option cannot be GPT-2's, for the one-line refusal.
-NOT_GPT2 = {
-    "rope": "rotary position embeddings (GPT-2 learns absolute positions)",
-    "rmsnorm": "RMSNorm (GPT-2 uses LayerNorm)",
-    "qk_norm": "QK-norm (GPT-2 has none)",
-    "logit_softcap": "a logit soft-cap (GPT-2 has none)",
+# Why a block option has no standard architecture, for the one-line refusal.
+NOT_EXPORTABLE = {
+    "rmsnorm": "RMSNorm (GPT-2 and GPT-NeoX use LayerNorm; Llama has RMSNorm but a gated MLP)",
+    "qk_norm": "QK-norm (GPT-2 and GPT-NeoX have none)",
+    "logit_softcap": "a logit soft-cap (GPT-2 and GPT-NeoX have none)",
 }
 
 
@@ -37,18 +37,29 @@ class ExportError(Exception):
 
 
 def refused_option(cfg: RunConfig) -> str | None:
-    """The first block option of ``cfg`` that GPT-2 cannot express, as a flag and a reason, or None."""
-    for option, why in NOT_GPT2.items():
+    """The first block option of ``cfg`` that no exported architecture holds, as a flag and a reason."""
+    for option, why in NOT_EXPORTABLE.items():
         if getattr(cfg, option):
             return f"--{option.replace('_', '-')}: {why}"
     return None
 
 
-def check_gpt2(cfg: RunConfig, what: str) -> None:
-    """Refuse, in one line naming the option, a model GPT-2's architecture cannot hold."""
+def check_exportable(cfg: RunConfig, what: str) -> None:
+    """Refuse, in one line naming the option, a model no exported architecture can hold."""
     if (why := refused_option(cfg)) is not None:
         raise ExportError(f"cannot export to {what}: the model uses {why}; lmcore exports GPT-2's block "
-                          "(with --relu2, --untied-head and --zero-init allowed)")
+                          "(with --rope as GPT-NeoX; --relu2, --untied-head and --zero-init allowed)")
+
+
+def hf_model(cfg: RunConfig, params: dict[str, np.ndarray], vocab_size: int,
+             eos_id: int | None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``config.json`` and the tensors of the transformers model: GPT-2, or GPT-NeoX with ``--rope``."""
+    check_exportable(cfg, "Hugging Face transformers")
+    if cfg.rope:
+        from lmcore.hf_neox import neox_config, neox_tensors
+
+        return neox_config(cfg, vocab_size, eos_id, activation(cfg), NORM_EPS), neox_tensors(params, cfg)
+    return gpt2_config(cfg, vocab_size, eos_id), gpt2_tensors(params, cfg)
 
 
 def activation(cfg: RunConfig) -> str:
