@@ -53,7 +53,9 @@ def hf(req: dict) -> dict:
 def gguf(req: dict) -> dict:
     from llama_cpp import Llama
 
-    llm = Llama(model_path=req["file"], n_ctx=req["n_ctx"], n_batch=req["n_ctx"], n_threads=1, verbose=False)
+    # logits_all: llama-cpp-python keeps the logits (its `scores`) only then.
+    llm = Llama(model_path=req["file"], n_ctx=req["n_ctx"], n_batch=req["n_ctx"], n_threads=1, logits_all=True,
+                verbose=False)
     # lmcore's token ids go in directly (no llama.cpp tokenization), greedy as lmcore's generate.
     tokens = list(req["prompt"])
     llm.eval(tokens)
@@ -62,7 +64,8 @@ def gguf(req: dict) -> dict:
         tokens.append(nxt)
         llm.eval([nxt])
     text = llm.detokenize(tokens[len(req["prompt"]):]).decode("utf-8", "replace")
-    return {"generated": tokens, "generated_text": text, "n_vocab": llm.n_vocab()}
+    encoded = [llm.tokenize(t.encode("utf-8"), add_bos=False, special=False) for t in req.get("texts", [])]
+    return {"generated": tokens, "generated_text": text, "n_vocab": llm.n_vocab(), "encoded": encoded}
 
 
 def make_gpt2(req: dict) -> dict:

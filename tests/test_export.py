@@ -261,6 +261,15 @@ def test_gguf_holds_the_weights_and_the_vocabulary(run_name: str, request: pytes
     assert len(tensors) == len(model.param_names())
 
 
+def test_char_merges_join_the_bytes_of_each_character() -> None:
+    from lmcore.gguf_format import char_merges, gguf_vocab
+
+    tokens, types, merges = gguf_vocab(CharTokenizer("ab\n é☃"))
+    assert tokens == ["Ċ", "Ġ", "a", "b", "Ã©", "âĺĥ"]  # GPT-2's byte symbols of \n, space, a, b, é, ☃
+    assert merges == ["Ã ©", "â ĺ", "âĺ ĥ"] and set(types) == {1}
+    assert len(char_merges(["a", "Ġ"])) == 1  # an all-ASCII vocabulary: the one inert NUL merge
+
+
 @requires_corpus
 def test_gguf_of_a_rope_model_is_gptneox(rope_run: Path, tmp_path: Path) -> None:
     gguf = pytest.importorskip("gguf")
@@ -322,11 +331,12 @@ def test_llama_cpp_greedy_tokens_equal_lmcore(run_name: str, request: pytest.Fix
     export(run, "gguf", tmp_path / "m.gguf")
     prompt = tok.encode("ROMEO:\nBut soft").astype(np.int64)
     answer = peer(tmp_path, {"op": "gguf", "file": str(tmp_path / "m.gguf"), "n_ctx": cfg.block_size,
-                             "prompt": prompt.tolist(), "new_tokens": NEW_TOKENS})
+                             "prompt": prompt.tolist(), "new_tokens": NEW_TOKENS, "texts": [TEXT]})
     greedy = lmcore_greedy(model, prompt)
     assert answer["n_vocab"] == tok.vocab_size
-    assert answer["generated"] == greedy
+    assert answer["generated"] == greedy  # (fed lmcore's ids: the comparison does not hang on tokenizing)
     assert answer["generated_text"] == tok.decode(greedy[len(prompt):])
+    assert answer["encoded"] == [tok.encode(TEXT).tolist()]  # and llama.cpp's own tokenizing agrees
 
 
 @requires_peers

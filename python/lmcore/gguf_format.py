@@ -9,10 +9,10 @@ permuted. llama.cpp's MLP there is GELU only, so ``--relu2`` is refused here on 
 transformers export refuses.
 
 The tokenizer is written as llama.cpp's byte-level BPE (``tokenizer.ggml.model`` "gpt2"): each
-token spelled in GPT-2's byte symbols, a BPE's merges in order. A char vocabulary is a BPE with
-no merges (each character one token, spelled as its UTF-8 bytes' symbols): llama.cpp decodes it
-exactly; it splits text into bytes, so a character outside ASCII is not found when llama.cpp
-itself tokenizes (give it lmcore's token ids). Special tokens are control tokens.
+token spelled in GPT-2's byte symbols, a BPE's merges in order. A char vocabulary is a BPE whose
+merges only join the bytes of each character outside ASCII (each character one token, spelled as
+its UTF-8 bytes' symbols), so llama.cpp encodes and decodes it as lmcore does. Special tokens are
+control tokens.
 """
 
 from __future__ import annotations
@@ -79,9 +79,22 @@ def gguf_vocab(tok: Tokenizer) -> tuple[list[str], list[int], list[str]]:
         merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     else:
         tokens = ["".join(symbols[b] for b in c.encode("utf-8")) for c in tok.chars]
-        merges = []
+        merges = char_merges(tokens)
     types = [NORMAL] * len(tokens) + [CONTROL] * len(tok.specials)
     return tokens + list(tok.specials), types, merges
+
+
+def char_merges(tokens: list[str]) -> list[str]:
+    """Merges that join the byte symbols of each multi-byte character, left to right (a continuation
+    byte never starts a character, so no two chains compete). llama.cpp needs the merges key, which
+    the gguf writer leaves out when empty: an all-ASCII vocabulary gets one inert merge of two NUL
+    bytes (lmcore refuses corpora with NUL, so no char vocabulary holds one)."""
+    merges: dict[str, None] = {}
+    for t in tokens:
+        for i in range(2, len(t) + 1):
+            merges[f"{t[:i - 1]} {t[i - 1]}"] = None
+    nul = _byte_symbols()[0]
+    return list(merges) or [f"{nul} {nul}"]
 
 
 def write_gguf(path: Path, cfg: RunConfig, tok: Tokenizer, params: dict[str, np.ndarray], name: str) -> None:
