@@ -30,8 +30,8 @@ else
   echo "peers: installing $REQ into $PEERS_DIR (the first time takes long: torch, and llama.cpp from source)" >&2
   rm -f "$STAMP"
   [ -x "$PEERS_DIR/bin/python" ] || python3 -m venv "$PEERS_DIR" >&2
-  # Only the library is needed: no llama.cpp examples, tools or tests.
-  CMAKE_ARGS="${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF}" \
+  # Only the library is needed: no llama.cpp examples, tests or multimodal (llava/mtmd) library.
+  CMAKE_ARGS="${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAVA_BUILD=OFF}" \
   CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
     "$PEERS_DIR/bin/python" -m pip install -q --disable-pip-version-check -r "$REQ" >&2
   echo "$want" > "$STAMP"
