@@ -23,6 +23,7 @@ from lmcore.cli import UsageError, printed_warnings
 from lmcore.config import PRESETS, SPEEDRUN_TARGET, RunConfig
 from lmcore.corpus import Corpus, DataError
 from lmcore.datasets import resolve_corpus
+from lmcore.hf_import import is_hf_dir, load_hf
 from lmcore.run_state import CHECKPOINT_NAME, load_run, model_from_checkpoint, new_model
 from lmcore.sampler import BatchSampler, WindowSampler
 from lmcore.sft_data import ChatData, ChatWindows, chat_windows, check_chat_flags, load_chats
@@ -136,6 +137,15 @@ def check_same_tokenizer(args: argparse.Namespace, tokenizer: Tokenizer, what: s
                          "a model cannot change tokenizer (start a new run)")
 
 
+def init_weights(path: Path, cfg: RunConfig) -> tuple[dict[str, Any], Tokenizer, RunConfig]:
+    """--init-from's parameters, tokenizer and model configuration: an lmcore checkpoint, or a
+    Hugging Face GPT-2 directory (``hf_import.py``)."""
+    if is_hf_dir(path):
+        return load_hf(path, cfg)
+    base, tokenizer, base_cfg, _ = model_from_checkpoint(path, weights_only=True)
+    return {name: base.get_param(name) for name in base.param_names()}, tokenizer, base_cfg
+
+
 def prepare(args: argparse.Namespace) -> Run:
     """Build everything the loop needs: a fresh run, one resumed from --out-dir's checkpoint, or a
     new one fine-tuned from --init-from. Nothing is written to --out-dir here."""
@@ -174,7 +184,8 @@ def prepare(args: argparse.Namespace) -> Run:
         cfg.validate()
         corpus, where = load_corpus(args, None, cfg.sft)
         if args.init_from:
-            base, tokenizer, base_cfg, base_meta = model_from_checkpoint(Path(args.init_from), weights_only=True)
+            base_params, tokenizer, base_cfg = init_weights(Path(args.init_from), cfg)
+            base_vocab = tokenizer.vocab_size  # (the rows of its embedding, before any chat markers)
             check_same_tokenizer(args, tokenizer, f"--init-from: the checkpoint {args.init_from}")
             shape = ("d_model", "n_head", "n_layer", "block_size")
             if any(getattr(base_cfg, k) != getattr(cfg, k) for k in shape):
@@ -188,8 +199,7 @@ def prepare(args: argparse.Namespace) -> Run:
             if cfg.sft:  # the chat markers; a checkpoint without them grows rows for them
                 tokenizer = add_chat_tokens(tokenizer)
             model = new_model(cfg, tokenizer.vocab_size)
-            params = extend_vocab({n: base.get_param(n) for n in base.param_names()}, base_meta["vocab_size"],
-                                  tokenizer.vocab_size)
+            params = extend_vocab(base_params, base_vocab, tokenizer.vocab_size)
             for name in model.param_names():
                 model.set_param(name, params[name])
         else:

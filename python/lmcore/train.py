@@ -58,7 +58,9 @@ def parser() -> argparse.ArgumentParser:
                    help=f"tokens of a --tokenizer bpe vocabulary (default {DEFAULT_BPE_VOCAB})")
     p.add_argument("--out-dir", default=None, help="output directory (default out/<preset>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its checkpoint")
-    p.add_argument("--init-from", default=None, help="fine-tune: start a new run from this checkpoint's weights")
+    p.add_argument("--init-from", default=None,
+                   help="fine-tune: start a new run from the weights of this checkpoint, or of a Hugging Face "
+                        "GPT-2 directory (config.json, model.safetensors, tokenizer.json)")
     p.add_argument("--threads", type=int, default=None,
                    help="engine threads (default: the cores this process may use; more are capped to them)")
     p.add_argument("--sample-tokens", type=int, default=300,
