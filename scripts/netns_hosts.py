@@ -33,7 +33,7 @@ class Hosts:
         """mpirun's flags for these hosts: the agent, and TCP on the veth subnet for both Open MPI's
         own control channel and the ranks' messages. The hosts share one hostname and one /dev/shm, so
         the collectives that would meet in shared memory are left out (basic, libnbc: messages only)."""
-        return ["--hostfile", str(self.hostfile), "--prtemca", "plm_ssh_agent", str(self.agent),
+        return ["--hostfile", str(self.hostfile), "--map-by", "node", "--prtemca", "plm_ssh_agent", str(self.agent),
                 "--prtemca", "oob_tcp_if_include", SUBNET, "--mca", "pml", "ob1", "--mca", "btl", "tcp,self",
                 "--mca", "btl_tcp_if_include", SUBNET, "--mca", "coll", "basic,libnbc,self"]
 

@@ -76,8 +76,8 @@ def test_two_ranks_equal_one_process_in_float64_and_stay_in_step(tmp_path: Path)
 @requires_corpus
 def test_resume_on_the_same_ranks_is_bit_exact(tmp_path: Path) -> None:
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    ok(mpi_train(2, whole, "--max-iters", "20"))
-    ok(mpi_train(2, parts, "--max-iters", "10"))
+    ok(mpi_train(2, whole, "--max-iters", "20", "--lr-decay-iters", "20"))
+    ok(mpi_train(2, parts, "--max-iters", "10", "--lr-decay-iters", "20"))
     ok(mpi_train(2, parts, "--resume", "--max-iters", "20", recipe=False))
     assert_same_checkpoint(whole, parts)
     assert_same_weights(whole, parts)
