@@ -82,7 +82,7 @@ def worker(preset: str, steps: int, reduces: int, threads: int) -> None:
 
 
 def launch(cmd: list[str], env: dict[str, str]) -> dict:
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -49,12 +49,12 @@ def mpi_train(ranks: int, out_dir: Path, *args: str, recipe: bool = True, timeou
               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``python -m lmcore.train`` on ``ranks`` MPI ranks, to its end."""
     return subprocess.run(mpirun_args(ranks, *train_args(out_dir, *args, recipe=recipe)), env=env or MPI_ENV,
-                          capture_output=True, text=True, encoding="utf-8", timeout=timeout)
+                          capture_output=True, text=True, encoding="utf-8", timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def mpi_spawn(ranks: int, out_dir: Path, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
     return subprocess.Popen(mpirun_args(ranks, *train_args(out_dir, *args)), env=kwargs.pop("env", MPI_ENV),
-                            text=True, encoding="utf-8", **kwargs)
+                            text=True, encoding="utf-8", stdin=subprocess.DEVNULL, **kwargs)
 
 
 def rank_pid(rank: int, marker: str) -> int | None:

@@ -62,7 +62,7 @@ def test_two_ranks_equal_one_process_in_float64_and_stay_in_step(tmp_path: Path)
     ref, dp = tmp_path / "one.npz", tmp_path / "two.npz"
     subprocess.run([sys.executable, FLOAT64_SCRIPT, str(ref), "20"], env=ENV, check=True, timeout=120)
     proc = subprocess.run(mpirun_args(2, sys.executable, FLOAT64_SCRIPT, str(dp), "20"), env=MPI_ENV,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # The nudged weight was caught by the checksum, naming the rank.
     assert "caught: the ranks' weights differ after step 20 (rank 1 differ" in proc.stdout
@@ -99,7 +99,8 @@ def mpmd(out: Path, first: list[str], second: list[str]) -> subprocess.Completed
     """Rank 0 runs ``first`` and rank 1 ``second`` (MPI's multiple-program launch)."""
     cmd = mpirun_args(1, *first)
     cmd += [":", "-n", "1", "-x", "LMCORE_DATA_DIR", "-x", "XDG_CACHE_HOME", *second]
-    return subprocess.run(cmd, env=MPI_ENV, capture_output=True, text=True, encoding="utf-8", timeout=120)
+    return subprocess.run(cmd, env=MPI_ENV, capture_output=True, text=True, encoding="utf-8", timeout=120,
+                          stdin=subprocess.DEVNULL)
 
 
 @requires_mpi
@@ -180,3 +181,12 @@ def test_a_rank_that_hangs_ends_the_job_after_the_timeout(tmp_path: Path) -> Non
             proc.kill()
     assert proc.returncode != 0
     assert "error: rank 0: no answer from the other ranks for 3 s" in err, err
+
+
+@requires_mpi
+@requires_corpus
+def test_dropout_on_several_ranks_is_refused(tmp_path: Path) -> None:
+    proc = mpi_train(2, tmp_path / "out", "--dropout", "0.1")
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--dropout 0.1 is not supported on more than one MPI rank" in errors[0], proc.stderr

@@ -31,7 +31,8 @@ def test_two_namespaced_hosts_train_one_model_over_tcp(tmp_path: Path) -> None:
         cmd = mpirun_args(2, *hosts.mpirun_options(), *train_args(two, *STEPS))
         # (Without the oversubscription settings, which let the mapper put both ranks on the first host.)
         env = {k: v for k, v in MPI_ENV.items() if "rmaps" not in k}
-        proc = subprocess.run(hosts.in_first(cmd), env=env, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(hosts.in_first(cmd), env=env, capture_output=True, text=True, timeout=300,
+                              stdin=subprocess.DEVNULL)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         sent = hosts.tx_bytes(1) - sent_before
     a = safetensors.numpy.load_file(str(one / "model.safetensors"))

@@ -63,10 +63,15 @@ class Group:
         share = batch_size // self.size
         return slice(self.rank * share, (self.rank + 1) * share)
 
-    def check_batch(self, batch_size: int) -> None:
+    def check_config(self, batch_size: int, dropout: float) -> None:
+        """Refuse what the ranks cannot share: a batch they do not divide, and dropout (every rank
+        would draw the same masks for its rows from its copy of the one dropout stream)."""
         if batch_size % self.size:
             raise RankError(f"--batch-size {batch_size} is not divisible by the {self.size} MPI ranks: "
                             "each rank takes an equal share of the global batch")
+        if dropout > 0 and self.size > 1:
+            raise RankError(f"--dropout {dropout:g} is not supported on more than one MPI rank yet: the ranks "
+                            "would draw the same dropout masks; use --dropout 0")
 
     def startup(self, error: str | None, fingerprint: dict[str, Any]) -> None:
         """Before any step: every rank's start-up went well and they agree on ``fingerprint``."""
@@ -174,7 +179,8 @@ class MpiGroup(Group):
         total_loss, signals = float(self.buffer[self.n]), int(self.buffer[self.n + 1])
         if not np.isfinite(total_loss):
             where = f"rank {self.rank}: {failure}" if failure else "on another rank"
-            raise RankError(f"the loss is not finite ({where})")
+            raise RankError(f"training stopped at step {self.step_num}: the loss is not finite ({where}); "
+                            "the last checkpoint is intact; --resume continues from it")
         model.grads_from(self.grads, 1.0 / self.size)  # the sum of the ranks' means, to the global mean
         grad_norm = model.apply_gradients(lr)
         told = None
