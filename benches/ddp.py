@@ -89,13 +89,15 @@ def launch(cmd: list[str], env: dict[str, str]) -> dict:
 
 
 def cpu_name() -> str:
+    """The CPU's name with its family and model (the name alone may not tell a Zen 4 from a Zen 5)."""
     try:
+        info = {}
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+        return f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
     except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+        return platform.processor() or "unknown CPU"
 
 
 def ring_ms(nbytes: int, hosts: int, gbit: float) -> float:

@@ -47,6 +47,7 @@ pub type StepFn = fn(&mut Trainer<f32>, &[i64], &[i64], usize, usize, f64) -> f6
 
 /// `steps` steps of `config` trained with `opt`: none after the first allocates, the arena stays
 /// flat, and the loss falls.
+#[allow(dead_code)] // (a binary that drives its own step uses `steady_state_with` alone)
 pub fn steady_state(config: GptConfig, opt: OptimizerConfig, steps: usize) {
     steady_state_with(config, opt, steps, |tr, x, y, b, t, lr| tr.train_step(x, y, b, t, lr).unwrap().loss);
 }
