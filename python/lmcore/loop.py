@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import lmcore
-from lmcore.cli import Interrupted, UsageError, stop_signals
+from lmcore.cli import Interrupted, Stop, UsageError, stop_signals
 from lmcore.config import lr_at
 from lmcore.evaluation import training_loss, validation
 from lmcore.metrics import MetricsLog, plot_losses, rss_mb, trim_metrics
@@ -21,12 +21,14 @@ from lmcore.saver import Saver
 def train(run: Run) -> int:
     """Train ``run`` to its ``max_iters`` (or to the first evaluation at or below its target loss);
     the exit status (0, or 128 + a stop signal's number)."""
-    cfg, model = run.cfg, run.model
+    cfg, model, group = run.cfg, run.model, run.group
+    root = group.is_root  # in a data-parallel run, rank 0 alone writes metrics and plots
     run.started_at = time.monotonic()  # elapsed_s counts from here (plus a resumed run's earlier seconds)
     saver = Saver(run)
     tokens_per_step = cfg.batch_size * cfg.block_size
     metrics_path = run.out_dir / "metrics.jsonl"
-    trim_metrics(metrics_path, run.iter_num)
+    if root:
+        trim_metrics(metrics_path, run.iter_num)
     record: dict[str, Any] = {}  # the last step's metrics
     progress: Progress | None = None
     reached: dict[str, Any] | None = None  # the first logged evaluation at or below the target loss
@@ -39,26 +41,33 @@ def train(run: Run) -> int:
             reached = entry
 
     with stop_signals() as stop:
+        # Ranks get a stop signal at different moments: they stop together at a step's
+        # all-reduce, never in the middle of an evaluation.
+        eval_stop = stop if group.size == 1 else Stop()
         try:
-            with MetricsLog(metrics_path) as log:
+            with MetricsLog(metrics_path, write=root) as log:
                 if run.iter_num == 0:  # no steps yet: no rate
-                    log_line(dict(step=0, train_loss=training_loss(run, stop), lr=lr_at(0, cfg), tok_s=None,
-                                  rss_mb=rss_mb(), **validation(run, saver.kept(), stop)))
+                    log_line(dict(step=0, train_loss=training_loss(run, eval_stop), lr=lr_at(0, cfg), tok_s=None,
+                                  rss_mb=rss_mb(), **validation(run, saver.kept(), eval_stop)))
                 if run.pending_record:  # the evaluation a stop signal cut short, done now
-                    log_line({**run.pending_record, **validation(run, saver.kept(), stop)})
+                    log_line({**run.pending_record, **validation(run, saver.kept(), eval_stop)})
                     run.pending_record = None
-                    plot_losses(metrics_path, run.out_dir / "loss.png")
+                    if root:
+                        plot_losses(metrics_path, run.out_dir / "loss.png")
                 progress = Progress(cfg.max_iters, start=run.iter_num)
                 window_start, window_steps = time.perf_counter(), 0
                 while run.iter_num < cfg.max_iters and stop.signal is None and reached is None:
                     lr = lr_at(run.iter_num, cfg)
                     x, y = run.sampler.next_batch()
                     try:
-                        loss, grad_norm = model.train_step(x, y, lr)
+                        loss, grad_norm, told = group.step(model, x, y, lr, stop.signal)
+                        stop.signal = stop.signal or told  # another rank's stop signal stops this one too
                     except lmcore.LmcoreError as e:  # a non-finite loss or gradient: nothing was updated
                         raise UsageError(f"training stopped at step {run.iter_num + 1}: {e}; {saver.kept()}") from None
                     run.iter_num += 1
                     it = run.iter_num
+                    if run.weight_check_interval and it % run.weight_check_interval == 0:
+                        group.check_weights(model, it)
                     window_steps += 1
                     record = {}
                     evaluating = it % cfg.eval_interval == 0 or it == cfg.max_iters
@@ -70,13 +79,14 @@ def train(run: Run) -> int:
                         progress.update(it, loss, record["tok_s"])
                         window_start, window_steps = time.perf_counter(), 0
                     if evaluating:
-                        record.update(validation(run, saver.kept(), stop))
+                        record.update(validation(run, saver.kept(), eval_stop))
                         progress.note(f"step {it}: train loss {loss:.4f}, val loss {record['val_loss']:.4f} "
                                       f"({record['val_bpc']:.4f} bits/char)")
                     if record:
                         log_line(record)
                     if "val_loss" in record:
-                        plot_losses(metrics_path, run.out_dir / "loss.png")
+                        if root:
+                            plot_losses(metrics_path, run.out_dir / "loss.png")
                         window_start = time.perf_counter()  # eval time is not training throughput
                     if saver.due():
                         saver.save()
@@ -99,7 +109,8 @@ def train(run: Run) -> int:
               f"{run.ckpt_path}; continue with --resume", file=sys.stderr)
         return 128 + stop.signal  # the shell's convention for a process a signal stopped
     saver.save_weights()
-    plot_losses(metrics_path, run.out_dir / "loss.png", wait=True)
+    if root:
+        plot_losses(metrics_path, run.out_dir / "loss.png", wait=True)
     best = run.best_val
     target = "" if run.target_loss is None else f"target val loss {run.target_loss:g} "
     if target:

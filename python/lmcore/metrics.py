@@ -45,21 +45,24 @@ def _json_safe(value: Any) -> Any:
 class MetricsLog:
     """Append-only JSON-lines log; use as a context manager or call ``close()``."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, write: bool = True) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Append, so a resumed run continues the same file.
-        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (lives as long as the log)
+        self._f: Any = None  # write=False (a data-parallel run's other ranks): records go nowhere
+        if write:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Append, so a resumed run continues the same file.
+            self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (lives as long as the log)
 
     def log(self, record: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
         """Write one record (``record`` merged with keyword fields); returns what was written."""
         entry: dict[str, Any] = _json_safe({**(record or {}), **fields})
-        self._f.write(json.dumps(entry, allow_nan=False) + "\n")
-        self._f.flush()
+        if self._f is not None:
+            self._f.write(json.dumps(entry, allow_nan=False) + "\n")
+            self._f.flush()
         return entry
 
     def close(self) -> None:
-        if not self._f.closed:
+        if self._f is not None and not self._f.closed:
             self._f.close()
 
     def __enter__(self) -> MetricsLog:

@@ -12,7 +12,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from lmcore.cli import UsageError, printed_warnings
 from lmcore.config import PRESETS, SPEEDRUN_TARGET, RunConfig
 from lmcore.corpus import Corpus, DataError
 from lmcore.datasets import resolve_corpus
+from lmcore.distributed import Group
 from lmcore.hf_import import is_hf_dir, load_hf
 from lmcore.run_state import CHECKPOINT_NAME, load_run, model_from_checkpoint, new_model
 from lmcore.sampler import BatchSampler, WindowSampler
@@ -58,6 +59,23 @@ class Run:
     started_at: float | None = None
     # --target-loss: a flag of this invocation, not the recipe (not stored; --resume may change it).
     target_loss: float | None = None
+    # The processes training this model (one, or MPI's ranks) and how often they compare weights.
+    group: Group = field(default_factory=Group)
+    weight_check_interval: int = 100
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What every rank of a data-parallel run must have alike before the first step."""
+        return {
+            "lmcore version": lmcore.__version__,
+            "configuration": self.cfg.to_dict(),
+            "step": self.iter_num,
+            "data": self.corpus.sha256,
+            "tokenizer": self.tokenizer.fingerprint(),
+            "batch sampler": self.sampler.state_dict(),
+            "weights checksum": self.model.param_checksum(),
+            "target loss": self.target_loss,
+            "weight check interval": self.weight_check_interval,
+        }
 
     def elapsed_s(self) -> float:
         """Wall seconds of the run so far: every process's loop, evaluations and checkpoints included."""

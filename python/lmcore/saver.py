@@ -14,10 +14,12 @@ from lmcore.run_state import CHECKPOINT_NAME, WEIGHTS_NAME, save_run
 class Saver:
     def __init__(self, run: Run) -> None:
         self.run = run
+        self.writes = run.group.is_root  # in a data-parallel run, rank 0 alone writes
         # The step of the checkpoint on disk: a resumed run starts from one, a fresh run has none yet.
         self.saved_step = run.iter_num if run.ckpt_path.is_file() else None
         for name in (CHECKPOINT_NAME, WEIGHTS_NAME):
-            remove_temp_files(run.out_dir / name)  # half-written by a run that was killed
+            if self.writes:
+                remove_temp_files(run.out_dir / name)  # half-written by a run that was killed
 
     def kept(self) -> str:
         """Which checkpoint a failure leaves, for its message."""
@@ -31,6 +33,9 @@ class Saver:
     def save(self) -> None:
         """The whole run at its current step; a failure leaves the previous checkpoint as it was."""
         step = self.run.iter_num
+        if not self.writes:
+            self.saved_step = step
+            return
         try:
             save_run(self.run.ckpt_path, self.run.model, self.run.checkpoint_meta())
         except OSError as e:
@@ -42,6 +47,8 @@ class Saver:
     def save_weights(self) -> None:
         """The final weights under plain names, for any safetensors reader."""
         model, path = self.run.model, self.run.out_dir / WEIGHTS_NAME
+        if not self.writes:
+            return
         try:
             save_weights(path, {n: model.get_param(n) for n in model.param_names()})
         except OSError as e:

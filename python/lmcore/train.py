@@ -17,6 +17,7 @@ one-line errors. Evaluation is ``lmcore.evaluation``'s, checkpoint policy ``lmco
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields
 
@@ -26,6 +27,7 @@ from lmcore.checkpoint import CheckpointError
 from lmcore.cli import UsageError, plural, use_threads
 from lmcore.config import BLOCK_OPTIONS, FIELD_HELP, PRESETS, RunConfig, field_kind
 from lmcore.corpus import DataError
+from lmcore.distributed import Group, RankError, connect
 from lmcore.loop import train
 from lmcore.run import DEFAULT_BPE_VOCAB, Run, fresh_config, prepare
 from lmcore.sampling import generate
@@ -68,6 +70,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--target-loss", type=float, default=None, metavar="F",
                    help="stop at the first evaluation whose validation loss is <= F (a checkpoint and the final "
                         "weights are written as at the end); not part of the recipe, so --resume may change it")
+    p.add_argument("--weight-check-interval", type=int, default=100, metavar="N",
+                   help="under MPI, compare the ranks' weights (an all-gathered checksum) every N steps "
+                        "(default %(default)s; 0: never); not part of the recipe")
     for f in fields(RunConfig):
         flag, kind = f"--{f.name.replace('_', '-')}", field_kind(f.name)
         if kind is bool:  # --eval-full / --no-eval-full; None: not given
@@ -111,13 +116,38 @@ def print_chat_sample(run: Run, n_tokens: int) -> None:
     print("--- sample ---\n" + "\n".join(f"{m['role']}: {m['content']}" for m in opening) + f"\nassistant: {reply}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+
+def start(args: argparse.Namespace, group: Group) -> Run:
+    """The run of this process. Under MPI every rank prepares its own and they compare them before
+    any step: a rank that failed (its data unreadable, say) or differs (lmcore's version, a flag, the
+    data) stops them all, named, with one message from rank 0."""
+    error, run = None, None
     try:
         use_threads(args.threads)
         if args.sample_tokens < 0:
             raise UsageError(f"--sample-tokens must not be negative, got {args.sample_tokens}")
+        if args.weight_check_interval < 0:
+            raise UsageError(f"--weight-check-interval must not be negative, got {args.weight_check_interval}")
         run = prepare(args)
+        run.group, run.weight_check_interval = group, args.weight_check_interval
+        group.check_config(run.cfg.batch_size, run.cfg.dropout)
+    except REPORTED_ERRORS as e:
+        if group.size == 1:  # no other rank waits for this one
+            raise
+        error = str(e)
+    group.startup(error, run.fingerprint() if run is not None and error is None else {})
+    assert run is not None
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    group: Group = Group()
+    try:
+        group = connect()
+        if not group.is_root:  # rank 0 alone prints; the others' errors go to the saved stderr
+            sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the process's life)
+        run = start(args, group)
         c, cfg, tok, tokens = run.corpus, run.cfg, run.tokenizer, run.tokens
         print(f"data: {c.name} ({c.n_chars:,} chars, sha256 {c.sha256[:12]}...) from {c.source}")
         if isinstance(tokens, ChatWindows):
@@ -133,12 +163,19 @@ def main(argv: list[str] | None = None) -> int:
               + "".join(f", {n.replace('_', '-')}" + (f" {getattr(cfg, n)}" if n == "logit_softcap" else "")
                         for n in BLOCK_OPTIONS if getattr(cfg, n)))
         print(f"run: steps {run.iter_num} -> {cfg.max_iters}, output in {run.out_dir}")
+        if group.size > 1:
+            print(f"data parallel: {group.size} MPI ranks of {cfg.batch_size // group.size} rows each, "
+                  f"{lmcore.num_threads()} threads per rank; rank 0 writes")
         code = train(run)
-        if code == 0:
+        if code == 0 and group.is_root:
             print_sample(run, args.sample_tokens)
         return code
     except REPORTED_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+        if group.size == 1:
+            print(f"error: {e}", file=sys.stderr)
+        elif group.is_root or not isinstance(e, RankError):  # (a RankError is every rank's: rank 0 tells it)
+            print(f"error: rank {group.rank}: {e}" if not isinstance(e, RankError) else f"error: {e}",
+                  file=group.stderr, flush=True)
         return 2
     except KeyboardInterrupt:  # outside the training loop (which stops at a checkpoint on its own)
         print("interrupted", file=sys.stderr)

@@ -521,6 +521,16 @@ impl<F: Real> Store<F> {
         self.grads[..self.param_len].fill(F::ZERO);
     }
 
+    /// Every parameter's value as one flat buffer, in registration order.
+    pub fn param_values(&self) -> &[F] {
+        &self.values[..self.param_len]
+    }
+
+    /// The parameters' gradients as one flat buffer, in registration order.
+    pub fn param_grads_mut(&mut self) -> &mut [F] {
+        &mut self.grads[..self.param_len]
+    }
+
     /// Flat views of every parameter and its gradient, in registration order.
     pub fn param_buffers_mut(&mut self) -> (&mut [F], &[F]) {
         let p = self.param_len;

@@ -14,6 +14,15 @@ use crate::real::Real;
 use crate::rng::Rng;
 use crate::store::{Var, IGNORE_ID};
 
+/// A learning rate is a finite number >= 0.
+fn check_lr(lr: f64) -> Result<()> {
+    if lr.is_finite() && lr >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!("learning rate must be a finite number >= 0, got {lr}")))
+    }
+}
+
 /// Bytes of tables per layer beside the floats (parameter names and entries, the tape and the
 /// gradient plan of its ~30 tensors), an upper bound: a model of millions of tiny layers is
 /// refused for its bookkeeping, not aborted by it.
@@ -146,17 +155,32 @@ impl<F: Real> Trainer<F> {
     }
 
     /// One optimizer step on a batch at learning rate `lr` (AdamW's; Muon's matrices take
-    /// `lr_ratio` times it). Returns the loss before the update.
-    /// A non-finite loss or gradient is an error that leaves weights and optimizer untouched.
+    /// `lr_ratio` times it): `compute_gradients`, then `apply_gradients`. Returns the loss before
+    /// the update. A non-finite loss or gradient is an error that leaves weights and optimizer
+    /// untouched.
     pub fn train_step(&mut self, idx: &[i64], targets: &[i64], b: usize, t: usize, lr: f64) -> Result<StepStats> {
-        if !(lr.is_finite() && lr >= 0.0) {
-            return Err(Error::Invalid(format!("learning rate must be a finite number >= 0, got {lr}")));
-        }
+        check_lr(lr)?; // before any work, as a step always did
+        let loss = self.compute_gradients(idx, targets, b, t)?;
+        let grad_norm = self.apply_gradients(lr)?;
+        Ok(StepStats { loss, grad_norm })
+    }
+
+    /// The first half of a step: forward with dropout and backward on a batch, leaving the
+    /// gradients of the mean loss in the flat buffer (`param_grads_mut`), where data-parallel
+    /// training sums them over processes. Returns the loss; nothing is updated.
+    pub fn compute_gradients(&mut self, idx: &[i64], targets: &[i64], b: usize, t: usize) -> Result<f64> {
         // A step on no counted target would still move the weights (momentum, weight decay).
         if !targets.is_empty() && targets.iter().all(|&tg| tg == IGNORE_ID) {
             return Err(Error::Invalid(format!("every target of the batch is the ignore id {IGNORE_ID}: a training step needs at least one counted target")));
         }
-        let loss_value = self.forward_backward(idx, targets, b, t)?;
+        self.forward_backward(idx, targets, b, t)
+    }
+
+    /// The second half of a step: the global norm of the gradients in the flat buffer, clipping
+    /// and the optimizer's update at learning rate `lr`. Returns the norm before clipping; a
+    /// non-finite one is an error that leaves weights and optimizer untouched.
+    pub fn apply_gradients(&mut self, lr: f64) -> Result<f64> {
+        check_lr(lr)?;
         let (params, grads) = self.graph.store.param_buffers_mut();
         let grad_norm = profile::timed(Section::GradNorm, true, || self.clip.norm(grads));
         if !grad_norm.is_finite() {
@@ -164,7 +188,18 @@ impl<F: Real> Trainer<F> {
         }
         let scale = self.clip.scale(grad_norm);
         profile::timed(Section::Optimizer, true, || self.opt.update(params, grads, lr, scale));
-        Ok(StepStats { loss: loss_value, grad_norm })
+        Ok(grad_norm)
+    }
+
+    /// The parameters' gradients, one flat buffer in layout order (what `compute_gradients` left).
+    pub fn param_grads_mut(&mut self) -> &mut [F] {
+        self.graph.store.param_grads_mut()
+    }
+
+    /// A 64-bit fingerprint of every parameter's bits, in layout order: processes that must hold
+    /// the same weights compare it (FNV-1a over the values' bit patterns, one pass, no allocation).
+    pub fn param_checksum(&self) -> u64 {
+        self.graph.store.param_values().iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &p| (h ^ p.to_f64().to_bits()).wrapping_mul(0x0100_0000_01b3))
     }
 
     /// Forward without dropout and without a backward pass. Returns the logits (B, T, V) and the

@@ -120,3 +120,20 @@ pub fn check_output_memory<F>(len: usize, what: &str) -> PyResult<()> {
     let bytes = len.saturating_mul(size_of::<F>());
     lmcore_core::memory::check_available(bytes, what).map_err(crate::to_py)
 }
+
+/// A contiguous 1-D float array of exactly dtype `F` and `len` elements, borrowed for writing
+/// (data-parallel training's gradient buffer: mpi4py reduces it in place, the model copies in and
+/// out of it, and nothing is allocated per step).
+pub fn flat_floats_mut<'py, F: Real + Element>(obj: &Bound<'py, PyAny>, what: &str, len: usize) -> PyResult<numpy::PyReadwriteArray1<'py, F>> {
+    let arr = obj.downcast::<numpy::PyArray1<F>>().map_err(|_| {
+        PyTypeError::new_err(format!("{what} must be a 1-D numpy array of dtype {}, got {}", F::NAME, dtype_name(obj)))
+    })?;
+    let rw = arr.try_readwrite().map_err(|e| crate::LmcoreError::new_err(format!("{what}: {e}")))?;
+    if rw.len() != len {
+        return Err(crate::LmcoreError::new_err(format!("{what} must hold {len} floats (one per parameter), got {}", rw.len())));
+    }
+    if rw.as_slice().is_err() {
+        return Err(crate::LmcoreError::new_err(format!("{what} must be contiguous")));
+    }
+    Ok(rw)
+}

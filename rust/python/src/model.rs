@@ -3,7 +3,7 @@
 //! by name as numpy arrays (that is all a checkpoint needs, with `step` and `rng_state`). Calls
 //! from several Python threads take turns (see `exclusive`).
 
-use crate::arrays::{batch_dims, read_floats, read_ids_into, require_finite, to_numpy};
+use crate::arrays::{batch_dims, flat_floats_mut, read_floats, read_ids_into, require_finite, to_numpy};
 use crate::exclusive::Exclusive;
 use crate::{to_py, LmcoreError};
 use crate::settings::Settings;
@@ -65,6 +65,25 @@ fn write_buffer<F: Real + Element>(t: &mut Trainer<F>, name: &str, which: Buffer
     Ok(())
 }
 
+/// The flat gradient buffer copied into a caller's array (data-parallel training reduces it).
+fn grads_into<F: Real + Element>(t: &mut Trainer<F>, out: &Bound<'_, PyAny>) -> PyResult<()> {
+    let grads = t.param_grads_mut();
+    let mut rw = flat_floats_mut::<F>(out, "out", grads.len())?;
+    rw.as_slice_mut().expect("checked contiguous").copy_from_slice(grads);
+    Ok(())
+}
+
+/// The flat gradient buffer set to a caller's array times `scale`.
+fn grads_from<F: Real + Element>(t: &mut Trainer<F>, grads: &Bound<'_, PyAny>, scale: f64) -> PyResult<()> {
+    let mine = t.param_grads_mut();
+    let rw = flat_floats_mut::<F>(grads, "grads", mine.len())?;
+    let s = F::from_f64(scale);
+    for (g, &src) in mine.iter_mut().zip(rw.as_slice().expect("checked contiguous")) {
+        *g = src * s;
+    }
+    Ok(())
+}
+
 struct State {
     inner: Inner,
     // Reused for every batch so a step allocates nothing once warm.
@@ -109,6 +128,47 @@ impl Model {
         let (x, y) = (&st.idx_buf, &st.tgt_buf);
         let stats = with_trainer!(&mut st.inner, tr => py.allow_threads(|| tr.train_step(x, y, b, t, lr))).map_err(to_py)?;
         Ok((stats.loss, stats.grad_norm))
+    }
+
+    /// The first half of `train_step`: forward and backward on a batch, the gradients of its mean
+    /// loss left in the model (`grads_into` reads them); returns the loss. Nothing is updated.
+    /// Releases the GIL.
+    fn compute_gradients(&self, py: Python<'_>, idx: &Bound<'_, PyAny>, targets: &Bound<'_, PyAny>) -> PyResult<f64> {
+        let st = &mut *self.state.lock(py);
+        let shape = read_ids_into(idx, "idx", &mut st.idx_buf)?;
+        let (b, t) = batch_dims(&shape, "idx")?;
+        let tshape = read_ids_into(targets, "targets", &mut st.tgt_buf)?;
+        if tshape != shape {
+            return Err(LmcoreError::new_err(format!("targets shape {tshape:?} differs from idx shape {shape:?}")));
+        }
+        let (x, y) = (&st.idx_buf, &st.tgt_buf);
+        with_trainer!(&mut st.inner, tr => py.allow_threads(|| tr.compute_gradients(x, y, b, t))).map_err(to_py)
+    }
+
+    /// The second half of `train_step`: clip the gradients the model holds by their global norm
+    /// and update the weights at learning rate `lr`; returns the norm before clipping. Releases
+    /// the GIL.
+    fn apply_gradients(&self, py: Python<'_>, lr: f64) -> PyResult<f64> {
+        let st = &mut *self.state.lock(py);
+        with_trainer!(&mut st.inner, tr => py.allow_threads(|| tr.apply_gradients(lr))).map_err(to_py)
+    }
+
+    /// Copy every parameter's gradient, flat in `param_names` order, into `out`: a contiguous 1-D
+    /// array of the model's dtype and `num_params` floats (a view into a larger buffer is fine).
+    fn grads_into(&self, py: Python<'_>, out: &Bound<'_, PyAny>) -> PyResult<()> {
+        with_trainer!(&mut self.state.lock(py).inner, tr => grads_into(tr, out))
+    }
+
+    /// Replace the model's gradients by `grads` x `scale` (`grads` as `grads_into` writes it):
+    /// the sum over processes of data-parallel training, scaled to their mean.
+    #[pyo3(signature = (grads, scale=1.0))]
+    fn grads_from(&self, py: Python<'_>, grads: &Bound<'_, PyAny>, scale: f64) -> PyResult<()> {
+        with_trainer!(&mut self.state.lock(py).inner, tr => grads_from(tr, grads, scale))
+    }
+
+    /// A 64-bit fingerprint of every weight's bits: equal on processes that hold the same model.
+    fn param_checksum(&self, py: Python<'_>) -> u64 {
+        with_trainer!(&self.state.lock(py).inner, t => t.param_checksum())
     }
 
     /// Logits (B, T, V) for ids (B, T), and the mean loss if targets are given. No dropout,

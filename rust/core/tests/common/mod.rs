@@ -42,16 +42,25 @@ pub fn adamw() -> AdamWConfig {
     AdamWConfig { beta2: 0.99, weight_decay: 0.1, ..Default::default() }
 }
 
+/// One training step as the test drives it: (trainer, x, y, b, t, lr) -> loss.
+pub type StepFn = fn(&mut Trainer<f32>, &[i64], &[i64], usize, usize, f64) -> f64;
+
 /// `steps` steps of `config` trained with `opt`: none after the first allocates, the arena stays
 /// flat, and the loss falls.
+#[allow(dead_code)] // (a binary that drives its own step uses `steady_state_with` alone)
 pub fn steady_state(config: GptConfig, opt: OptimizerConfig, steps: usize) {
+    steady_state_with(config, opt, steps, |tr, x, y, b, t, lr| tr.train_step(x, y, b, t, lr).unwrap().loss);
+}
+
+/// `steady_state` with each step made by `step` (e.g. the split step of data-parallel training).
+pub fn steady_state_with(config: GptConfig, opt: OptimizerConfig, steps: usize, step: StepFn) {
     let mut trainer = Trainer::<f32>::new(config, 42, opt, 1.0).unwrap();
     let (b, t) = (4, 16);
     // Batches are made up front so that the loop measures the engine, not the test.
     let batches: Vec<_> = (0..steps).map(|s| batch(s, b * t, 65)).collect();
 
     let start = ALLOCATIONS.load(Ordering::SeqCst);
-    trainer.train_step(&batches[0].0, &batches[0].1, b, t, 1e-3).unwrap();
+    step(&mut trainer, &batches[0].0, &batches[0].1, b, t, 1e-3);
     // The counter sees the first step size the arena: proof it is really counting.
     assert!(ALLOCATIONS.load(Ordering::SeqCst) > start);
     let high_water = trainer.graph.arena_high_water_bytes();
@@ -61,7 +70,7 @@ pub fn steady_state(config: GptConfig, opt: OptimizerConfig, steps: usize) {
     let before = ALLOCATIONS.load(Ordering::SeqCst);
     let mut last_loss = 0.0;
     for (x, y) in &batches[1..] {
-        last_loss = trainer.train_step(x, y, b, t, 1e-3).unwrap().loss;
+        last_loss = step(&mut trainer, x, y, b, t, 1e-3);
     }
     let allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
 
