@@ -91,6 +91,19 @@ struct State {
     tgt_buf: Vec<i64>,
 }
 
+impl State {
+    /// A training batch's ids and targets into the reused buffers; its (batch, time) dimensions.
+    fn read_batch(&mut self, idx: &Bound<'_, PyAny>, targets: &Bound<'_, PyAny>) -> PyResult<(usize, usize)> {
+        let shape = read_ids_into(idx, "idx", &mut self.idx_buf)?;
+        let dims = batch_dims(&shape, "idx")?;
+        let tshape = read_ids_into(targets, "targets", &mut self.tgt_buf)?;
+        if tshape != shape {
+            return Err(LmcoreError::new_err(format!("targets shape {tshape:?} differs from idx shape {shape:?}")));
+        }
+        Ok(dims)
+    }
+}
+
 /// A GPT language model and its optimizer state (AdamW's or Muon's).
 #[pyclass(frozen, module = "lmcore._core")]
 pub struct Model {
@@ -119,12 +132,7 @@ impl Model {
     /// One optimizer step on a batch; returns (loss, gradient norm before clipping). Releases the GIL.
     fn train_step(&self, py: Python<'_>, idx: &Bound<'_, PyAny>, targets: &Bound<'_, PyAny>, lr: f64) -> PyResult<(f64, f64)> {
         let st = &mut *self.state.lock(py);
-        let shape = read_ids_into(idx, "idx", &mut st.idx_buf)?;
-        let (b, t) = batch_dims(&shape, "idx")?;
-        let tshape = read_ids_into(targets, "targets", &mut st.tgt_buf)?;
-        if tshape != shape {
-            return Err(LmcoreError::new_err(format!("targets shape {tshape:?} differs from idx shape {shape:?}")));
-        }
+        let (b, t) = st.read_batch(idx, targets)?;
         let (x, y) = (&st.idx_buf, &st.tgt_buf);
         let stats = with_trainer!(&mut st.inner, tr => py.allow_threads(|| tr.train_step(x, y, b, t, lr))).map_err(to_py)?;
         Ok((stats.loss, stats.grad_norm))
@@ -135,12 +143,7 @@ impl Model {
     /// Releases the GIL.
     fn compute_gradients(&self, py: Python<'_>, idx: &Bound<'_, PyAny>, targets: &Bound<'_, PyAny>) -> PyResult<f64> {
         let st = &mut *self.state.lock(py);
-        let shape = read_ids_into(idx, "idx", &mut st.idx_buf)?;
-        let (b, t) = batch_dims(&shape, "idx")?;
-        let tshape = read_ids_into(targets, "targets", &mut st.tgt_buf)?;
-        if tshape != shape {
-            return Err(LmcoreError::new_err(format!("targets shape {tshape:?} differs from idx shape {shape:?}")));
-        }
+        let (b, t) = st.read_batch(idx, targets)?;
         let (x, y) = (&st.idx_buf, &st.tgt_buf);
         with_trainer!(&mut st.inner, tr => py.allow_threads(|| tr.compute_gradients(x, y, b, t))).map_err(to_py)
     }
