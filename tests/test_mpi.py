@@ -190,3 +190,29 @@ def test_dropout_on_several_ranks_is_refused(tmp_path: Path) -> None:
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "--dropout 0.1 is not supported on more than one MPI rank" in errors[0], proc.stderr
+
+
+@requires_mpi
+@requires_corpus
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_to_mpirun_leaves_a_resumable_run(tmp_path: Path, sig: signal.Signals) -> None:
+    """Ctrl-C or SIGTERM to mpirun reaches every rank; the ranks stop together and rank 0 saves."""
+    out = tmp_path / "out"
+    proc = mpi_spawn(2, out, "--max-iters", "100000", "--eval-interval", "100000", stderr=subprocess.PIPE,
+                     stdout=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "ckpt.safetensors").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint"
+            time.sleep(0.05)
+        first = _ckpt_step(out)
+        time.sleep(1.0)  # some steps past the first checkpoint
+        proc.send_signal(sig)
+        out_text, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stopped = _ckpt_step(out)
+    assert stopped > first, (first, stopped, out_text[-500:], err[-500:])  # the stop saved where it was
+    ok(mpi_train(2, out, "--resume", "--max-iters", str(stopped + 5), recipe=False))
+    assert _ckpt_step(out) == stopped + 5
