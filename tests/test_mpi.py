@@ -185,11 +185,15 @@ def test_a_rank_that_hangs_ends_the_job_after_the_timeout(tmp_path: Path) -> Non
 
 @requires_mpi
 @requires_corpus
-def test_dropout_on_several_ranks_is_refused(tmp_path: Path) -> None:
-    proc = mpi_train(2, tmp_path / "out", "--dropout", "0.1")
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--dropout", "0.1"], "--dropout 0.1 is not supported on more than one MPI rank"),
+    (["--sft", "--dataset", "plays-dialogue"], "--sft is not supported on more than one MPI rank"),
+])
+def test_what_the_ranks_cannot_share_is_refused(tmp_path: Path, flags: list[str], message: str) -> None:
+    proc = mpi_train(2, tmp_path / "out", *flags)
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "--dropout 0.1 is not supported on more than one MPI rank" in errors[0], proc.stderr
+    assert len(errors) == 1 and message in errors[0], proc.stderr
 
 
 @requires_mpi

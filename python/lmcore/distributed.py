@@ -63,15 +63,20 @@ class Group:
         share = batch_size // self.size
         return slice(self.rank * share, (self.rank + 1) * share)
 
-    def check_config(self, batch_size: int, dropout: float) -> None:
-        """Refuse what the ranks cannot share: a batch they do not divide, and dropout (every rank
-        would draw the same masks for its rows from its copy of the one dropout stream)."""
-        if batch_size % self.size:
-            raise RankError(f"--batch-size {batch_size} is not divisible by the {self.size} MPI ranks: "
+    def check_config(self, cfg: Any) -> None:
+        """Refuse what the ranks cannot share (``cfg``, the run's RunConfig): a batch they do not
+        divide; dropout (every rank would draw the same masks for its rows from its copy of the one
+        dropout stream); --sft (a rank's loss is the mean over its own counted reply tokens, whose
+        number differs between ranks, so the mean of the ranks' means is not the batch's)."""
+        if cfg.batch_size % self.size:
+            raise RankError(f"--batch-size {cfg.batch_size} is not divisible by the {self.size} MPI ranks: "
                             "each rank takes an equal share of the global batch")
-        if dropout > 0 and self.size > 1:
-            raise RankError(f"--dropout {dropout:g} is not supported on more than one MPI rank yet: the ranks "
+        if cfg.dropout > 0 and self.size > 1:
+            raise RankError(f"--dropout {cfg.dropout:g} is not supported on more than one MPI rank yet: the ranks "
                             "would draw the same dropout masks; use --dropout 0")
+        if cfg.sft and self.size > 1:
+            raise RankError("--sft is not supported on more than one MPI rank yet: the ranks' reply tokens differ "
+                            "in number, so their mean losses cannot simply be averaged; fine-tune on one process")
 
     def startup(self, error: str | None, fingerprint: dict[str, Any]) -> None:
         """Before any step: every rank's start-up went well and they agree on ``fingerprint``."""

@@ -130,7 +130,7 @@ def start(args: argparse.Namespace, group: Group) -> Run:
             raise UsageError(f"--weight-check-interval must not be negative, got {args.weight_check_interval}")
         run = prepare(args)
         run.group, run.weight_check_interval = group, args.weight_check_interval
-        group.check_config(run.cfg.batch_size, run.cfg.dropout)
+        group.check_config(run.cfg)
     except REPORTED_ERRORS as e:
         if group.size == 1:  # no other rank waits for this one
             raise
