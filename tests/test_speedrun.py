@@ -72,6 +72,32 @@ def test_the_speedrun_preset_is_a_modern_recipe_that_stops_at_its_target() -> No
     assert SPEEDRUN_TARGET == 1.55
 
 
+def test_the_long_preset_is_the_speedrun_recipe_on_a_larger_model_with_dropout() -> None:
+    from lmcore.config import PRESETS, RunConfig
+    from lmcore.run import fresh_config
+    from lmcore.train import parse_args
+
+    cfg = fresh_config(parse_args(["--long"]))
+    cfg.validate()
+    speedrun = RunConfig.from_dict({**PRESETS["speedrun"], "lr_decay_iters": cfg.max_iters})
+    changed = {k for k, v in vars(cfg).items() if v != getattr(speedrun, k)}
+    assert changed == {"d_model", "n_layer", "block_size", "batch_size", "max_iters", "dropout",
+                       "eval_interval", "ckpt_interval"}
+    assert (cfg.d_model, cfg.n_layer, cfg.block_size, cfg.dropout) == (256, 4, 256, 0.1)
+    assert cfg.lr_decay_iters == cfg.max_iters and cfg.max_iters % cfg.eval_interval == 0
+
+
+@requires_corpus
+def test_a_long_run_trains_and_has_no_default_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli_helpers import run_main
+
+    assert run_main(["--long", "--max-iters", "2", "--eval-interval", "2", "--eval-iters", "1", "--no-eval-full",
+                     "--sample-tokens", "0", "--out-dir", str(tmp_path / "long")]) == 0
+    out = capsys.readouterr().out
+    assert "d_model 256, 4 heads, 4 layers, block 256" in out and "target" not in out
+    assert (tmp_path / "long" / "model.safetensors").is_file()
+
+
 @requires_corpus
 def test_a_speedrun_stops_at_its_default_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--speedrun without --target-loss stops at 1.55; a short run on tinyshakespeare cannot reach
