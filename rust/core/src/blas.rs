@@ -3,6 +3,7 @@
 //! `gemm_reference` is the naive triple loop the tests compare against. The cblas calls for each
 //! precision are here too (`BlasFloat`), so no other file touches BLAS.
 
+use std::ffi::{c_char, c_int, CStr};
 use std::ops::{Add, Mul};
 
 /// Row-major `C = alpha * op(A) * op(B) + beta * C`, where op(A) is (m, k) and op(B) is (k, n).
@@ -125,11 +126,13 @@ pub trait BlasFloat: Copy + Default + PartialEq + Add<Output = Self> + Mul<Outpu
     unsafe fn gemv_unchecked(trans: bool, rows: usize, cols: usize, alpha: Self, a: &[Self], lda: usize, x: &[Self], incx: usize, beta: Self, y: &mut [Self]);
 }
 
-fn transpose(t: bool) -> cblas_sys::CBLAS_TRANSPOSE {
+/// The CBLAS enumerations, as every CBLAS defines them.
+const ROW_MAJOR: c_int = 101;
+fn transpose(t: bool) -> c_int {
     if t {
-        cblas_sys::CBLAS_TRANSPOSE::CblasTrans
+        112 // CblasTrans
     } else {
-        cblas_sys::CBLAS_TRANSPOSE::CblasNoTrans
+        111 // CblasNoTrans
     }
 }
 
@@ -139,15 +142,13 @@ macro_rules! impl_blas {
             const ONE: Self = 1.0;
 
             unsafe fn gemm_unchecked(g: &Gemm<Self>, c: &mut [Self], ldc: usize) {
-                let row_major = cblas_sys::CBLAS_LAYOUT::CblasRowMajor;
                 let (ta, tb) = (transpose(g.trans_a), transpose(g.trans_b));
-                let (m, n, k) = (g.m as i32, g.n as i32, g.k as i32);
-                cblas_sys::$gemm(row_major, ta, tb, m, n, k, g.alpha, g.a.as_ptr(), g.lda as i32, g.b.as_ptr(), g.ldb as i32, g.beta, c.as_mut_ptr(), ldc as i32)
+                let (m, n, k) = (g.m as c_int, g.n as c_int, g.k as c_int);
+                $gemm(ROW_MAJOR, ta, tb, m, n, k, g.alpha, g.a.as_ptr(), g.lda as c_int, g.b.as_ptr(), g.ldb as c_int, g.beta, c.as_mut_ptr(), ldc as c_int)
             }
 
             unsafe fn gemv_unchecked(trans: bool, rows: usize, cols: usize, alpha: Self, a: &[Self], lda: usize, x: &[Self], incx: usize, beta: Self, y: &mut [Self]) {
-                let row_major = cblas_sys::CBLAS_LAYOUT::CblasRowMajor;
-                cblas_sys::$gemv(row_major, transpose(trans), rows as i32, cols as i32, alpha, a.as_ptr(), lda as i32, x.as_ptr(), incx as i32, beta, y.as_mut_ptr(), 1)
+                $gemv(ROW_MAJOR, transpose(trans), rows as c_int, cols as c_int, alpha, a.as_ptr(), lda as c_int, x.as_ptr(), incx as c_int, beta, y.as_mut_ptr(), 1)
             }
         }
     };
@@ -156,21 +157,42 @@ macro_rules! impl_blas {
 impl_blas!(f32, cblas_sgemm, cblas_sgemv);
 impl_blas!(f64, cblas_dgemm, cblas_dgemv);
 
+// OpenBLAS of PyPI's scipy-openblas32 wheel, whose every symbol carries the `scipy_` prefix
+// (build.rs finds and links it).
+#[rustfmt::skip]
 extern "C" {
-    fn openblas_set_num_threads(num_threads: std::os::raw::c_int);
-    fn openblas_get_corename() -> *const std::os::raw::c_char;
+    #[link_name = "scipy_cblas_sgemm"]
+    fn cblas_sgemm(layout: c_int, ta: c_int, tb: c_int, m: c_int, n: c_int, k: c_int, alpha: f32, a: *const f32, lda: c_int, b: *const f32, ldb: c_int, beta: f32, c: *mut f32, ldc: c_int);
+    #[link_name = "scipy_cblas_dgemm"]
+    fn cblas_dgemm(layout: c_int, ta: c_int, tb: c_int, m: c_int, n: c_int, k: c_int, alpha: f64, a: *const f64, lda: c_int, b: *const f64, ldb: c_int, beta: f64, c: *mut f64, ldc: c_int);
+    #[link_name = "scipy_cblas_sgemv"]
+    fn cblas_sgemv(layout: c_int, trans: c_int, m: c_int, n: c_int, alpha: f32, a: *const f32, lda: c_int, x: *const f32, incx: c_int, beta: f32, y: *mut f32, incy: c_int);
+    #[link_name = "scipy_cblas_dgemv"]
+    fn cblas_dgemv(layout: c_int, trans: c_int, m: c_int, n: c_int, alpha: f64, a: *const f64, lda: c_int, x: *const f64, incx: c_int, beta: f64, y: *mut f64, incy: c_int);
+    #[link_name = "scipy_openblas_set_num_threads"]
+    fn openblas_set_num_threads(num_threads: c_int);
+    #[link_name = "scipy_openblas_get_corename"]
+    fn openblas_get_corename() -> *const c_char;
+    #[link_name = "scipy_openblas_get_config"]
+    fn openblas_get_config() -> *const c_char;
 }
 
 /// The kernel family OpenBLAS chose for this CPU ("Haswell", "Zen", "SkylakeX", ...), which
 /// `OPENBLAS_CORETYPE` can force.
 pub fn core_name() -> String {
     // SAFETY: OpenBLAS returns a pointer to a static NUL-terminated string.
-    unsafe { std::ffi::CStr::from_ptr(openblas_get_corename()) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(openblas_get_corename()) }.to_string_lossy().into_owned()
+}
+
+/// OpenBLAS's description of its build: version, DYNAMIC_ARCH, the kernel family, MAX_THREADS.
+pub fn config() -> String {
+    // SAFETY: as above, a static NUL-terminated string.
+    unsafe { CStr::from_ptr(openblas_get_config()) }.to_string_lossy().into_owned()
 }
 
 /// Threads OpenBLAS uses inside one call. `parallel` keeps this at 1: the engine splits work
 /// itself, so BLAS threads never nest inside its threads.
 pub(crate) fn set_blas_threads(n: usize) {
     // SAFETY: a plain setter in OpenBLAS; it takes effect for the next call.
-    unsafe { openblas_set_num_threads(n.clamp(1, 1024) as std::os::raw::c_int) }
+    unsafe { openblas_set_num_threads(n.clamp(1, 1024) as c_int) }
 }

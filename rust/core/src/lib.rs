@@ -9,9 +9,6 @@
 //! Shape legend used throughout: B batch, T time, C channels, H heads, hs head size (C / H),
 //! V vocabulary, N rows (B * T).
 
-// Link the system OpenBLAS chosen through blas-src.
-extern crate blas_src;
-
 pub mod adamw;
 pub mod blas;
 pub mod error;

@@ -95,6 +95,22 @@ fn blas_core() -> String {
     lmcore_core::blas::core_name()
 }
 
+/// OpenBLAS's build description: its version, the kernel family, MAX_THREADS.
+#[pyfunction]
+fn blas_config() -> String {
+    lmcore_core::blas::config()
+}
+
+/// The widest SIMD this CPU has, as the engine's own loops chose it: "avx512", "avx2" or "baseline".
+#[pyfunction]
+fn simd_level() -> &'static str {
+    match lmcore_core::simd::level() {
+        lmcore_core::simd::Level::Avx512 => "avx512",
+        lmcore_core::simd::Level::Avx2 => "avx2",
+        lmcore_core::simd::Level::Baseline => "baseline",
+    }
+}
+
 /// Turn the engine's per-op timers on (clearing them) or off.
 #[pyfunction]
 fn profile_enable(on: bool) {
@@ -119,6 +135,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(blas_core, m)?)?;
+    m.add_function(wrap_pyfunction!(blas_config, m)?)?;
+    m.add_function(wrap_pyfunction!(simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(profile_enable, m)?)?;
     m.add_function(wrap_pyfunction!(profile_report, m)?)?;
     Ok(())

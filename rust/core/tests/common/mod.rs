@@ -28,11 +28,15 @@ unsafe impl GlobalAlloc for CountingAlloc {
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
 
+/// The targets are one fixed function of the input token, so the task is stationary and can be
+/// learnt to a loss near 0. (They once shifted with the step, 3 * step + 1, which the context
+/// cannot tell apart: a moving target whose loss rose again after 400 steps by an amount that
+/// depended on rounding, so the BLAS kernel or the thread count could fail the test.)
 fn batch(step: usize, len: usize, vocab: usize) -> (Vec<i64>, Vec<i64>) {
     let x: Vec<i64> = (0..len).map(|i| ((i * 7 + step * 13) % vocab) as i64).collect();
     // Odd steps ignore a third of their targets, as fine-tuning on replies does.
     let y: Vec<i64> = (0..len)
-        .map(|i| if step % 2 == 1 && i % 3 == 0 { IGNORE_ID } else { ((i * 5 + step * 3 + 1) % vocab) as i64 })
+        .map(|i| if step % 2 == 1 && i % 3 == 0 { IGNORE_ID } else { ((x[i] as usize * 10 + 1) % vocab) as i64 })
         .collect();
     (x, y)
 }
@@ -67,10 +71,10 @@ pub fn steady_state_with(config: GptConfig, opt: OptimizerConfig, steps: usize, 
     let capacity = trainer.graph.capacity_bytes();
     assert!(high_water > 0);
 
+    let mut losses = Vec::with_capacity(steps); // reserved before the count, so pushing never allocates
     let before = ALLOCATIONS.load(Ordering::SeqCst);
-    let mut last_loss = 0.0;
     for (x, y) in &batches[1..] {
-        last_loss = step(&mut trainer, x, y, b, t, 1e-3);
+        losses.push(step(&mut trainer, x, y, b, t, 1e-3));
     }
     let allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
 
@@ -78,7 +82,10 @@ pub fn steady_state_with(config: GptConfig, opt: OptimizerConfig, steps: usize, 
     assert_eq!(trainer.graph.arena_high_water_bytes(), high_water, "arena high-water mark moved");
     assert_eq!(trainer.graph.capacity_bytes(), capacity, "buffers grew after the first step");
     assert_eq!(trainer.opt.step(), steps as u64);
-    assert!(last_loss.is_finite());
-    assert!(last_loss < 3.5, "{}: the loss went nowhere ({last_loss})", opt.name()); // ln 65 = 4.17 at the start
-    println!("{}: {steps} steps: 0 allocations after step 1, arena high-water {high_water} bytes", opt.name());
+    // ln 65 = 4.17 at the start; every configuration is near 0.01 by the end on any kernel or
+    // thread count, so the margin is wide.
+    let tail = &losses[losses.len() - 100..];
+    let mean_tail = tail.iter().sum::<f64>() / tail.len() as f64;
+    assert!(mean_tail.is_finite() && mean_tail < 1.0, "{}: the loss went nowhere ({mean_tail} over the last 100 steps)", opt.name());
+    println!("{}: {steps} steps: 0 allocations after step 1, arena high-water {high_water} bytes, loss {mean_tail:.4} over the last 100", opt.name());
 }

@@ -1,0 +1,94 @@
+"""Which BLAS the engine runs, and loading it.
+
+The engine is linked against OpenBLAS from PyPI's ``scipy-openblas32`` wheel (a current OpenBLAS,
+with a ``scipy_`` prefix on every symbol). ``load_library`` loads that wheel's library before the
+engine's module is imported, so the engine's dependency on it is already met: no
+``LD_LIBRARY_PATH``, wherever the wheel or an editable build lives.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+from dataclasses import dataclass
+
+# OpenBLAS's x86-64 kernel families by the widest SIMD they use (its DYNAMIC_ARCH names).
+KERNEL_SIMD = {
+    **dict.fromkeys(["skylakex", "cooperlake", "sapphirerapids"], "avx512"),
+    **dict.fromkeys(["haswell", "zen", "excavator"], "avx2"),
+    **dict.fromkeys(["sandybridge", "bulldozer", "piledriver", "steamroller"], "avx"),
+    **dict.fromkeys(["prescott", "core2", "penryn", "dunnington", "nehalem", "atom", "opteron",
+                     "opteron_sse3", "barcelona", "bobcat", "katmai", "coppermine", "northwood"], "sse"),
+}
+SIMD_ORDER = ["sse", "avx", "avx2", "avx512"]
+SIMD_NAMES = {"sse": "SSE", "avx": "AVX", "avx2": "AVX2", "avx512": "AVX-512"}
+
+
+def load_library() -> None:
+    """Load scipy-openblas32's shared library (globally, so the engine's symbols resolve to it)."""
+    import scipy_openblas32
+
+    lib_dir = scipy_openblas32.get_lib_dir()
+    names = [n for n in os.listdir(lib_dir) if n.startswith("libscipy_openblas") and (".so" in n or n.endswith(".dylib"))]
+    if not names:
+        raise ImportError(f"lmcore: scipy-openblas32 has no library in {lib_dir}; reinstall it: pip install --force-reinstall scipy-openblas32")
+    ctypes.CDLL(os.path.join(lib_dir, sorted(names)[0]), mode=ctypes.RTLD_GLOBAL)
+
+
+@dataclass(frozen=True)
+class BlasInfo:
+    """The BLAS as it runs in this process."""
+
+    name: str  # "OpenBLAS"
+    version: str  # "0.3.34"
+    package: str  # where it came from: "scipy-openblas32 0.3.34.481.3"
+    kernel: str  # the kernel family OpenBLAS picked (or was told by OPENBLAS_CORETYPE): "SkylakeX"
+    kernel_simd: str | None  # the widest SIMD that family uses ("avx512", ...); None if unknown
+    cpu_simd: str  # the widest the CPU has, as the engine's own loops detect it ("avx512", "avx2", "baseline")
+    threads: int  # the engine's threads (BLAS runs one thread inside each call)
+
+    def line(self) -> str:
+        simd = SIMD_NAMES.get(self.kernel_simd or "", "")
+        return (f"blas: {self.name} {self.version} ({self.package}), {self.kernel} kernels"
+                + (f" ({simd})" if simd else "")
+                + f", CPU {SIMD_NAMES.get(self.cpu_simd, self.cpu_simd)}, {self.threads} engine "
+                + ("thread" if self.threads == 1 else "threads") + ", 1 BLAS thread per call")
+
+    def warning(self) -> str | None:
+        """What it costs when the kernels are older than the CPU's SIMD, and how to fix it."""
+        if self.kernel_simd is None or self.cpu_simd not in SIMD_ORDER:
+            return None
+        if SIMD_ORDER.index(self.kernel_simd) >= SIMD_ORDER.index(self.cpu_simd):
+            return None
+        cost = (f"BLAS runs {self.kernel} ({SIMD_NAMES[self.kernel_simd]}) kernels on a CPU with "
+                f"{SIMD_NAMES[self.cpu_simd]}: matrix products, most of a training step, run "
+                "2-5x slower (sgemm 24.5 against 110 GFLOP/s on a Xeon with AVX-512)")
+        forced = os.environ.get("OPENBLAS_CORETYPE")
+        if forced:
+            return f"{cost}; OPENBLAS_CORETYPE={forced} chose them: unset it for lmcore's command"
+        return f"{cost}; this OpenBLAS does not know this CPU: pip install --upgrade scipy-openblas32"
+
+
+def blas_info() -> BlasInfo:
+    """The BLAS the engine runs: library, version, kernel family, SIMD, threads."""
+    from importlib import metadata
+
+    from lmcore import _core
+
+    config = _core.blas_config()
+    version = re.search(r"OpenBLAS\s+(\d+\.\d+\.\d+)", config)
+    kernel = _core.blas_core()
+    try:
+        package = f"scipy-openblas32 {metadata.version('scipy-openblas32')}"
+    except metadata.PackageNotFoundError:
+        package = "scipy-openblas32"
+    return BlasInfo(
+        name="OpenBLAS",
+        version=version.group(1) if version else "unknown",
+        package=package,
+        kernel=kernel,
+        kernel_simd=KERNEL_SIMD.get(kernel.lower()),
+        cpu_simd=_core.simd_level(),
+        threads=_core.num_threads(),
+    )
