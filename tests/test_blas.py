@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lmcore
+from lmcore.blas import KERNEL_SIMD, BlasInfo
 
 dims = st.integers(1, 40)
 
@@ -64,3 +68,45 @@ def test_matmul_reads_non_contiguous_views():
 def test_matmul_rejects_bad_input(a, b, err):
     with pytest.raises(err):
         lmcore.matmul(a, b)
+
+
+def test_blas_info_names_the_library_its_version_kernel_and_threads():
+    info = lmcore.blas_info()
+    assert info.name == "OpenBLAS" and re.fullmatch(r"\d+\.\d+\.\d+", info.version)
+    assert tuple(map(int, info.version.split("."))) >= (0, 3, 30)  # scipy-openblas32, not a distribution's
+    assert info.package.startswith("scipy-openblas32") and info.kernel
+    assert info.cpu_simd in ("avx512", "avx2", "baseline") and info.threads == lmcore.num_threads()
+    line = info.line()
+    assert line.startswith(f"blas: OpenBLAS {info.version}") and info.kernel in line and "\n" not in line
+
+
+def test_engine_runs_the_wheels_library_not_a_system_one():
+    """The library in this process is scipy-openblas32's, loaded by lmcore itself (no LD_LIBRARY_PATH)."""
+    import scipy_openblas32
+
+    with open("/proc/self/maps") as maps:
+        blas_files = {line.split()[-1] for line in maps if "openblas" in line and "/" in line}
+    ours = os.path.realpath(scipy_openblas32.get_lib_dir())
+    assert blas_files and all(os.path.realpath(f).startswith(ours) for f in blas_files if "scipy_openblas." in f), blas_files
+    assert not any(os.path.basename(f).startswith("libopenblas") for f in blas_files), blas_files
+
+
+def info_with(kernel: str, cpu_simd: str) -> BlasInfo:
+    return BlasInfo(name="OpenBLAS", version="0.3.21", package="test", kernel=kernel,
+                    kernel_simd=KERNEL_SIMD.get(kernel.lower()), cpu_simd=cpu_simd, threads=2)
+
+
+@pytest.mark.parametrize("kernel, cpu, warns", [
+    ("Prescott", "avx512", True), ("Haswell", "avx512", True), ("Zen", "avx512", True),
+    ("SkylakeX", "avx512", False), ("Cooperlake", "avx512", False), ("Haswell", "avx2", False),
+    ("Sandybridge", "avx2", True), ("Katmai", "avx2", True),
+    ("NEOVERSEN1", "baseline", False), ("SomethingNew", "avx512", False),  # unknown: no guess
+])
+def test_a_kernel_older_than_the_cpu_is_a_warning_with_its_cost_and_fix(kernel, cpu, warns):
+    info = info_with(kernel, cpu)
+    assert (info.warning() is not None) == warns
+    if warns:
+        assert kernel in info.warning() and "slower" in info.warning()
+        assert "pip install --upgrade scipy-openblas32" in info.warning()
+        forced = info.warning(forced=kernel)
+        assert f"OPENBLAS_CORETYPE={kernel}" in forced and "unset it" in forced

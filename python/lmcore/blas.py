@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import sys
 from dataclasses import dataclass
 
 # OpenBLAS's x86-64 kernel families by the widest SIMD they use (its DYNAMIC_ARCH names).
@@ -55,8 +56,9 @@ class BlasInfo:
                 + f", CPU {SIMD_NAMES.get(self.cpu_simd, self.cpu_simd)}, {self.threads} engine "
                 + ("thread" if self.threads == 1 else "threads") + ", 1 BLAS thread per call")
 
-    def warning(self) -> str | None:
-        """What it costs when the kernels are older than the CPU's SIMD, and how to fix it."""
+    def warning(self, forced: str | None = None) -> str | None:
+        """What it costs when the kernels are older than the CPU's SIMD, and how to fix it;
+        ``forced`` is OPENBLAS_CORETYPE's value, if set."""
         if self.kernel_simd is None or self.cpu_simd not in SIMD_ORDER:
             return None
         if SIMD_ORDER.index(self.kernel_simd) >= SIMD_ORDER.index(self.cpu_simd):
@@ -64,10 +66,18 @@ class BlasInfo:
         cost = (f"BLAS runs {self.kernel} ({SIMD_NAMES[self.kernel_simd]}) kernels on a CPU with "
                 f"{SIMD_NAMES[self.cpu_simd]}: matrix products, most of a training step, run "
                 "2-5x slower (sgemm 24.5 against 110 GFLOP/s on a Xeon with AVX-512)")
-        forced = os.environ.get("OPENBLAS_CORETYPE")
         if forced:
             return f"{cost}; OPENBLAS_CORETYPE={forced} chose them: unset it for lmcore's command"
         return f"{cost}; this OpenBLAS does not know this CPU: pip install --upgrade scipy-openblas32"
+
+
+def report() -> None:
+    """The BLAS line a command prints at its start, and a warning when its kernels are too old."""
+    info = blas_info()
+    print(info.line())
+    warning = info.warning(os.environ.get("OPENBLAS_CORETYPE"))
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def blas_info() -> BlasInfo:

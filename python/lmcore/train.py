@@ -22,6 +22,7 @@ import sys
 from dataclasses import fields
 
 import lmcore
+from lmcore import blas
 from lmcore.chat_template import END
 from lmcore.checkpoint import CheckpointError
 from lmcore.cli import UsageError, plural, use_threads
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the process's life)
         run = start(args, group)
         c, cfg, tok, tokens = run.corpus, run.cfg, run.tokenizer, run.tokens
+        blas.report()
         print(f"data: {c.name} ({c.n_chars:,} chars, sha256 {c.sha256[:12]}...) from {c.source}")
         if isinstance(tokens, ChatWindows):
             print(f"tokens: {tok.kind} tokenizer, vocab {tok.vocab_size} (chat markers included); conversations "
