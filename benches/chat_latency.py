@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
 import lmcore  # noqa: E402
+from lmcore.blas import cpu_name  # noqa: E402
 from lmcore.chat_session import ChatSession  # noqa: E402
 from lmcore.chat_template import add_chat_tokens  # noqa: E402
 from lmcore.run_state import find_checkpoint, model_from_checkpoint  # noqa: E402
@@ -35,16 +35,6 @@ from lmcore.tokenizer import CharTokenizer  # noqa: E402
 MESSAGE = "Good morrow, friend; what news from the court?"  # 46 characters
 SHOWN = (1, 5, 10)
 SYSTEM = "A scene at court. You are a courtier."
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def build(args: argparse.Namespace) -> tuple[lmcore.Model, object]:

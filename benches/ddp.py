@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -88,18 +87,6 @@ def launch(cmd: list[str], env: dict[str, str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def cpu_name() -> str:
-    """The CPU's name with its family and model (the name alone may not tell a Zen 4 from a Zen 5)."""
-    try:
-        info = {}
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())
-        return f"{info.get('model name', '?')} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
-    except OSError:
-        return platform.processor() or "unknown CPU"
-
-
 def ring_ms(nbytes: int, hosts: int, gbit: float) -> float:
     """A ring all-reduce's time: 2(K-1)/K x bytes over the link's bandwidth (latency left out)."""
     return 1e3 * 2 * (hosts - 1) / hosts * nbytes / (gbit * 1e9 / 8)
@@ -120,6 +107,8 @@ def main() -> None:
     me = [sys.executable, str(Path(__file__).resolve()), "--worker", "--preset", args.preset,
           "--steps", str(args.steps), "--reduces", str(args.reduces)]
     mpirun = [str(BIN / "mpirun"), "-n", "2"]
+    from lmcore.blas import cpu_name  # noqa: PLC0415 (lmcore is imported late here, as above)
+
     print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} at the start; "
           f"--{args.preset}, {args.steps} timed steps (median)")
     one = launch([*me, "--threads", "2"], dict(os.environ))

@@ -11,8 +11,9 @@ Prints a table and one ``JSON: `` line; it asserts nothing about speed.
 
 lmcore.matmul copies both inputs out of numpy and allocates and copies the output: that is the
 binding's cost and is in these figures. ``cargo bench -p lmcore-core --bench core`` gives the
-pure-Rust figures for the same shapes. The two OpenBLAS builds differ too: lmcore links the
-system's (Debian's), numpy ships its own, newer one.
+pure-Rust figures for the same shapes. The two OpenBLAS builds differ too: lmcore links
+scipy-openblas32's, numpy ships its own (64-bit integers). With torch installed, a third column
+gives PyTorch's ``torch.matmul`` (MKL) at the same thread count.
 
 Run (bench-only dependency: ``pip install threadpoolctl``, used to cap numpy's threads and to
 report which OpenBLAS kernel each library runs):
@@ -32,6 +33,7 @@ import time
 import numpy as np
 
 import lmcore
+from lmcore.blas import cpu_name
 
 try:
     from threadpoolctl import ThreadpoolController
@@ -68,7 +70,8 @@ def median_secs(fn, warm, reps, inner):
     return statistics.median(times)
 
 
-def bench_gemms(warm, reps, rng):
+def bench_gemms(warm, reps, rng, torch=None):
+    """Each shape through lmcore, numpy and (if given) PyTorch, whose CPU BLAS is MKL."""
     rows = []
     for i, (name, ta, tb, m, n, k) in enumerate(cases()):
         a = rng.standard_normal((k, m) if ta else (m, k), dtype=np.float32)
@@ -77,11 +80,15 @@ def bench_gemms(warm, reps, rng):
         ours = lambda: lmcore.matmul(a, b, trans_a=ta, trans_b=tb)  # noqa: E731
         theirs = lambda: a_op @ b_op  # noqa: E731
         np.testing.assert_allclose(ours(), theirs(), rtol=1e-3, atol=1e-3 * np.sqrt(k))
+        libraries = [("lmcore", ours), ("numpy", theirs)]
+        if torch is not None:
+            ta_op, tb_op = torch.from_numpy(a_op), torch.from_numpy(b_op)
+            libraries.append(("torch", lambda: torch.matmul(ta_op, tb_op)))
         flop = 2.0 * m * n * k
         inner = max(1, min(1000, int(2e8 / flop)))
         # One library at a time (its idle OpenBLAS threads spin briefly after a call, so the
         # other's would compete with them); alternate which goes first, pause in between.
-        order = [("lmcore", ours), ("numpy", theirs)][:: 1 if i % 2 == 0 else -1]
+        order = libraries[:: 1 if i % 2 == 0 else -1]
         secs = {}
         for who, fn in order:
             time.sleep(0.15)
@@ -89,10 +96,12 @@ def bench_gemms(warm, reps, rng):
         g = {who: flop / s / 1e9 for who, s in secs.items()}
         rows.append({"name": name, "trans_a": ta, "trans_b": tb, "m": m, "n": n, "k": k,
                      "lmcore_gflops": round(g["lmcore"], 2), "numpy_gflops": round(g["numpy"], 2),
-                     "ratio": round(g["lmcore"] / g["numpy"], 3)})
+                     "ratio": round(g["lmcore"] / g["numpy"], 3),
+                     **({"torch_gflops": round(g["torch"], 2)} if "torch" in g else {})})
         r = rows[-1]
         print(f"{name:<22} {int(ta)}{int(tb)} {m:>5} {n:>5} {k:>5} {r['lmcore_gflops']:>9.1f} "
-              f"{r['numpy_gflops']:>9.1f} {r['ratio']:>6.2f}", flush=True)
+              f"{r['numpy_gflops']:>9.1f} {r['ratio']:>6.2f}"
+              + (f" {r['torch_gflops']:>9.1f}" if "torch" in g else ""), flush=True)
     return rows
 
 
@@ -141,15 +150,27 @@ def main():
             blas.append({key: lib.get(key) for key in ("prefix", "version", "architecture", "num_threads")})
             print(f"BLAS {lib['prefix']} {lib.get('version')}: kernel {lib.get('architecture')}, "
                   f"{lib['num_threads']} threads per call ({os.path.basename(lib['filepath'])})")
+    try:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print(f"torch {torch.__version__}: {torch.get_num_threads()} threads (its CPU BLAS: MKL)")
+    except ImportError:
+        torch = None
+    print(f"CPU: {cpu_name()}\n{lmcore.blas_info().line()}")
     print(f"lmcore threads: {lmcore.num_threads()}, numpy {np.__version__}, "
           f"{'quick' if args.quick else 'full'} run\n")
 
     rng = np.random.default_rng(0)
-    print(f"{'gemm (float32)':<22} tt {'m':>5} {'n':>5} {'k':>5} {'lmcore':>9} {'numpy':>9} {'ratio':>6}")
-    print(f"{'':<22} AB {'':>17} {'GFLOP/s':>9} {'GFLOP/s':>9} {'l/np':>6}")
-    rows = bench_gemms(warm, reps, rng)
-    geo = float(np.exp(np.mean(np.log([r["ratio"] for r in rows]))))
-    print(f"geometric mean ratio lmcore/numpy: {geo:.2f}")
+    print(f"{'gemm (float32)':<22} tt {'m':>5} {'n':>5} {'k':>5} {'lmcore':>9} {'numpy':>9} {'ratio':>6}"
+          + (f" {'torch':>9}" if torch else ""))
+    print(f"{'':<22} AB {'':>17} {'GFLOP/s':>9} {'GFLOP/s':>9} {'l/np':>6}" + (f" {'GFLOP/s':>9}" if torch else ""))
+    rows = bench_gemms(warm, reps, rng, torch)
+    geomean = lambda key: float(np.exp(np.mean(np.log([r[key] for r in rows if key in r and not r["name"].startswith("square")]))))  # noqa: E731
+    geo = geomean("ratio")
+    print(f"geometric mean ratio lmcore/numpy: {geo:.2f}; geometric mean GFLOP/s of the model's shapes: lmcore "
+          f"{geomean('lmcore_gflops'):.1f}, numpy {geomean('numpy_gflops'):.1f}"
+          + (f", torch {geomean('torch_gflops'):.1f}" if torch else ""))
 
     step = bench_train_step(3 if not args.quick else 1, steps, rng)
     print(f"\nModel.train_step f32 (B {B}, T {T}, C {C}, H {H}, L {L}, V {V}): median {step['ms']:.1f} ms/step "

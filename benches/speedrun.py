@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lmcore.blas import cpu_name
 from lmcore.datasets import resolve_corpus
 from lmcore.metrics import read_metrics
 
@@ -149,16 +150,6 @@ def plot(results: list[dict[str, Any]], target: float, png: Path, log_x: bool) -
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png)
     plt.close(fig)
-
-
-def cpu_name() -> str:
-    """The CPU's name, family and model, as /proc/cpuinfo gives them (timings mean little without)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return "unknown CPU"
-    field = lambda key: (re.search(rf"^{key}\s*:\s*(.+)$", text, re.M) or [None, "?"])[1]  # noqa: E731
-    return f"{field('model name')} (family {field('cpu family')}, model {field('model')})"
 
 
 def table(results: list[dict[str, Any]], target: float) -> str:
