@@ -98,12 +98,16 @@ fn exp_f32(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75; // ln 2 split in two so n * LN2_HI is exact
     const LN2_LO: f32 = 1.428_606_8e-6;
     let x = x.clamp(-87.3, 88.3);
-    // Round to nearest by adding and removing 1.5 * 2^23 (floor() would be a libm call).
+    // Round to nearest by adding and removing 1.5 * 2^23 (floor() would be a libm call). The
+    // sum's low mantissa bits then hold n itself, read as an integer: `n as i32` would be a
+    // saturating cast, which LLVM compiles to scalar code per lane (a third of the speed).
     const ROUND: f32 = 12_582_912.0;
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
+    let n_bits = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32); // = n for |n| < 2^22
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    p * f32::from_bits((n_bits.wrapping_add(127) as u32) << 23)
 }
 
 /// tanh(x) = 1 - 2 / (e^(2x) + 1): one exp, several times faster than libm's tanhf, and within
