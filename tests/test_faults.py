@@ -299,6 +299,15 @@ KILL_RECIPE = ["--tiny", "--dropout", "0.1", "--eval-interval", "250", "--eval-i
 KILLS, MAX_KILLS, NEVER = 24, 60, "1000000"
 
 
+def wait_for_new_file(proc: subprocess.Popen[str], path: Path, old_inode: int | None, timeout: float = 120) -> None:
+    """Until `path` is another file than the one of inode `old_inode` (or exists, if None)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists() or path.stat().st_ino == old_inode:
+        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before writing {path}"
+        assert time.monotonic() < deadline, f"no new {path.name} in {timeout} s"
+        time.sleep(0.005)
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
     rng = random.Random(1125)
@@ -307,8 +316,12 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
     kills = mid_write = recomputed = saved = 0
     while kills < KILLS or (mid_write == 0 and kills < MAX_KILLS):
         args = ["--resume"] if ckpt.exists() else KILL_RECIPE
+        before = ckpt.stat().st_ino if ckpt.exists() else None
         proc = spawn(out, *args, "--max-iters", NEVER, recipe=False,
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Each life first saves a checkpoint of its own (a new file: writes replace it whole), so
+        # the run moves on however slow the machine is; then it dies at a random moment.
+        wait_for_new_file(proc, ckpt, before)
         time.sleep(rng.uniform(0.1, 1.2))
         assert proc.poll() is None, f"the run ended on its own (exit {proc.returncode}) before kill {kills + 1}"
         proc.send_signal(signal.SIGKILL)
@@ -323,7 +336,6 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
         assert logged - meta["iter_num"] <= 2, "the kill cost more than the steps since the last checkpoint"
         recomputed += max(0, logged - meta["iter_num"])
         saved = meta["iter_num"]
-    assert saved >= 100, f"only {saved} steps in {kills} kills"
 
     end = str(saved + 10)
     resume(out, "--max-iters", end)

@@ -9,6 +9,7 @@ engine's module is imported, so the engine's dependency on it is already met: no
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 import re
 import sys
@@ -27,14 +28,16 @@ SIMD_NAMES = {"sse": "SSE", "avx": "AVX", "avx2": "AVX2", "avx512": "AVX-512"}
 
 
 def load_library() -> None:
-    """Load scipy-openblas32's shared library (globally, so the engine's symbols resolve to it)."""
-    import scipy_openblas32
-
-    lib_dir = scipy_openblas32.get_lib_dir()
-    names = [n for n in os.listdir(lib_dir) if n.startswith("libscipy_openblas") and (".so" in n or n.endswith(".dylib"))]
+    """Load scipy-openblas32's shared library (globally, so the engine's symbols resolve to it).
+    The wheel's folder is found without importing its package, whose start-up costs 0.1 s."""
+    spec = importlib.util.find_spec("scipy_openblas32")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("lmcore needs OpenBLAS from scipy-openblas32: pip install 'scipy-openblas32>=0.3.30'")
+    lib_dir = os.path.join(list(spec.submodule_search_locations)[0], "lib")
+    names = sorted(n for n in os.listdir(lib_dir) if n.startswith("libscipy_openblas") and (".so" in n or n.endswith(".dylib")))
     if not names:
         raise ImportError(f"lmcore: scipy-openblas32 has no library in {lib_dir}; reinstall it: pip install --force-reinstall scipy-openblas32")
-    ctypes.CDLL(os.path.join(lib_dir, sorted(names)[0]), mode=ctypes.RTLD_GLOBAL)
+    ctypes.CDLL(os.path.join(lib_dir, names[0]), mode=ctypes.RTLD_GLOBAL)
 
 
 @dataclass(frozen=True)
@@ -83,21 +86,15 @@ def report() -> None:
 
 def blas_info() -> BlasInfo:
     """The BLAS the engine runs: library, version, kernel family, SIMD, threads."""
-    from importlib import metadata
-
     from lmcore import _core
 
-    config = _core.blas_config()
-    version = re.search(r"OpenBLAS\s+(\d+\.\d+\.\d+)", config)
+    config = _core.blas_config()  # "OpenBLAS 0.3.34.481.3 DYNAMIC_ARCH ...": the wheel's own version
+    version = re.search(r"OpenBLAS\s+((\d+\.\d+\.\d+)[\d.]*)", config)
     kernel = _core.blas_core()
-    try:
-        package = f"scipy-openblas32 {metadata.version('scipy-openblas32')}"
-    except metadata.PackageNotFoundError:
-        package = "scipy-openblas32"
     return BlasInfo(
         name="OpenBLAS",
-        version=version.group(1) if version else "unknown",
-        package=package,
+        version=version.group(2) if version else "unknown",
+        package=f"scipy-openblas32 {version.group(1)}" if version else "scipy-openblas32",
         kernel=kernel,
         kernel_simd=KERNEL_SIMD.get(kernel.lower()),
         cpu_simd=_core.simd_level(),
