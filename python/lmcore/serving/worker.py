@@ -86,6 +86,9 @@ class Worker:
             job.worker = self
             self.waiting.append(job)
             self.cond.notify()
+            waits = self.busy + len(self.waiting) > len(self.slots)
+        if waits and self.log:
+            print(f"lmcore serve: request {job.number} ({job.gen.kind}) waits for a slot", file=sys.stderr, flush=True)
 
     def forget(self, job: Job) -> None:
         """A cancelled job that still waits leaves the queue now (a running one stops at its next turn)."""
