@@ -1,12 +1,15 @@
 """The chat page at ``/``, driven in a real headless browser (Debian's Chromium and its driver,
 through selenium): it is served whole by the server (no other origin), a message sent from it
 gets the model's reply streamed in, in several pieces, under the system line and temperature set
-on the page; Clear empties the conversation and the next turn starts afresh."""
+on the page; Clear empties the conversation and the next turn starts afresh; Stop ends a reply
+that has not come (the server is paused meanwhile) and gives the message back."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
-from pathlib import Path
+import signal
 
 import httpx
 import pytest
@@ -98,3 +101,35 @@ def test_a_message_from_the_page_streams_the_reply_in(server, browser):
     wait(browser, lambda d: replies(d) and d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "idle")
     assert replies(browser) == ["ghost ghost."]
     assert browser.find_elements(By.CSS_SELECTOR, ".msg.user")[0].text == "say ghost"
+
+
+def test_stop_ends_a_reply_and_gives_the_message_back(server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(server.url + "/")
+    wait(browser, lambda d: "parameters" in d.find_element(By.ID, "model").text)
+    state = lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state")  # noqa: E731
+    done_before = len(re.findall(r"\(chat\): .* stop after", server.log()))
+    os.kill(server.proc.pid, signal.SIGSTOP)  # no reply can come: the request waits for the paused server
+    try:
+        send(browser, "say king")
+        wait(browser, lambda d: state(d) == "streaming")
+        assert browser.find_element(By.ID, "send").get_attribute("disabled")
+        browser.find_element(By.ID, "stop").click()
+        wait(browser, lambda d: state(d) == "idle")
+        assert browser.find_element(By.ID, "status").text == "stopped"
+        assert browser.find_elements(By.CSS_SELECTOR, ".msg") == []  # as if unsent ...
+        assert browser.find_element(By.ID, "input").get_attribute("value") == "say king"  # ... and back in the box
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    temperature = browser.find_element(By.ID, "temperature")
+    temperature.clear()
+    temperature.send_keys("0")
+    browser.find_element(By.ID, "input").send_keys(Keys.ENTER)  # sent again, it is answered
+    wait(browser, lambda d: replies(d) and state(d) == "idle")
+    assert replies(browser) == ["king king."]
+    # The server may or may not have seen the stopped request before it went (test_serve_load.py
+    # checks that a client that leaves stops its generation); this one it answered.
+    assert len(re.findall(r"\(chat\): .* stop after", server.log())) in (done_before + 1, done_before + 2)
+    assert "Traceback" not in server.log()

@@ -91,6 +91,8 @@ def build_app(served: Served) -> Starlette:
         _check_key(served, request)
         doc = parse_json_object(await read_body(request))
         gen = parse_request(doc, kind, served.tokenizer, served.model_id, served.window)
+        if await request.is_disconnected():  # gone already (a page's Stop before the server got to it)
+            return Response(status_code=499)
         job = Job(gen, asyncio.get_running_loop())
         served.worker.submit(job)  # 503 at once when full
         watcher = asyncio.create_task(_watch_disconnect(request, job))

@@ -6,6 +6,7 @@
 const $ = (id) => document.getElementById(id);
 const conversation = [];  // {role, content} of every kept turn, oldest first
 let running = null;  // the AbortController of the reply being written
+let epoch = 0;  // bumped by Clear: a reply that ends after it belongs to no conversation
 
 function bubble(kind, text) {
   const div = document.createElement("div");
@@ -83,8 +84,9 @@ async function stream(controller, out) {
 
 async function send(text) {
   conversation.push({role: "user", content: text});
-  bubble("user", text);
+  const mine = bubble("user", text);
   const out = bubble("assistant streaming", "");
+  const started = epoch;
   const controller = new AbortController();
   setRunning(controller);
   const start = performance.now();
@@ -114,13 +116,22 @@ async function send(text) {
     }
   } finally {
     out.classList.remove("streaming");
-    if (out.textContent) conversation.push({role: "assistant", content: out.textContent});
-    else { out.remove(); if (conversation.length && conversation[conversation.length - 1].role === "user") conversation.pop(); }
+    if (epoch !== started) {
+      // cleared meanwhile: nothing to keep
+    } else if (out.textContent) {
+      conversation.push({role: "assistant", content: out.textContent});
+    } else {  // no reply at all (stopped or refused): the message goes back to the box, as if unsent
+      out.remove();
+      mine.remove();
+      conversation.pop();
+      if (!$("input").value) $("input").value = text;
+    }
     setRunning(null);
   }
 }
 
 function clearAll() {
+  epoch++;
   if (running) running.abort();
   conversation.length = 0;
   $("messages").replaceChildren();
