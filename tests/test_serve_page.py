@@ -87,7 +87,7 @@ def test_a_message_from_the_page_streams_the_reply_in(server, browser):
     wait(browser, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == "idle" and replies(d))
     assert replies(browser) == ["king king."]  # the API's answer at temperature 0 (test_serve.py)
     bubble = browser.find_elements(By.CSS_SELECTOR, ".msg.assistant")[0]
-    assert int(bubble.get_attribute("data-chunks")) > 1  # it came in pieces, as they were streamed
+    assert int(bubble.get_attribute("data-chunks")) == len("king king.")  # a piece per token, as streamed
     assert "tokens in" in browser.find_element(By.ID, "status").text
     assert [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".msg.error")] == []
 

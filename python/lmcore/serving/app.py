@@ -153,31 +153,15 @@ async def _whole(job: Job, shapes: Shapes) -> Response:
             return JSONResponse(shapes.whole("".join(texts), finish, prompt_tokens, completion_tokens))
 
 
-def _more_text(job: Job, text: str) -> tuple[str, tuple[Any, ...] | None]:
-    """``text`` and the text events queued behind it, as one chunk (when the client or this loop
-    falls behind the engine, fewer and larger chunks catch up); and the next other event, if any."""
-    texts = [text]
-    while True:
-        try:
-            event = job.events.get_nowait()
-        except asyncio.QueueEmpty:
-            return "".join(texts), None
-        if event[0] != "text":
-            return "".join(texts), event
-        texts.append(event[1])
-
-
 async def _stream(job: Job, gen: Generation, shapes: Shapes, watcher: asyncio.Task[None]) -> AsyncIterator[bytes]:
     usage = gen.include_usage
-    pending: tuple[Any, ...] | None = None
     try:
         if gen.kind == "chat":
             yield sse(shapes.chunk(first=True, with_usage=usage))
         while True:
-            event, pending = pending or await job.events.get(), None
-            if event[0] == "text":
-                text, pending = _more_text(job, event[1])
-                yield sse(shapes.chunk(text=text, with_usage=usage))
+            event = await job.events.get()
+            if event[0] == "text":  # one chunk per token's text, as OpenAI streams
+                yield sse(shapes.chunk(text=event[1], with_usage=usage))
             elif event[0] == "error":
                 yield sse(event[1].body())
                 return
