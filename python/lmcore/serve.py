@@ -34,7 +34,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="a checkpoint file (instead of --out-dir)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default %(default)s; 0: any free one, printed)")
-    p.add_argument("--api-key", default=os.environ.get("LMCORE_API_KEY"),
+    p.add_argument("--api-key", default=os.environ.get("LMCORE_API_KEY") or None,
                    help="require 'Authorization: Bearer KEY' on /v1/ (default: $LMCORE_API_KEY, else none)")
     p.add_argument("--parallel", type=int, default=4, help="sequences generated at once (default %(default)s)")
     p.add_argument("--queue", type=int, default=16,
