@@ -167,3 +167,13 @@ def test_command_errors_are_one_line(tmp_path, chat_dir):
         taken.listen(1)
         r = serve("--out-dir", str(chat_dir), "--port", str(taken.getsockname()[1]))
         assert_one_line_error(r.returncode, r.stderr, "cannot listen on 127.0.0.1")
+
+
+def test_a_client_that_leaves_in_the_middle_of_its_body_is_no_fault(long_dir):
+    with Server(str(long_dir / "ckpt.safetensors")) as s:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", s.port), timeout=30) as raw:
+                raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"prompt\": ")
+        r = httpx.post(s.url + "/v1/completions", json={"prompt": "A", "max_tokens": 2}, timeout=60)
+        assert r.status_code == 200
+        assert "Traceback" not in s.log() and "Exception" not in s.log(), s.log()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from lmcore.serving.errors import ApiError, invalid
 
@@ -28,11 +28,14 @@ async def read_body(request: Request) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
         raise _too_large()
     chunks, size = [], 0
-    async for chunk in request.stream():  # a chunked body has no Content-Length: count as it comes
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise _too_large()
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():  # a chunked body has no Content-Length: count as it comes
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise _too_large()
+            chunks.append(chunk)
+    except ClientDisconnect:  # nobody reads the answer; this only keeps it out of the faults
+        raise invalid("the client disconnected before the end of the body") from None
     return b"".join(chunks)
 
 
