@@ -1,6 +1,6 @@
 """The server under load and when things go away: 200 requests from 16 clients (every reply right,
 none lost, memory flat), a full queue answered 503 at once, clients that leave in mid-stream (their
-generation stops within a token or two) or while queued, SIGTERM and Ctrl-C in mid-stream, and the
+generation stops within a token or two), while queued or in the middle of their body, SIGTERM and Ctrl-C in mid-stream, and the
 command's one-line errors. Every loop is bounded; nothing is timed."""
 
 from __future__ import annotations
