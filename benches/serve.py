@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -52,7 +53,7 @@ def make_model(args: argparse.Namespace) -> Path:
 
 
 def start_server(ckpt: Path, args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
-    log = open(tempfile.mktemp(prefix="lmcore-serve-bench-", suffix=".log"), "w")
+    log = open(ckpt.parent / "serve.log", "w") if not args.out_dir else subprocess.DEVNULL
     proc = subprocess.Popen([sys.executable, "-m", "lmcore.serve", str(ckpt), "--port", "0", "--parallel", "8",
                              "--queue", "16", *(["--threads", str(args.threads)] if args.threads else [])], stdout=subprocess.PIPE, stderr=log, text=True)
     banner = proc.stdout.readline()
@@ -158,6 +159,8 @@ def main() -> None:
     medium = lmcore.Model(vocab_size=model.config["vocab_size"], d_model=256, n_head=8, n_layer=4,
                           block_size=int(model.config["block_size"]), seed=1)
     batching(medium, prompt, args, "the --medium shape")
+    if not args.out_dir:
+        shutil.rmtree(ckpt.parent, ignore_errors=True)
 
 if __name__ == "__main__":
     main()

@@ -136,8 +136,7 @@ def test_a_client_that_leaves_a_plain_request_or_the_queue_is_dropped(long_dir):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_ctrl_c_stop_the_server_cleanly_mid_stream(long_dir, sig):
-    s = Server(str(long_dir / "ckpt.safetensors"))
-    try:
+    with Server(str(long_dir / "ckpt.safetensors")) as s:
         with httpx.Client(base_url=s.url, timeout=120) as http:
             stream = stream_lines(http, {"prompt": "A", "stream": True})
             events = stream.iter_lines()
@@ -149,8 +148,6 @@ def test_sigterm_and_ctrl_c_stop_the_server_cleanly_mid_stream(long_dir, sig):
         assert s.proc.wait(60) == 0
         assert s.proc.stdout.read().strip().startswith("lmcore serve: stopped")
         assert "Traceback" not in s.log()
-    finally:
-        s.stop()
 
 
 def test_command_errors_are_one_line(tmp_path, chat_dir):
