@@ -37,7 +37,7 @@ import lmcore  # noqa: E402
 from lmcore.run_state import find_checkpoint, model_from_checkpoint  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benches"))
-from chat_latency import cpu_name  # noqa: E402
+from lmcore.blas import cpu_name  # noqa: E402
 
 PROMPT = "ROMEO:\nWhat say"
 
@@ -139,7 +139,7 @@ def main() -> None:
     ckpt = make_model(args)
     model, tok, _, _ = model_from_checkpoint(ckpt, weights_only=True)
     print(f"load average before: {os.getloadavg()[0]:.1f}")
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; engine threads {lmcore.num_threads()}; BLAS: {lmcore.blas_info()}")
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; engine threads {lmcore.num_threads()}; {lmcore.blas_info().line()}")
     print(f"model: {model.num_params:,} parameters, window {model.config['block_size']}; {args.tokens} tokens per stream")
     proc, url = start_server(ckpt, args)
     try:
