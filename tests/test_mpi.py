@@ -4,6 +4,7 @@ mpirun in a child process and keeps to a few seconds of --tiny training."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -152,6 +153,17 @@ def test_a_killed_rank_stops_the_job_and_the_checkpoint_resumes(tmp_path: Path) 
     assert _ckpt_step(out) > 0
 
 
+def _logged_step(out: Path) -> int:
+    """The last step in the metrics log (a line being written is skipped)."""
+    steps = [0]
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        try:
+            steps.append(json.loads(line)["step"])
+        except ValueError:
+            pass
+    return steps[-1]
+
+
 def _ckpt_step(out: Path) -> int:
     from lmcore.run_state import load_run  # noqa: PLC0415
     return int(load_run(out / "ckpt.safetensors")[1]["iter_num"])
@@ -210,7 +222,11 @@ def test_a_stop_signal_to_mpirun_leaves_a_resumable_run(tmp_path: Path, sig: sig
             assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint"
             time.sleep(0.05)
         first = _ckpt_step(out)
-        time.sleep(1.0)  # some steps past the first checkpoint
+        # Some steps past the first checkpoint: wait for a logged step beyond it (a fixed second
+        # was not always enough on a busy machine, where the run was still at that step).
+        while _logged_step(out) <= first:
+            assert proc.poll() is None and time.monotonic() < deadline, "no step past the first checkpoint"
+            time.sleep(0.05)
         proc.send_signal(sig)
         out_text, err = proc.communicate(timeout=60)
     finally:
