@@ -6,8 +6,10 @@ mod common;
 
 use lmcore_core::{GptConfig, MuonConfig};
 
-#[test]
-fn steady_state_with_muon_allocates_nothing() {
+// Run as a plain binary (harness = false in Cargo.toml): the test harness's own thread allocates
+// while it waits for a test, which the counter would see.
+fn main() {
+    // steady_state_with_muon_allocates_nothing
     let config = GptConfig { vocab_size: 65, d_model: 32, n_head: 2, n_layer: 2, block_size: 16, dropout: 0.1, ..Default::default() };
     common::steady_state(config, MuonConfig { adamw: common::adamw(), ..Default::default() }.into(), 200);
 }

@@ -17,8 +17,10 @@ fn split_step(tr: &mut Trainer<f32>, x: &[i64], y: &[i64], b: usize, t: usize, l
     loss
 }
 
-#[test]
-fn steady_state_split_step_allocates_nothing() {
+// Run as a plain binary (harness = false in Cargo.toml): the test harness's own thread allocates
+// while it waits for a test, which the counter would see.
+fn main() {
+    // steady_state_split_step_allocates_nothing
     let config = GptConfig { vocab_size: 65, d_model: 32, n_head: 2, n_layer: 2, block_size: 16, dropout: 0.1, ..Default::default() };
     common::steady_state_with(config, common::adamw().into(), 1000, split_step);
 }

@@ -1,7 +1,8 @@
 //! What the steady-state tests share: a global allocator that counts, and a run of steps
-//! that must allocate nothing after the first. Each configuration is a test binary of its own,
-//! so no other test (nor the harness's "running for over 60 seconds" notice) allocates while
-//! the counter runs.
+//! that must allocate nothing after the first. Each configuration is a binary of its own without
+//! the test harness (harness = false), so no other test, nor the harness's thread waiting for the
+//! test (it allocates when it first blocks, and for its "running for over 60 seconds" notice),
+//! allocates while the counter runs.
 
 use lmcore_core::{AdamWConfig, GptConfig, OptimizerConfig, Trainer, IGNORE_ID};
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -82,8 +83,8 @@ pub fn steady_state_with(config: GptConfig, opt: OptimizerConfig, steps: usize, 
     assert_eq!(trainer.graph.arena_high_water_bytes(), high_water, "arena high-water mark moved");
     assert_eq!(trainer.graph.capacity_bytes(), capacity, "buffers grew after the first step");
     assert_eq!(trainer.opt.step(), steps as u64);
-    // ln 65 = 4.17 at the start; every configuration is near 0.01 by the end on any kernel or
-    // thread count, so the margin is wide.
+    // ln 65 = 4.17 at the start; by the end AdamW's runs are near 0.003 and Muon's (200 steps)
+    // near 0.4 on any kernel or thread count, so the margin is wide.
     let tail = &losses[losses.len() - 100..];
     let mean_tail = tail.iter().sum::<f64>() / tail.len() as f64;
     assert!(mean_tail.is_finite() && mean_tail < 1.0, "{}: the loss went nowhere ({mean_tail} over the last 100 steps)", opt.name());
