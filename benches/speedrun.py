@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lmcore.datasets import resolve_corpus
+from lmcore.data.datasets import resolve_corpus
 from lmcore.metrics import read_metrics
 
 # The classic recipe: `--small` (128 wide, 2 layers, block 128, batch 16, cosine from 1e-3), its own

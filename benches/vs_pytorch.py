@@ -5,7 +5,7 @@ Sizes (block 128, batch 16, the corpus's char vocab: 65 for tinyshakespeare): --
 qkv in one Linear, SDPA causal attention, GELU tanh, final LayerNorm, lm_head tied to wte, biases,
 float32, dropout 0). Both: AdamW lr 1e-3 constant, betas (0.9, 0.99), eps 1e-8, weight decay 0.1 on
 2-D weights only, grad-clip 1.0; 2 threads; lmcore's initial weights (normal 0.02, residual
-projections 0.02/sqrt(2L)), copied into torch; the same windows (lmcore.sampler.BatchSampler, seeded
+projections 0.02/sqrt(2L)), copied into torch; the same windows (lmcore.data.batches.BatchSampler, seeded
 numpy PCG64). Each framework trains in its own child process so that its peak RSS (VmHWM from
 /proc/self/status at the child's end) is its own. Warm-up steps are excluded; the timed steps give:
   tokens/s of each and lmcore/torch; losses (first step, end of warm-up, last, mean of last 10).
@@ -46,8 +46,8 @@ import time
 import numpy as np
 
 import lmcore
-from lmcore.datasets import resolve_corpus
-from lmcore.sampler import BatchSampler, encode_corpus, train_val_split
+from lmcore.data.datasets import resolve_corpus
+from lmcore.data.batches import BatchSampler, encode_corpus, train_val_split
 from lmcore.sampling import generate
 from lmcore.tokenizer import CharTokenizer
 

@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lmcore
-import lmcore.datasets
+import lmcore.data.datasets
 import lmcore.train
 from cli_helpers import ENV, join_safetensors, split_safetensors, train
 from lmcore.checkpoint import METADATA_KEY, CheckpointError, load_checkpoint, load_weights
@@ -50,7 +50,7 @@ def offline() -> Any:
         raise urllib.error.URLError("network disabled in tests")
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(lmcore.datasets, "_fetch_url", no_network)
+        mp.setattr(lmcore.data.datasets, "_fetch_url", no_network)
         mp.setenv("XDG_CACHE_HOME", ENV["XDG_CACHE_HOME"])
         yield
 

@@ -35,11 +35,11 @@ from cli_helpers import (
 )
 from lmcore.cli import Interrupted, Stop
 from lmcore.config import RunConfig, lr_at
-from lmcore.datasets import resolve_corpus
+from lmcore.data.datasets import resolve_corpus
 from lmcore.evaluation import full_loss
 from lmcore.metrics import read_metrics
 from lmcore.run_state import load_run
-from lmcore.token_cache import tokenize
+from lmcore.data.tokens import tokenize
 from lmcore.tokenizer import tokenizer_from_dict
 
 VOCAB, BLOCK = 11, 8

@@ -51,10 +51,10 @@ from cli_helpers import (
 )
 from lmcore.checkpoint import load_checkpoint
 from lmcore.config import RunConfig, lr_at
-from lmcore.datasets import resolve_corpus
+from lmcore.data.datasets import resolve_corpus
 from lmcore.metrics import read_metrics
 from lmcore.run_state import load_run, new_model
-from lmcore.token_cache import tokenize
+from lmcore.data.tokens import tokenize
 from lmcore.tokenizer import tokenizer_from_dict
 
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"

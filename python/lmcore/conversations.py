@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lmcore.chat_template import message_problem
-from lmcore.corpus import DataError
+from lmcore.data.corpus import DataError
 
 Conversation = dict[str, list[dict[str, str]]]
 SHOWN_PROBLEMS = 5  # bad lines quoted in a summary; all are counted

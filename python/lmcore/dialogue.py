@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmcore.conversations import Conversation
-from lmcore.corpus import Corpus, split_index
-from lmcore.plays import PLAY_SEPARATOR, normalise_play_markdown, offline_play_files
+from lmcore.data.corpus import Corpus, split_index
+from lmcore.data.plays import PLAY_SEPARATOR, normalise_play_markdown, offline_play_files
 
 PLAYS_DIALOGUE = "plays-dialogue"
 SPLITS = ("train", "val")

@@ -13,7 +13,7 @@ import lmcore
 from lmcore.cli import Interrupted, Stop, UsageError
 from lmcore.config import RunConfig
 from lmcore.run import Run
-from lmcore.sampler import BatchSampler, WindowSampler
+from lmcore.data.batches import BatchSampler, WindowSampler
 from lmcore.sft_data import ChatWindows
 
 

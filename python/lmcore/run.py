@@ -21,14 +21,14 @@ from lmcore.chat_template import add_chat_tokens
 from lmcore.checkpoint import CheckpointError
 from lmcore.cli import UsageError, printed_warnings
 from lmcore.config import PRESETS, SPEEDRUN_TARGET, RunConfig
-from lmcore.corpus import Corpus, DataError
-from lmcore.datasets import resolve_corpus
+from lmcore.data.corpus import Corpus, DataError
+from lmcore.data.datasets import resolve_corpus
 from lmcore.distributed import Group
 from lmcore.hf_import import is_hf_dir, load_hf
 from lmcore.run_state import CHECKPOINT_NAME, load_run, model_from_checkpoint, new_model
-from lmcore.sampler import BatchSampler, WindowSampler
+from lmcore.data.batches import BatchSampler, WindowSampler
 from lmcore.sft_data import ChatData, ChatWindows, chat_windows, check_chat_flags, load_chats
-from lmcore.token_cache import TokenizedCorpus, build_tokenizer, tokenize
+from lmcore.data.tokens import TokenizedCorpus, build_tokenizer, tokenize
 from lmcore.tokenizer import Tokenizer, check_bpe_vocab_size
 from lmcore.vocab_extend import extend_vocab
 

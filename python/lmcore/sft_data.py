@@ -28,9 +28,9 @@ from lmcore._core import IGNORE_ID
 from lmcore.chat_template import END, apply_chat_template
 from lmcore.cli import UsageError
 from lmcore.conversations import Conversation, ConversationError, ConversationFile, first_line_problem
-from lmcore.corpus import Corpus, DataError, split_index
+from lmcore.data.corpus import Corpus, DataError, split_index
 from lmcore.dialogue import PLAYS_DIALOGUE, plays_dialogue
-from lmcore.plays import OFFLINE_SHAKESPEARE
+from lmcore.data.plays import OFFLINE_SHAKESPEARE
 from lmcore.sft import pack
 from lmcore.tokenizer import Tokenizer
 

@@ -26,7 +26,7 @@ from lmcore.chat_template import END
 from lmcore.checkpoint import CheckpointError
 from lmcore.cli import UsageError, plural, use_threads
 from lmcore.config import BLOCK_OPTIONS, FIELD_HELP, PRESETS, RunConfig, field_kind
-from lmcore.corpus import DataError
+from lmcore.data.corpus import DataError
 from lmcore.distributed import Group, RankError, connect
 from lmcore.loop import train
 from lmcore.run import DEFAULT_BPE_VOCAB, Run, fresh_config, prepare

@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from lmcore.atomic import atomic_writer
-from lmcore.corpus import Corpus, cache_dir, split_index
+from lmcore.data.corpus import Corpus, cache_dir, split_index
 from lmcore.tokenizer import BpeTokenizer, CharTokenizer, Tokenizer, tokenizer_from_dict
 
 # A .npy version 1.0 header padded to this many bytes: room for any shape, fixed before it is known.

@@ -13,8 +13,8 @@ import warnings
 from pathlib import Path
 
 from lmcore.atomic import atomic_write_bytes
-from lmcore.corpus import Corpus, DataError, cache_dir, read_text_file
-from lmcore.plays import OFFLINE_SHAKESPEARE, load_offline_shakespeare
+from lmcore.data.corpus import Corpus, DataError, cache_dir, read_text_file
+from lmcore.data.plays import OFFLINE_SHAKESPEARE, load_offline_shakespeare
 
 TINYSHAKESPEARE = "tinyshakespeare"
 TINYSHAKESPEARE_URL = (

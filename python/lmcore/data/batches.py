@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from lmcore.corpus import TRAIN_FRACTION, Corpus, DataError, split_index
+from lmcore.data.corpus import TRAIN_FRACTION, Corpus, DataError, split_index
 from lmcore.tokenizer import Tokenizer
 
 def encode_corpus(corpus: Corpus | str, tokenizer: Tokenizer) -> np.ndarray:
-    """Encode a (small) corpus to token ids at once; training streams and caches them (lmcore.token_cache)."""
+    """Encode a (small) corpus to token ids at once; training streams and caches them (lmcore.data.tokens)."""
     return tokenizer.encode(corpus.text if isinstance(corpus, Corpus) else corpus)
 
 

