@@ -49,7 +49,7 @@ import lmcore
 from lmcore.data.datasets import resolve_corpus
 from lmcore.data.batches import BatchSampler, encode_corpus, train_val_split
 from lmcore.sampling import generate
-from lmcore.tokenizer import CharTokenizer
+from lmcore.tokenizer.char import CharTokenizer
 
 SIZES = {"small": dict(d_model=128, n_head=4, n_layer=2), "medium": dict(d_model=256, n_head=8, n_layer=4)}
 BLOCK, BATCH, THREADS, SEED, LR = 128, 16, 2, 1337, 1e-3

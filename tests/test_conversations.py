@@ -15,7 +15,7 @@ from lmcore.conversations import ConversationError, ConversationFile, read_conve
 from lmcore.data.corpus import Corpus, DataError
 from lmcore.dialogue import dialogue_from_text, offline_plays, plays_dialogue, scene_conversations
 from lmcore.sft import pack, pack_windows
-from lmcore.tokenizer import CharTokenizer
+from lmcore.tokenizer.char import CharTokenizer
 
 IGNORE = lmcore.IGNORE_ID
 GOOD = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},

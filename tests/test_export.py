@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmcore.chat_template import add_chat_tokens
+from lmcore.chat_template import add_chat_tokens, apply_chat_template
 from lmcore.config import RunConfig
 from lmcore.export import main as export_main
 from lmcore.hf_format import ExportError, check_exportable
@@ -25,7 +25,8 @@ from lmcore.hf_tokenizer import hf_tokenizer, tokenizer_config, tokenizer_from_h
 from lmcore.run import init_weights
 from lmcore.run_state import model_from_checkpoint, new_model
 from lmcore.sampling import generate
-from lmcore.tokenizer import BpeTokenizer, CharTokenizer
+from lmcore.tokenizer.bpe import BpeTokenizer
+from lmcore.tokenizer.char import CharTokenizer
 
 from cli_helpers import CORPUS_FILE, requires_corpus, run_main
 
@@ -319,7 +320,7 @@ def test_transformers_chat_template_gives_lmcore_ids(tmp_path: Path) -> None:
     write_hf_tokenizer(tmp_path / "tok", tok, 128)
     chat = [{"role": "user", "content": "But soft, what light"}, {"role": "assistant", "content": "It is the east."}]
     answer = peer(tmp_path, {"op": "hf", "dir": str(tmp_path / "tok"), "tokenizer_only": True, "chat": chat})
-    assert answer["chat_ids"] == tok.apply_chat_template(chat, add_generation_prompt=True).ids.tolist()
+    assert answer["chat_ids"] == apply_chat_template(tok, chat, add_generation_prompt=True).ids.tolist()
 
 
 @requires_peers

@@ -20,7 +20,7 @@ from lmcore.metrics import read_metrics
 from lmcore.run_state import load_run, model_from_checkpoint
 from lmcore.sft import pack
 from lmcore.sft_data import chat_windows, load_chats
-from lmcore.tokenizer import CharTokenizer
+from lmcore.tokenizer.char import CharTokenizer
 
 WORDS = ["king", "queen", "lord", "sword", "crown", "night", "love", "grave", "ghost", "blood", "heart", "rose"]
 SFT = ["--tiny", "--sft", "--eval-interval", "10", "--eval-iters", "2", "--ckpt-interval", "10",

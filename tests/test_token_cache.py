@@ -16,7 +16,8 @@ import pytest
 from lmcore.data import tokens as token_cache
 from lmcore.data.corpus import Corpus, split_index
 from lmcore.data.tokens import HEADER_BYTES, build_tokenizer, tokenize
-from lmcore.tokenizer import BpeTokenizer, CharTokenizer
+from lmcore.tokenizer.bpe import BpeTokenizer
+from lmcore.tokenizer.char import CharTokenizer
 
 CORPUS_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 TEXT = (CORPUS_FILE.read_text(encoding="utf-8")[:30_000] if CORPUS_FILE.is_file()

@@ -2,7 +2,7 @@
 
 Each message is ``<|role|>`` + its content's ordinary tokens + ``<|end|>``; with
 ``add_generation_prompt`` an ``<|assistant|>`` follows, for the model to answer. The four markers
-are special tokens (``tokenizer.py``): ids after the ordinary vocabulary, which ``encode`` never
+are special tokens (``tokenizer/base.py``): ids after the ordinary vocabulary, which ``encode`` never
 produces, so a user who types "<|user|>" gets characters, not a marker. The tokens a model learns
 are the assistant's content and the ``<|end|>`` that closes it (it must learn to stop); the role
 markers and the other turns are context only.

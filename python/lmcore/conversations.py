@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from lmcore.chat_template import message_problem
 from lmcore.data.corpus import DataError
+from lmcore.tokenizer.base import LONE_SURROGATE
 
 Conversation = dict[str, list[dict[str, str]]]
 SHOWN_PROBLEMS = 5  # bad lines quoted in a summary; all are counted
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ConversationError(DataError):
@@ -42,7 +41,7 @@ def conversation_problem(obj: Any) -> str | None:
     for i, message in enumerate(messages):
         if (problem := message_problem(message)) is not None:
             return f"message {i}: {problem}"
-        if _SURROGATE.search(message["content"]):
+        if LONE_SURROGATE.search(message["content"]):
             return f"message {i}: a lone surrogate escape (not valid Unicode) in its content"
     if not any(m["role"] == "assistant" for m in messages):
         return "no assistant turn (nothing to learn)"

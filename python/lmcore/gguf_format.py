@@ -25,7 +25,8 @@ from lmcore.config import RunConfig
 from lmcore.hf_format import NORM_EPS, ExportError, check_exportable
 from lmcore.hf_neox import ROPE_BASE
 from lmcore.hf_tokenizer import eos_token_id
-from lmcore.tokenizer import BpeTokenizer, Tokenizer, _byte_symbols
+from lmcore.tokenizer import Tokenizer
+from lmcore.tokenizer.bpe import BpeTokenizer, byte_symbols
 
 # lmcore's parameter names -> llama.cpp's (blk.N. for transformer.h.N.).
 _GLOBAL = {
@@ -69,7 +70,7 @@ def architecture(cfg: RunConfig) -> str:
 
 def gguf_vocab(tok: Tokenizer) -> tuple[list[str], list[int], list[str]]:
     """Tokens in GPT-2's byte symbols, their types, and the merges (none for a char vocabulary)."""
-    symbols = _byte_symbols()
+    symbols = byte_symbols()
     if isinstance(tok, BpeTokenizer):
         import json
 
@@ -93,7 +94,7 @@ def char_merges(tokens: list[str]) -> list[str]:
     for t in tokens:
         for i in range(2, len(t) + 1):
             merges[f"{t[:i - 1]} {t[i - 1]}"] = None
-    nul = _byte_symbols()[0]
+    nul = byte_symbols()[0]
     return list(merges) or [f"{nul} {nul}"]
 
 

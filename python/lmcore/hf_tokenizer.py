@@ -17,7 +17,10 @@ import json
 from typing import Any
 
 from lmcore.chat_template import CHAT_SPECIALS, CHAT_TEMPLATE, END
-from lmcore.tokenizer import BpeTokenizer, CharTokenizer, Tokenizer, _hf_bpe
+from lmcore.tokenizer import Tokenizer
+from lmcore.tokenizer.base import LONE_SURROGATE
+from lmcore.tokenizer.bpe import BpeTokenizer, hf_bpe
+from lmcore.tokenizer.char import CharTokenizer
 
 # Every character on its own: [\s\S] also matches a newline, which "." would not.
 _ONE_CHAR = r"[\s\S]"
@@ -28,7 +31,7 @@ def hf_tokenizer(tok: Tokenizer) -> Any:
     from tokenizers import Regex, Tokenizer as HfTokenizer, decoders, models, pre_tokenizers
 
     if isinstance(tok, CharTokenizer):
-        if any(0xD800 <= ord(c) <= 0xDFFF for c in tok.chars):
+        if LONE_SURROGATE.search(tok.chars):
             raise ValueError("the char vocabulary holds a lone surrogate, which a tokenizer.json cannot store")
         hf = HfTokenizer(models.WordLevel({c: i for i, c in enumerate(tok.chars)}, unk_token="<unk>"))
         hf.pre_tokenizer = pre_tokenizers.Split(Regex(_ONE_CHAR), "isolated")
@@ -94,7 +97,7 @@ def tokenizer_from_hf(tokenizer_json: str, config: dict[str, Any]) -> Tokenizer:
             raise ValueError("its BPE is not a GPT-2 byte-level BPE (ByteLevel pre-tokenizer, no prefix space)")
         from tokenizers import models
 
-        hf = _hf_bpe()
+        hf = hf_bpe()
         merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
         hf.model = models.BPE(vocab, merges)
         return BpeTokenizer(hf.to_str(), specials, template)

@@ -29,7 +29,8 @@ from lmcore.run_state import CHECKPOINT_NAME, load_run, model_from_checkpoint, n
 from lmcore.data.batches import BatchSampler, WindowSampler
 from lmcore.sft_data import ChatData, ChatWindows, chat_windows, check_chat_flags, load_chats
 from lmcore.data.tokens import TokenizedCorpus, build_tokenizer, tokenize
-from lmcore.tokenizer import Tokenizer, check_bpe_vocab_size
+from lmcore.tokenizer import Tokenizer
+from lmcore.tokenizer.bpe import check_bpe_vocab_size
 from lmcore.vocab_extend import extend_vocab
 
 # Flags that may differ from the checkpoint when resuming; everything else is the recipe.

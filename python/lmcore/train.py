@@ -22,7 +22,7 @@ import sys
 from dataclasses import fields
 
 import lmcore
-from lmcore.chat_template import END
+from lmcore.chat_template import END, apply_chat_template
 from lmcore.checkpoint import CheckpointError
 from lmcore.cli import UsageError, plural, use_threads
 from lmcore.config import BLOCK_OPTIONS, FIELD_HELP, PRESETS, RunConfig, field_kind
@@ -107,7 +107,7 @@ def print_chat_sample(run: Run, n_tokens: int) -> None:
     tok, messages = run.tokenizer, run.corpus.val[0]["messages"]
     opening = messages[:next(i for i, m in enumerate(messages) if m["role"] == "assistant")]
     try:
-        prompt = tok.apply_chat_template(opening, add_generation_prompt=True).ids
+        prompt = apply_chat_template(tok, opening, add_generation_prompt=True).ids
     except ValueError:  # (a conversation the tokenizer cannot encode: no sample)
         return
     out = generate(run.model, prompt[None, :], n_tokens, temperature=0.8, seed=run.cfg.seed)[0, len(prompt):]

@@ -31,7 +31,9 @@ import numpy as np
 
 from lmcore.atomic import atomic_writer
 from lmcore.data.corpus import Corpus, cache_dir, split_index
-from lmcore.tokenizer import BpeTokenizer, CharTokenizer, Tokenizer, tokenizer_from_dict
+from lmcore.tokenizer import Tokenizer, tokenizer_from_dict
+from lmcore.tokenizer.bpe import BpeTokenizer
+from lmcore.tokenizer.char import CharTokenizer
 
 # A .npy version 1.0 header padded to this many bytes: room for any shape, fixed before it is known.
 HEADER_BYTES = 128
