@@ -17,7 +17,7 @@ import pytest
 from cli_helpers import ENV, run_main, train
 from lmcore.chat import ctrl_c_stops
 from lmcore.chat import main as chat_main
-from lmcore.chat_template import apply_chat_template
+from lmcore.conversation.template import apply_chat_template
 from lmcore.chat_session import ChatSession
 from lmcore.run_state import model_from_checkpoint
 from test_sft import SFT, write_chats

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lmcore
-from lmcore.chat_template import CHAT_SPECIALS, CHAT_TEMPLATE, END, add_chat_tokens, apply_chat_template
+from lmcore.conversation.template import CHAT_SPECIALS, CHAT_TEMPLATE, END, add_chat_tokens, apply_chat_template
 from lmcore.tokenizer import tokenizer_from_dict
 from lmcore.tokenizer.bpe import BpeTokenizer
 from lmcore.tokenizer.char import CharTokenizer

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmcore.chat_template import add_chat_tokens, apply_chat_template
+from lmcore.conversation.template import add_chat_tokens, apply_chat_template
 from lmcore.config import RunConfig
 from lmcore.export import main as export_main
 from lmcore.hf_format import ExportError, check_exportable

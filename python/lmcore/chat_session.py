@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from lmcore import Model
-from lmcore.chat_template import CHAT_TEMPLATE, END, apply_chat_template
+from lmcore.conversation.template import CHAT_TEMPLATE, END, apply_chat_template
 from lmcore.sampling import sample_next, validate_sampling
 from lmcore.tokenizer import Tokenizer
 

@@ -14,7 +14,7 @@ from lmcore.cli import Interrupted, Stop, UsageError
 from lmcore.config import RunConfig
 from lmcore.run import Run
 from lmcore.data.batches import BatchSampler, WindowSampler
-from lmcore.sft_data import ChatWindows
+from lmcore.conversation.finetuning import ChatWindows
 
 
 def estimate_loss(model: lmcore.Model, data: np.ndarray, cfg: RunConfig, seed: int, stop: Stop | None = None) -> float:

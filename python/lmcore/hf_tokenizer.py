@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lmcore.chat_template import CHAT_SPECIALS, CHAT_TEMPLATE, END
+from lmcore.conversation.template import CHAT_SPECIALS, CHAT_TEMPLATE, END
 from lmcore.tokenizer import Tokenizer
 from lmcore.tokenizer.base import LONE_SURROGATE
 from lmcore.tokenizer.bpe import BpeTokenizer, hf_bpe

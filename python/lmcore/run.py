@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import lmcore
-from lmcore.chat_template import add_chat_tokens
+from lmcore.conversation.template import add_chat_tokens
 from lmcore.checkpoint import CheckpointError
 from lmcore.cli import UsageError, printed_warnings
 from lmcore.config import PRESETS, SPEEDRUN_TARGET, RunConfig
@@ -27,7 +27,7 @@ from lmcore.distributed import Group
 from lmcore.hf_import import is_hf_dir, load_hf
 from lmcore.run_state import CHECKPOINT_NAME, load_run, model_from_checkpoint, new_model
 from lmcore.data.batches import BatchSampler, WindowSampler
-from lmcore.sft_data import ChatData, ChatWindows, chat_windows, check_chat_flags, load_chats
+from lmcore.conversation.finetuning import ChatData, ChatWindows, chat_windows, check_chat_flags, load_chats
 from lmcore.data.tokens import TokenizedCorpus, build_tokenizer, tokenize
 from lmcore.tokenizer import Tokenizer
 from lmcore.tokenizer.bpe import check_bpe_vocab_size

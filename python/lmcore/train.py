@@ -22,7 +22,7 @@ import sys
 from dataclasses import fields
 
 import lmcore
-from lmcore.chat_template import END, apply_chat_template
+from lmcore.conversation.template import END, apply_chat_template
 from lmcore.checkpoint import CheckpointError
 from lmcore.cli import UsageError, plural, use_threads
 from lmcore.config import BLOCK_OPTIONS, FIELD_HELP, PRESETS, RunConfig, field_kind
@@ -31,7 +31,7 @@ from lmcore.distributed import Group, RankError, connect
 from lmcore.loop import train
 from lmcore.run import DEFAULT_BPE_VOCAB, Run, fresh_config, prepare
 from lmcore.sampling import generate
-from lmcore.sft_data import ChatData, ChatWindows
+from lmcore.conversation.finetuning import ChatData, ChatWindows
 from lmcore.tokenizer import TOKENIZER_KINDS
 
 __all__ = ["REPORTED_ERRORS", "fresh_config", "main", "parse_args", "parser", "prepare"]

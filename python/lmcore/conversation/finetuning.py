@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from lmcore._core import IGNORE_ID
-from lmcore.chat_template import END, apply_chat_template
+from lmcore.conversation.template import END, apply_chat_template
 from lmcore.cli import UsageError
-from lmcore.conversations import Conversation, ConversationError, ConversationFile, first_line_problem
+from lmcore.conversation.jsonl import Conversation, ConversationError, ConversationFile, first_line_problem
 from lmcore.data.corpus import Corpus, DataError, split_index
-from lmcore.dialogue import PLAYS_DIALOGUE, plays_dialogue
+from lmcore.conversation.dialogue import PLAYS_DIALOGUE, plays_dialogue
 from lmcore.data.plays import OFFLINE_SHAKESPEARE
-from lmcore.sft import pack
+from lmcore.conversation.packing import pack
 from lmcore.tokenizer import Tokenizer
 
 SFT_DATASETS = (PLAYS_DIALOGUE,)

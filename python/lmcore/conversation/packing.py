@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from lmcore._core import IGNORE_ID
-from lmcore.chat_template import ChatTokens
+from lmcore.conversation.template import ChatTokens
 
 
 def pack_windows(conversations: Iterable[ChatTokens], block_size: int, pad_id: int,

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmcore.conversations import Conversation
+from lmcore.conversation.jsonl import Conversation
 from lmcore.data.corpus import Corpus, split_index
 from lmcore.data.plays import PLAY_SEPARATOR, normalise_play_markdown, offline_play_files
 

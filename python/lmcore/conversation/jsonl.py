@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lmcore.chat_template import message_problem
+from lmcore.conversation.template import message_problem
 from lmcore.data.corpus import DataError
 from lmcore.tokenizer.base import LONE_SURROGATE
 
