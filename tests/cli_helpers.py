@@ -21,9 +21,9 @@ import pytest
 import safetensors.numpy
 
 import lmcore.train
-from lmcore.checkpoint import load_checkpoint
+from lmcore.checkpoint.file import load_checkpoint
 from lmcore.metrics import read_metrics
-from lmcore.run_state import DIGEST_KEY, load_run
+from lmcore.checkpoint.state import DIGEST_KEY, load_run
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CORPUS_FILE = SHARED_DATA / "tinyshakespeare.txt"

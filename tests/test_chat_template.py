@@ -152,7 +152,7 @@ def test_an_old_checkpoint_loads_and_its_extension_round_trips(tmp_path):
     """A checkpoint written by a pretraining run (no special tokens) loads as before; grown by the
     chat tokens (tokenizer and weights) and saved, it loads back with its template."""
     from cli_helpers import train
-    from lmcore.run_state import model_from_checkpoint, save_run
+    from lmcore.checkpoint.state import model_from_checkpoint, save_run
 
     out = tmp_path / "run"
     train(out, "--tiny", "--max-iters", "2", "--eval-iters", "1")

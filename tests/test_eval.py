@@ -38,7 +38,7 @@ from lmcore.config import RunConfig, lr_at
 from lmcore.data.datasets import resolve_corpus
 from lmcore.evaluation import full_loss
 from lmcore.metrics import read_metrics
-from lmcore.run_state import load_run
+from lmcore.checkpoint.state import load_run
 from lmcore.data.tokens import tokenize
 from lmcore.tokenizer import tokenizer_from_dict
 

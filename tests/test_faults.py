@@ -42,7 +42,7 @@ from cli_helpers import (
 )
 from lmcore import atomic
 from lmcore.metrics import MetricsLog, read_metrics
-from lmcore.run_state import model_from_checkpoint
+from lmcore.checkpoint.state import model_from_checkpoint
 
 pytestmark = requires_corpus
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import lmcore
-from lmcore.run_state import model_from_checkpoint
+from lmcore.checkpoint.state import model_from_checkpoint
 from lmcore.sampling import generate, sample_next
 
 from cli_helpers import ENV, run_main

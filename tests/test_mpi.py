@@ -153,7 +153,7 @@ def test_a_killed_rank_stops_the_job_and_the_checkpoint_resumes(tmp_path: Path) 
 
 
 def _ckpt_step(out: Path) -> int:
-    from lmcore.run_state import load_run  # noqa: PLC0415
+    from lmcore.checkpoint.state import load_run  # noqa: PLC0415
     return int(load_run(out / "ckpt.safetensors")[1]["iter_num"])
 
 

@@ -49,11 +49,11 @@ from cli_helpers import (
     train,
     wait_for_checkpoint,
 )
-from lmcore.checkpoint import load_checkpoint
+from lmcore.checkpoint.file import load_checkpoint
 from lmcore.config import RunConfig, lr_at
 from lmcore.data.datasets import resolve_corpus
 from lmcore.metrics import read_metrics
-from lmcore.run_state import load_run, new_model
+from lmcore.checkpoint.state import load_run, new_model
 from lmcore.data.tokens import tokenize
 from lmcore.tokenizer import tokenizer_from_dict
 

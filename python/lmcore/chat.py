@@ -24,10 +24,10 @@ from typing import Any
 
 import lmcore
 from lmcore.chat_session import ChatSession
-from lmcore.checkpoint import CheckpointError
+from lmcore.checkpoint.file import CheckpointError
 from lmcore.cli import use_threads
 from lmcore.data.corpus import cache_dir
-from lmcore.run_state import find_checkpoint, model_from_checkpoint
+from lmcore.checkpoint.state import find_checkpoint, model_from_checkpoint
 
 HELP = "/reset: new conversation; /system TEXT: new system line; /quit. Ctrl-C stops a reply, Ctrl-D leaves."
 

@@ -9,9 +9,9 @@ import argparse
 import sys
 
 import lmcore
-from lmcore.checkpoint import CheckpointError
+from lmcore.checkpoint.file import CheckpointError
 from lmcore.cli import use_threads
-from lmcore.run_state import find_checkpoint, model_from_checkpoint
+from lmcore.checkpoint.state import find_checkpoint, model_from_checkpoint
 from lmcore.sampling import generate, validate_sampling
 
 

@@ -20,7 +20,7 @@ from lmcore.cli import UsageError
 from lmcore.config import RunConfig
 from lmcore.hf_format import NORM_EPS, lmcore_params
 from lmcore.hf_tokenizer import tokenizer_from_hf
-from lmcore.run_state import param_shapes
+from lmcore.checkpoint.state import param_shapes
 from lmcore.tokenizer import Tokenizer
 
 # Two names of the tanh approximation of GELU that lmcore's MLP computes.

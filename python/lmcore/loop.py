@@ -14,7 +14,7 @@ from lmcore.evaluation import training_loss, validation
 from lmcore.metrics import MetricsLog, plot_losses, rss_mb, trim_metrics
 from lmcore.progress import Progress
 from lmcore.run import Run
-from lmcore.run_state import WEIGHTS_NAME
+from lmcore.checkpoint.state import WEIGHTS_NAME
 from lmcore.saver import Saver
 
 

@@ -18,14 +18,14 @@ from typing import Any
 
 import lmcore
 from lmcore.conversation.template import add_chat_tokens
-from lmcore.checkpoint import CheckpointError
+from lmcore.checkpoint.file import CheckpointError
 from lmcore.cli import UsageError, printed_warnings
 from lmcore.config import PRESETS, SPEEDRUN_TARGET, RunConfig
 from lmcore.data.corpus import Corpus, DataError
 from lmcore.data.datasets import resolve_corpus
 from lmcore.distributed import Group
 from lmcore.hf_import import is_hf_dir, load_hf
-from lmcore.run_state import CHECKPOINT_NAME, load_run, model_from_checkpoint, new_model
+from lmcore.checkpoint.state import CHECKPOINT_NAME, load_run, model_from_checkpoint, new_model
 from lmcore.data.batches import BatchSampler, WindowSampler
 from lmcore.conversation.finetuning import ChatData, ChatWindows, chat_windows, check_chat_flags, load_chats
 from lmcore.data.tokens import TokenizedCorpus, build_tokenizer, tokenize

@@ -5,10 +5,10 @@ and the final weights. Writing itself is ``run_state``'s (and atomic)."""
 from __future__ import annotations
 
 from lmcore.atomic import remove_temp_files
-from lmcore.checkpoint import CheckpointError, save_weights
+from lmcore.checkpoint.file import CheckpointError, save_weights
 from lmcore.cli import UsageError
 from lmcore.run import Run
-from lmcore.run_state import CHECKPOINT_NAME, WEIGHTS_NAME, save_run
+from lmcore.checkpoint.state import CHECKPOINT_NAME, WEIGHTS_NAME, save_run
 
 
 class Saver:

@@ -23,7 +23,7 @@ from dataclasses import fields
 
 import lmcore
 from lmcore.conversation.template import END, apply_chat_template
-from lmcore.checkpoint import CheckpointError
+from lmcore.checkpoint.file import CheckpointError
 from lmcore.cli import UsageError, plural, use_threads
 from lmcore.config import BLOCK_OPTIONS, FIELD_HELP, PRESETS, RunConfig, field_kind
 from lmcore.data.corpus import DataError

@@ -22,7 +22,7 @@ import numpy as np
 
 from lmcore import Model
 from lmcore._core import optimizer_state_names, param_layout
-from lmcore.checkpoint import (
+from lmcore.checkpoint.file import (
     CheckpointError,
     flatten_groups,
     load_checkpoint,
