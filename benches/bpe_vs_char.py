@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lmcore.config import PRESETS
+from lmcore.training.config import PRESETS
 from lmcore.data.corpus import split_index
 
 SMALL = PRESETS["small"]

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from lmcore.data.datasets import resolve_corpus
-from lmcore.metrics import read_metrics
+from lmcore.training.metrics import read_metrics
 
 # The classic recipe: `--small` (128 wide, 2 layers, block 128, batch 16, cosine from 1e-3), its own
 # 10,000 steps; it stops earlier at the target. Evaluated every 500 steps (each is a pass over the

@@ -22,7 +22,7 @@ import safetensors.numpy
 
 import lmcore.train
 from lmcore.checkpoint.file import load_checkpoint
-from lmcore.metrics import read_metrics
+from lmcore.training.metrics import read_metrics
 from lmcore.checkpoint.state import DIGEST_KEY, load_run
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

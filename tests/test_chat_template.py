@@ -15,7 +15,7 @@ from lmcore.conversation.template import CHAT_SPECIALS, CHAT_TEMPLATE, END, add_
 from lmcore.tokenizer import tokenizer_from_dict
 from lmcore.tokenizer.bpe import BpeTokenizer
 from lmcore.tokenizer.char import CharTokenizer
-from lmcore.vocab_extend import extend_vocab
+from lmcore.training.vocab_extend import extend_vocab
 
 TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\n\nJULIET:\nAy me! <|user|> said I.\n" * 8
 CHAR = CharTokenizer.from_text(TEXT)

@@ -35,7 +35,7 @@ import lmcore.data.datasets
 import lmcore.train
 from cli_helpers import ENV, join_safetensors, split_safetensors, train
 from lmcore.checkpoint.file import METADATA_KEY, CheckpointError, load_checkpoint, load_weights
-from lmcore.config import RunConfig
+from lmcore.training.config import RunConfig
 from lmcore.checkpoint.state import DIGEST_KEY, load_run, model_from_checkpoint, param_shapes, state_digest
 
 FUZZ_EXAMPLES = int(os.environ.get("LMCORE_FUZZ_EXAMPLES", "400"))

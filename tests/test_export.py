@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from lmcore.conversation.template import add_chat_tokens, apply_chat_template
-from lmcore.config import RunConfig
+from lmcore.training.config import RunConfig
 from lmcore.export import main as export_main
 from lmcore.hf_format import ExportError, check_exportable
 from lmcore.hf_tokenizer import hf_tokenizer, tokenizer_config, tokenizer_from_hf
-from lmcore.run import init_weights
+from lmcore.training.run import init_weights
 from lmcore.checkpoint.state import model_from_checkpoint, new_model
 from lmcore.sampling import generate
 from lmcore.tokenizer.bpe import BpeTokenizer

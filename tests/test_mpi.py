@@ -35,7 +35,7 @@ def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[st
 
 
 def test_single_process_training_never_imports_mpi4py() -> None:
-    code = ("import sys, lmcore, lmcore.train, lmcore.distributed as d; "
+    code = ("import sys, lmcore, lmcore.train, lmcore.training.distributed as d; "
             "g = d.connect(); assert g.size == 1 and g.is_root; assert 'mpi4py' not in sys.modules, 'imported'")
     env = {k: v for k, v in ENV.items() if k not in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE")}
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)

@@ -29,7 +29,7 @@ from cli_helpers import (
     train,
 )
 from lmcore.checkpoint.file import METADATA_KEY, load_checkpoint
-from lmcore.config import LATER_FIELDS, RunConfig
+from lmcore.training.config import LATER_FIELDS, RunConfig
 from lmcore.checkpoint.state import DIGEST_KEY, model_from_checkpoint, state_digest
 
 # d_model 32, two layers: the model's own shapes (c_attn (96, 32) in three blocks, c_fc (128, 32)

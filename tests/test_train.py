@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-import lmcore.loop
-import lmcore.run
-import lmcore.saver
+import lmcore.training.loop
+import lmcore.training.run
+import lmcore.training.saving
 import lmcore.train
 from cli_helpers import (
     CORPUS_FILE,
@@ -50,9 +50,9 @@ from cli_helpers import (
     wait_for_checkpoint,
 )
 from lmcore.checkpoint.file import load_checkpoint
-from lmcore.config import RunConfig, lr_at
+from lmcore.training.config import RunConfig, lr_at
 from lmcore.data.datasets import resolve_corpus
-from lmcore.metrics import read_metrics
+from lmcore.training.metrics import read_metrics
 from lmcore.checkpoint.state import load_run, new_model
 from lmcore.data.tokens import tokenize
 from lmcore.tokenizer import tokenizer_from_dict
@@ -186,7 +186,7 @@ def test_a_stop_signal_saves_a_checkpoint_and_resume_is_the_same_run(tmp_path: P
 def test_signals_during_the_save_do_not_corrupt_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A second and third signal arriving while the checkpoint is written change nothing: the
     first one decides, the save completes, and the run resumes to the continuous one."""
-    real_save = lmcore.saver.save_run
+    real_save = lmcore.training.saving.save_run
     calls = []
 
     def save_under_fire(path: Path, *args: Any) -> None:
@@ -197,12 +197,12 @@ def test_signals_during_the_save_do_not_corrupt_it(tmp_path: Path, monkeypatch: 
             os.kill(os.getpid(), signal.SIGHUP)
         real_save(path, *args)
 
-    monkeypatch.setattr(lmcore.saver, "save_run", save_under_fire)
+    monkeypatch.setattr(lmcore.training.saving, "save_run", save_under_fire)
     out = tmp_path / "run"
     argv = [*RECIPE, *QUIET, "--max-iters", "40", "--out-dir", str(out)]
     assert run_main(argv) == 128 + signal.SIGTERM
     assert iter_num(out) == 20 and len(calls) == 3  # stopped at the checkpoint of step 20, saved again
-    monkeypatch.setattr(lmcore.saver, "save_run", real_save)
+    monkeypatch.setattr(lmcore.training.saving, "save_run", real_save)
     resume(out)
     train(tmp_path / "whole", "--max-iters", "40")
     assert_same_weights(tmp_path / "whole", out)
@@ -226,7 +226,7 @@ def test_a_stop_signal_during_a_long_evaluation_stops_at_once(tmp_path: Path) ->
 def test_an_evaluation_cut_short_is_done_on_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stop signal in the middle of step 20's evaluation: the checkpoint of step 20 holds the
     step's record, and the resumed run evaluates and logs it, so its log equals a continuous run's."""
-    real = lmcore.loop.validation
+    real = lmcore.training.loop.validation
     calls = []
 
     def signalled(run: Any, kept: str, stop: Any = None) -> dict[str, float]:
@@ -235,7 +235,7 @@ def test_an_evaluation_cut_short_is_done_on_resume(tmp_path: Path, monkeypatch: 
             os.kill(os.getpid(), signal.SIGTERM)  # arrives before the evaluation's first batch
         return real(run, kept, stop)
 
-    monkeypatch.setattr(lmcore.loop, "validation", signalled)
+    monkeypatch.setattr(lmcore.training.loop, "validation", signalled)
     out = tmp_path / "run"
     assert run_main([*RECIPE, *QUIET, "--max-iters", "40", "--out-dir", str(out)]) == 128 + signal.SIGTERM
     assert iter_num(out) == 20 and [r["step"] for r in metrics(out)][-1] < 20
@@ -482,7 +482,7 @@ def test_ctrl_c_outside_the_training_loop(tmp_path: Path, monkeypatch: pytest.Mo
     def interrupted(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lmcore.run, "resolve_corpus", interrupted)  # Ctrl-C while the corpus loads
+    monkeypatch.setattr(lmcore.training.run, "resolve_corpus", interrupted)  # Ctrl-C while the corpus loads
     capsys.readouterr()
     try:
         code = lmcore.train.main([*RECIPE, *QUIET, "--out-dir", str(tmp_path / "run")])
@@ -540,7 +540,7 @@ def test_block_option_flags_train_and_resume_bit_for_bit(tmp_path: Path) -> None
 def test_block_option_flags_parse() -> None:
     args = lmcore.train.parse_args(["--rope", "--no-rmsnorm", "--logit-softcap", "30"])
     assert (args.rope, args.rmsnorm, args.qk_norm, args.logit_softcap) == (True, False, None, 30.0)
-    assert RunConfig.from_dict(lmcore.run.explicit_settings(args)).rope is True
+    assert RunConfig.from_dict(lmcore.training.run.explicit_settings(args)).rope is True
     assert not any(getattr(RunConfig(), n) for n in ("rope", "rmsnorm", "qk_norm", "relu2", "untied_head",
                                                     "zero_init", "logit_softcap"))  # presets: all off
 

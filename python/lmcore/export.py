@@ -23,7 +23,7 @@ import numpy as np
 import lmcore
 from lmcore.atomic import atomic_write_bytes
 from lmcore.checkpoint.file import CheckpointError
-from lmcore.config import RunConfig
+from lmcore.training.config import RunConfig
 from lmcore.hf_format import ExportError, generation_config, hf_model
 from lmcore.hf_tokenizer import eos_token_id, hf_tokenizer, tokenizer_config
 from lmcore.checkpoint.state import find_checkpoint, model_from_checkpoint

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmcore.config import RunConfig
+from lmcore.training.config import RunConfig
 from lmcore.hf_format import NORM_EPS, ExportError, check_exportable
 from lmcore.hf_neox import ROPE_BASE
 from lmcore.hf_tokenizer import eos_token_id

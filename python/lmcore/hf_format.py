@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from lmcore.config import RunConfig
+from lmcore.training.config import RunConfig
 
 # lmcore's LayerNorm and RMSNorm epsilon (rust/core/src/ops/layernorm.rs).
 NORM_EPS = 1e-5

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from lmcore.cli import UsageError
-from lmcore.config import RunConfig
+from lmcore.training.config import RunConfig
 from lmcore.hf_format import NORM_EPS, lmcore_params
 from lmcore.hf_tokenizer import tokenizer_from_hf
 from lmcore.checkpoint.state import param_shapes

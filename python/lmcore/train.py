@@ -10,8 +10,8 @@ Writes to ``--out-dir`` (default ``out/<preset>``): ``ckpt.safetensors`` (the wh
 state, every ``--ckpt-interval`` steps, at the end and on Ctrl-C or SIGTERM), ``model.safetensors``
 (final weights), ``metrics.jsonl`` and ``loss.png``.
 
-This module is the command line: flags to a run (``lmcore.run``), the loop (``lmcore.loop``), the
-one-line errors. Evaluation is ``lmcore.evaluation``'s, checkpoint policy ``lmcore.saver``'s.
+This module is the command line: flags to a run (``lmcore.training.run``), the loop (``lmcore.training.loop``), the
+one-line errors. Evaluation is ``lmcore.training.evaluation``'s, checkpoint policy ``lmcore.training.saving``'s.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import lmcore
 from lmcore.conversation.template import END, apply_chat_template
 from lmcore.checkpoint.file import CheckpointError
 from lmcore.cli import UsageError, plural, use_threads
-from lmcore.config import BLOCK_OPTIONS, FIELD_HELP, PRESETS, RunConfig, field_kind
+from lmcore.training.config import BLOCK_OPTIONS, FIELD_HELP, PRESETS, RunConfig, field_kind
 from lmcore.data.corpus import DataError
-from lmcore.distributed import Group, RankError, connect
-from lmcore.loop import train
-from lmcore.run import DEFAULT_BPE_VOCAB, Run, fresh_config, prepare
+from lmcore.training.distributed import Group, RankError, connect
+from lmcore.training.loop import train
+from lmcore.training.run import DEFAULT_BPE_VOCAB, Run, fresh_config, prepare
 from lmcore.sampling import generate
 from lmcore.conversation.finetuning import ChatData, ChatWindows
 from lmcore.tokenizer import TOKENIZER_KINDS

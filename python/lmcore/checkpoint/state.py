@@ -30,7 +30,7 @@ from lmcore.checkpoint.file import (
     short_repr,
     split_groups,
 )
-from lmcore.config import LATER_FIELDS, RunConfig
+from lmcore.training.config import LATER_FIELDS, RunConfig
 from lmcore.tokenizer import Tokenizer, tokenizer_from_dict
 
 CHECKPOINT_NAME = "ckpt.safetensors"

@@ -4,7 +4,7 @@
 flushes every line, so a run that is killed keeps everything it logged and
 the file can be tailed while training.  ``plot_losses`` draws the train and
 validation loss curves from such a log into a PNG (matplotlib, optional) in a
-child process (``python -m lmcore.metrics plot METRICS_JSONL PNG``), so the
+child process (``python -m lmcore.training.metrics plot METRICS_JSONL PNG``), so the
 trainer never imports matplotlib and never waits for a redraw.
 
 Log convention read by ``plot_losses``: records carry ``"step"`` and
@@ -161,7 +161,7 @@ def _spawn_plot(jsonl_path: Path, png_path: Path) -> subprocess.Popen[bytes]:
     pkg_parent = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), pkg_parent) if p)
     return subprocess.Popen(
-        [sys.executable, "-m", "lmcore.metrics", "plot", str(jsonl_path), str(png_path)],
+        [sys.executable, "-m", "lmcore.training.metrics", "plot", str(jsonl_path), str(png_path)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         env=env,
@@ -212,7 +212,7 @@ def _draw(jsonl_path: Path, png_path: Path) -> int:
         matplotlib.use("Agg")  # headless: no display on training machines or CI
         import matplotlib.pyplot as plt
     except ImportError:
-        print("lmcore.metrics: matplotlib is not installed; skipping the loss plot", file=sys.stderr)
+        print("lmcore.training.metrics: matplotlib is not installed; skipping the loss plot", file=sys.stderr)
         return 1
 
     records = read_metrics(jsonl_path)
@@ -244,12 +244,12 @@ def _draw(jsonl_path: Path, png_path: Path) -> int:
 
 def _main(argv: list[str]) -> int:
     if len(argv) != 3 or argv[0] != "plot":
-        print("usage: python -m lmcore.metrics plot METRICS_JSONL PNG", file=sys.stderr)
+        print("usage: python -m lmcore.training.metrics plot METRICS_JSONL PNG", file=sys.stderr)
         return 2
     try:
         return _draw(Path(argv[1]), Path(argv[2]))
     except Exception as e:  # noqa: BLE001 (report, never a traceback wall in the training log)
-        print(f"lmcore.metrics: loss plot failed: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"lmcore.training.metrics: loss plot failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
 
 

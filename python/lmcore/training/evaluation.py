@@ -11,8 +11,8 @@ import numpy as np
 
 import lmcore
 from lmcore.cli import Interrupted, Stop, UsageError
-from lmcore.config import RunConfig
-from lmcore.run import Run
+from lmcore.training.config import RunConfig
+from lmcore.training.run import Run
 from lmcore.data.batches import BatchSampler, WindowSampler
 from lmcore.conversation.finetuning import ChatWindows
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from lmcore.atomic import remove_temp_files
 from lmcore.checkpoint.file import CheckpointError, save_weights
 from lmcore.cli import UsageError
-from lmcore.run import Run
+from lmcore.training.run import Run
 from lmcore.checkpoint.state import CHECKPOINT_NAME, WEIGHTS_NAME, save_run
 
 

@@ -9,13 +9,13 @@ from typing import Any
 
 import lmcore
 from lmcore.cli import Interrupted, Stop, UsageError, stop_signals
-from lmcore.config import lr_at
-from lmcore.evaluation import training_loss, validation
-from lmcore.metrics import MetricsLog, plot_losses, rss_mb, trim_metrics
+from lmcore.training.config import lr_at
+from lmcore.training.evaluation import training_loss, validation
+from lmcore.training.metrics import MetricsLog, plot_losses, rss_mb, trim_metrics
 from lmcore.progress import Progress
-from lmcore.run import Run
+from lmcore.training.run import Run
 from lmcore.checkpoint.state import WEIGHTS_NAME
-from lmcore.saver import Saver
+from lmcore.training.saving import Saver
 
 
 def train(run: Run) -> int:

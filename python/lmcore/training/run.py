@@ -20,10 +20,10 @@ import lmcore
 from lmcore.conversation.template import add_chat_tokens
 from lmcore.checkpoint.file import CheckpointError
 from lmcore.cli import UsageError, printed_warnings
-from lmcore.config import PRESETS, SPEEDRUN_TARGET, RunConfig
+from lmcore.training.config import PRESETS, SPEEDRUN_TARGET, RunConfig
 from lmcore.data.corpus import Corpus, DataError
 from lmcore.data.datasets import resolve_corpus
-from lmcore.distributed import Group
+from lmcore.training.distributed import Group
 from lmcore.hf_import import is_hf_dir, load_hf
 from lmcore.checkpoint.state import CHECKPOINT_NAME, load_run, model_from_checkpoint, new_model
 from lmcore.data.batches import BatchSampler, WindowSampler
@@ -31,7 +31,7 @@ from lmcore.conversation.finetuning import ChatData, ChatWindows, chat_windows, 
 from lmcore.data.tokens import TokenizedCorpus, build_tokenizer, tokenize
 from lmcore.tokenizer import Tokenizer
 from lmcore.tokenizer.bpe import check_bpe_vocab_size
-from lmcore.vocab_extend import extend_vocab
+from lmcore.training.vocab_extend import extend_vocab
 
 # Flags that may differ from the checkpoint when resuming; everything else is the recipe.
 RESUMABLE_CHANGES = {"max_iters"}
