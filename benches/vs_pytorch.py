@@ -17,7 +17,7 @@ numpy PCG64). Each framework trains in its own child process so that its peak RS
     (4*T^2*d per layer and sequence forward, x3 with backward) halved for the causal mask
     (nanoGPT's estimate_mfu adds 12*L*T*d per token, i.e. without the halving).
   peak RSS of each; lmcore generation of 500 tokens (1-token prompt, trained model) with and without
-    the KV cache (lmcore.sampling.generate use_cache=True/False): tokens/s and their ratio.
+    the KV cache (lmcore.inference.sampling.generate use_cache=True/False): tokens/s and their ratio.
 Targets (reported, not asserted): small >= 1.5x torch tokens/s; medium >= 1.2x and MFU >= 75% of
 sgemm; lmcore peak RSS <= 1/3 of torch's; KV cache >= 20x recompute at 500 tokens.
 
@@ -48,7 +48,7 @@ import numpy as np
 import lmcore
 from lmcore.data.datasets import resolve_corpus
 from lmcore.data.batches import BatchSampler, encode_corpus, train_val_split
-from lmcore.sampling import generate
+from lmcore.inference.sampling import generate
 from lmcore.tokenizer.char import CharTokenizer
 
 SIZES = {"small": dict(d_model=128, n_head=4, n_layer=2), "medium": dict(d_model=256, n_head=8, n_layer=4)}

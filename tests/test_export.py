@@ -24,7 +24,7 @@ from lmcore.hf_format import ExportError, check_exportable
 from lmcore.hf_tokenizer import hf_tokenizer, tokenizer_config, tokenizer_from_hf
 from lmcore.training.run import init_weights
 from lmcore.checkpoint.state import model_from_checkpoint, new_model
-from lmcore.sampling import generate
+from lmcore.inference.sampling import generate
 from lmcore.tokenizer.bpe import BpeTokenizer
 from lmcore.tokenizer.char import CharTokenizer
 

@@ -14,7 +14,7 @@ import pytest
 
 import lmcore
 from lmcore.checkpoint.state import model_from_checkpoint
-from lmcore.sampling import generate, sample_next
+from lmcore.inference.sampling import generate, sample_next
 
 from cli_helpers import ENV, run_main
 from cli_helpers import requires_corpus as needs_corpus

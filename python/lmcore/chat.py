@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import lmcore
-from lmcore.chat_session import ChatSession
+from lmcore.inference.chat_session import ChatSession
 from lmcore.checkpoint.file import CheckpointError
 from lmcore.cli import use_threads
 from lmcore.data.corpus import cache_dir

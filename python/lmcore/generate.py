@@ -12,7 +12,7 @@ import lmcore
 from lmcore.checkpoint.file import CheckpointError
 from lmcore.cli import use_threads
 from lmcore.checkpoint.state import find_checkpoint, model_from_checkpoint
-from lmcore.sampling import generate, validate_sampling
+from lmcore.inference.sampling import generate, validate_sampling
 
 
 def parser() -> argparse.ArgumentParser:

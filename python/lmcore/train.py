@@ -30,7 +30,7 @@ from lmcore.data.corpus import DataError
 from lmcore.training.distributed import Group, RankError, connect
 from lmcore.training.loop import train
 from lmcore.training.run import DEFAULT_BPE_VOCAB, Run, fresh_config, prepare
-from lmcore.sampling import generate
+from lmcore.inference.sampling import generate
 from lmcore.conversation.finetuning import ChatData, ChatWindows
 from lmcore.tokenizer import TOKENIZER_KINDS
 

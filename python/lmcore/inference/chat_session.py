@@ -24,7 +24,7 @@ import numpy as np
 
 from lmcore import Model
 from lmcore.conversation.template import CHAT_TEMPLATE, END, apply_chat_template
-from lmcore.sampling import sample_next, validate_sampling
+from lmcore.inference.sampling import sample_next, validate_sampling
 from lmcore.tokenizer import Tokenizer
 
 
