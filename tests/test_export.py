@@ -20,8 +20,8 @@ import pytest
 from lmcore.conversation.template import add_chat_tokens, apply_chat_template
 from lmcore.training.config import RunConfig
 from lmcore.export import main as export_main
-from lmcore.hf_format import ExportError, check_exportable
-from lmcore.hf_tokenizer import hf_tokenizer, tokenizer_config, tokenizer_from_hf
+from lmcore.interop.hf_format import ExportError, check_exportable
+from lmcore.interop.hf_tokenizer import hf_tokenizer, tokenizer_config, tokenizer_from_hf
 from lmcore.training.run import init_weights
 from lmcore.checkpoint.state import model_from_checkpoint, new_model
 from lmcore.inference.sampling import generate
@@ -263,7 +263,7 @@ def test_gguf_holds_the_weights_and_the_vocabulary(run_name: str, request: pytes
 
 
 def test_char_merges_join_the_bytes_of_each_character() -> None:
-    from lmcore.gguf_format import char_merges, gguf_vocab
+    from lmcore.interop.gguf_format import char_merges, gguf_vocab
 
     tokens, types, merges = gguf_vocab(CharTokenizer("ab\n é☃"))
     assert tokens == ["Ċ", "Ġ", "a", "b", "Ã©", "âĺĥ"]  # GPT-2's byte symbols of \n, space, a, b, é, ☃

@@ -24,8 +24,8 @@ import lmcore
 from lmcore.atomic import atomic_write_bytes
 from lmcore.checkpoint.file import CheckpointError
 from lmcore.training.config import RunConfig
-from lmcore.hf_format import ExportError, generation_config, hf_model
-from lmcore.hf_tokenizer import eos_token_id, hf_tokenizer, tokenizer_config
+from lmcore.interop.hf_format import ExportError, generation_config, hf_model
+from lmcore.interop.hf_tokenizer import eos_token_id, hf_tokenizer, tokenizer_config
 from lmcore.checkpoint.state import find_checkpoint, model_from_checkpoint
 from lmcore.tokenizer import Tokenizer
 
@@ -76,7 +76,7 @@ def export(checkpoint: Path, to: str, dest: Path) -> None:
     if to == "hf":
         write_hf(dest, cfg, tok, params)
     else:
-        from lmcore.gguf_format import check_gguf, write_gguf
+        from lmcore.interop.gguf_format import check_gguf, write_gguf
 
         check_gguf(cfg)
         try:

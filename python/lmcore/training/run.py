@@ -24,7 +24,7 @@ from lmcore.training.config import PRESETS, SPEEDRUN_TARGET, RunConfig
 from lmcore.data.corpus import Corpus, DataError
 from lmcore.data.datasets import resolve_corpus
 from lmcore.training.distributed import Group
-from lmcore.hf_import import is_hf_dir, load_hf
+from lmcore.interop.hf_import import is_hf_dir, load_hf
 from lmcore.checkpoint.state import CHECKPOINT_NAME, load_run, model_from_checkpoint, new_model
 from lmcore.data.batches import BatchSampler, WindowSampler
 from lmcore.conversation.finetuning import ChatData, ChatWindows, chat_windows, check_chat_flags, load_chats

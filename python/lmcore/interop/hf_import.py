@@ -18,8 +18,8 @@ import numpy as np
 
 from lmcore.cli import UsageError
 from lmcore.training.config import RunConfig
-from lmcore.hf_format import NORM_EPS, lmcore_params
-from lmcore.hf_tokenizer import tokenizer_from_hf
+from lmcore.interop.hf_format import NORM_EPS, lmcore_params
+from lmcore.interop.hf_tokenizer import tokenizer_from_hf
 from lmcore.checkpoint.state import param_shapes
 from lmcore.tokenizer import Tokenizer
 

@@ -56,7 +56,7 @@ def hf_model(cfg: RunConfig, params: dict[str, np.ndarray], vocab_size: int,
     """``config.json`` and the tensors of the transformers model: GPT-2, or GPT-NeoX with ``--rope``."""
     check_exportable(cfg, "Hugging Face transformers")
     if cfg.rope:
-        from lmcore.hf_neox import neox_config, neox_tensors
+        from lmcore.interop.hf_neox import neox_config, neox_tensors
 
         return neox_config(cfg, vocab_size, eos_id, activation(cfg), NORM_EPS), neox_tensors(params, cfg)
     return gpt2_config(cfg, vocab_size, eos_id), gpt2_tensors(params, cfg)

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from lmcore.training.config import RunConfig
-from lmcore.hf_format import NORM_EPS, ExportError, check_exportable
-from lmcore.hf_neox import ROPE_BASE
-from lmcore.hf_tokenizer import eos_token_id
+from lmcore.interop.hf_format import NORM_EPS, ExportError, check_exportable
+from lmcore.interop.hf_neox import ROPE_BASE
+from lmcore.interop.hf_tokenizer import eos_token_id
 from lmcore.tokenizer import Tokenizer
 from lmcore.tokenizer.bpe import BpeTokenizer, byte_symbols
 
