@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 
 import lmcore
 import lmcore.data.datasets
+import lmcore.cli
 import lmcore.train
 from cli_helpers import ENV, join_safetensors, split_safetensors, train
 from lmcore.checkpoint.file import METADATA_KEY, CheckpointError, load_checkpoint, load_weights
@@ -93,7 +94,7 @@ def outcome_of(path: Path) -> str:
     ``python -m lmcore.train`` reports in one line."""
     try:
         resume_state(path)
-    except lmcore.train.REPORTED_ERRORS as e:
+    except lmcore.cli.REPORTED_ERRORS as e:
         assert str(e) and "\n" not in str(e) and len(str(e)) < 600, str(e)
     outcomes = []
     for load in (load_weights, load_run, lambda p: model_from_checkpoint(p, weights_only=True), model_from_checkpoint):

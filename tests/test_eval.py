@@ -33,7 +33,7 @@ from cli_helpers import (
     run_main,
     train,
 )
-from lmcore.cli import Interrupted, Stop
+from lmcore.training.signals import Interrupted, Stop
 from lmcore.training.config import RunConfig, lr_at
 from lmcore.data.datasets import resolve_corpus
 from lmcore.training.evaluation import full_loss

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmcore.data import tokens as token_cache
 from lmcore.data.corpus import Corpus, split_index
 from lmcore.data.tokens import HEADER_BYTES, build_tokenizer, tokenize
 from lmcore.tokenizer.bpe import BpeTokenizer

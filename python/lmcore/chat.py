@@ -22,29 +22,22 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-import lmcore
-from lmcore.inference.chat_session import ChatSession
-from lmcore.checkpoint.file import CheckpointError
-from lmcore.cli import use_threads
-from lmcore.data.corpus import cache_dir
 from lmcore.checkpoint.state import find_checkpoint, model_from_checkpoint
+from lmcore.cli import REPORTED_ERRORS, add_checkpoint_flags, add_sampling_flags, add_threads_flag, report, sampling, use_threads
+from lmcore.data.corpus import cache_dir
+from lmcore.inference.chat_session import ChatSession
 
 HELP = "/reset: new conversation; /system TEXT: new system line; /quit. Ctrl-C stops a reply, Ctrl-D leaves."
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lmcore.chat", description=__doc__.split("\n")[0])
-    p.add_argument("--out-dir", help="a training output directory (uses its checkpoint)")
-    p.add_argument("--checkpoint", help="a checkpoint file (instead of --out-dir)")
+    add_checkpoint_flags(p)
     p.add_argument("--system", default=None, help="the system line the conversation starts with (default: none)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="longest reply, in tokens (default %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 means greedy (default %(default)s)")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the K most likely tokens only (default: all)")
-    p.add_argument("--top-p", type=float, default=None,
-                   help="sample among the most likely tokens whose probabilities sum to P, in (0, 1] (default: all)")
+    add_sampling_flags(p)
     p.add_argument("--seed", type=int, default=1337, help="seed of the sampling (default %(default)s)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="engine threads (default: the cores this process may use; more are capped to them)")
+    add_threads_flag(p)
     p.add_argument("--no-cache", action="store_true",
                    help="re-feed the whole conversation at every turn instead of keeping its cache (for checking)")
     return p
@@ -168,12 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         use_threads(args.threads)
         model, tokenizer, _, _ = model_from_checkpoint(find_checkpoint(args.out_dir, args.checkpoint), weights_only=True)
-        session = ChatSession(model, tokenizer, args.system, temperature=args.temperature, top_k=args.top_k,
-                              top_p=args.top_p, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                              keep_cache=not args.no_cache)
-    except (CheckpointError, ValueError, lmcore.LmcoreError, MemoryError, OverflowError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        session = ChatSession(model, tokenizer, args.system, **sampling(args), seed=args.seed,
+                              max_new_tokens=args.max_new_tokens, keep_cache=not args.no_cache)
+    except REPORTED_ERRORS as e:
+        return report(e)
     interactive = sys.stdin.isatty()
     save_history = start_readline() if interactive else None
     if interactive:

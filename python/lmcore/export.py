@@ -20,9 +20,8 @@ from typing import Any
 
 import numpy as np
 
-import lmcore
+from lmcore.cli import REPORTED_ERRORS, add_checkpoint_flags, report
 from lmcore.atomic import atomic_write_bytes
-from lmcore.checkpoint.file import CheckpointError
 from lmcore.training.config import RunConfig
 from lmcore.interop.hf_format import ExportError, generation_config, hf_model
 from lmcore.interop.hf_tokenizer import eos_token_id, hf_tokenizer, tokenizer_config
@@ -34,8 +33,7 @@ FORMATS = ("hf", "gguf")
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lmcore.export", description=__doc__.split("\n")[0])
-    p.add_argument("--out-dir", help="a training output directory (uses its checkpoint)")
-    p.add_argument("--checkpoint", help="a checkpoint file (instead of --out-dir)")
+    add_checkpoint_flags(p)
     p.add_argument("--to", choices=FORMATS, required=True,
                    help="hf: a transformers model directory; gguf: a llama.cpp GGUF file")
     p.add_argument("dest", help="the directory (hf) or file (gguf) to write")
@@ -94,9 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = find_checkpoint(args.out_dir, args.checkpoint)
         export(path, args.to, Path(args.dest))
-    except (CheckpointError, ExportError, ValueError, lmcore.LmcoreError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except REPORTED_ERRORS as e:
+        return report(e)
     print(f"exported {path} to {args.dest} ({args.to})")
     return 0
 

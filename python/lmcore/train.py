@@ -23,10 +23,9 @@ from dataclasses import fields
 
 import lmcore
 from lmcore.conversation.template import END, apply_chat_template
-from lmcore.checkpoint.file import CheckpointError
-from lmcore.cli import UsageError, plural, use_threads
+from lmcore.cli import REPORTED_ERRORS, add_threads_flag, plural, use_threads
 from lmcore.training.config import BLOCK_OPTIONS, FIELD_HELP, PRESETS, RunConfig, field_kind
-from lmcore.data.corpus import DataError
+from lmcore.errors import UsageError
 from lmcore.training.distributed import Group, RankError, connect
 from lmcore.training.loop import train
 from lmcore.training.run import DEFAULT_BPE_VOCAB, Run, fresh_config, prepare
@@ -34,11 +33,7 @@ from lmcore.inference.sampling import generate
 from lmcore.conversation.finetuning import ChatData, ChatWindows
 from lmcore.tokenizer import TOKENIZER_KINDS
 
-__all__ = ["REPORTED_ERRORS", "fresh_config", "main", "parse_args", "parser", "prepare"]
-
-# What `main` reports as a one-line ``error: ...`` (anything else is a bug, and gets a traceback).
-REPORTED_ERRORS = (UsageError, DataError, CheckpointError, ValueError, lmcore.LmcoreError, OSError, MemoryError,
-                   OverflowError)
+__all__ = ["fresh_config", "main", "parse_args", "parser", "prepare"]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -63,8 +58,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", default=None,
                    help="fine-tune: start a new run from the weights of this checkpoint, or of a Hugging Face "
                         "GPT-2 directory (config.json, model.safetensors, tokenizer.json)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="engine threads (default: the cores this process may use; more are capped to them)")
+    add_threads_flag(p)
     p.add_argument("--sample-tokens", type=int, default=300,
                    help="length of the sample printed at the end (default %(default)s; 0: none)")
     p.add_argument("--target-loss", type=float, default=None, metavar="F",

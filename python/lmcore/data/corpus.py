@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmcore.errors import Error
 from lmcore.progress import Progress
 
-class DataError(Exception):
+class DataError(Error):
     """The corpus cannot be found, read or sampled; the message says why and where."""
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from lmcore.errors import Error
 from lmcore.training.config import RunConfig
 
 # lmcore's LayerNorm and RMSNorm epsilon (rust/core/src/ops/layernorm.rs).
@@ -32,7 +33,7 @@ NOT_EXPORTABLE = {
 }
 
 
-class ExportError(Exception):
+class ExportError(Error):
     """A model or request that an export format cannot express; the message names why."""
 
 

@@ -1,9 +1,9 @@
-"""``--init-from DIR``: a Hugging Face GPT-2-architecture directory as the start of an lmcore run.
+"""A Hugging Face GPT-2-architecture directory as the start of an lmcore run (``--init-from DIR``).
 
 The directory holds ``config.json`` (``model_type`` gpt2), ``model.safetensors`` (never a pickle:
 loading must not run code) and ``tokenizer.json`` (a byte-level BPE, or lmcore's char vocabulary
 as ``export.py`` writes it). Everything lmcore does not implement is refused with a one-line
-``UsageError`` naming it: another architecture, another activation or LayerNorm epsilon, an MLP
+``CheckpointError`` naming it (``training/run.py`` adds that ``--init-from`` asked): another architecture, another activation or LayerNorm epsilon, an MLP
 not 4x wide, cross-attention, a run whose shape differs from the model's.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from lmcore.cli import UsageError
+from lmcore.checkpoint.file import CheckpointError
 from lmcore.training.config import RunConfig
 from lmcore.interop.hf_format import NORM_EPS, lmcore_params
 from lmcore.interop.hf_tokenizer import tokenizer_from_hf
@@ -35,18 +35,18 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UsageError(f"--init-from: {path.parent} has no {path.name} ({what})") from None
+        raise CheckpointError(f"{path.parent} has no {path.name} ({what})") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise UsageError(f"--init-from: cannot read {path}: {str(e)[:120]}") from None
+        raise CheckpointError(f"cannot read {path}: {str(e)[:120]}") from None
     if not isinstance(data, dict):
-        raise UsageError(f"--init-from: {path} is not a JSON object")
+        raise CheckpointError(f"{path} is not a JSON object")
     return data
 
 
 def _checked_options(hf: dict[str, Any], cfg: RunConfig, where: Path) -> None:
     """Refuse what GPT2LMHeadModel may hold but lmcore's block does not compute."""
     def refuse(what: str) -> None:
-        raise UsageError(f"--init-from: {where} {what}")
+        raise CheckpointError(f"{where} {what}")
 
     if hf.get("model_type") != "gpt2":
         refuse(f"is a {str(hf.get('model_type'))[:40]!r} model; lmcore imports the GPT-2 architecture (model_type gpt2)")
@@ -74,10 +74,10 @@ def _shape_config(hf: dict[str, Any], cfg: RunConfig, where: Path) -> RunConfig:
     for hf_key, ours in keys.items():
         value = hf.get(hf_key)
         if type(value) is not int or value < 1:
-            raise UsageError(f"--init-from: {where}/config.json has no valid {hf_key} ({str(value)[:20]})")
+            raise CheckpointError(f"{where}/config.json has no valid {hf_key} ({str(value)[:20]})")
         shape[ours] = value
     if cfg.block_size > shape["block_size"]:
-        raise UsageError(f"--init-from: {where} has {shape['block_size']} positions, fewer than --block-size {cfg.block_size}")
+        raise CheckpointError(f"{where} has {shape['block_size']} positions, fewer than --block-size {cfg.block_size}")
     shape["block_size"] = cfg.block_size  # (the position table is cut to the run's block)
     return RunConfig.from_dict({**cfg.to_dict(), **shape, "untied_head": not hf.get("tie_word_embeddings", True)})
 
@@ -89,14 +89,14 @@ def _read_tensors(where: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         other = [p.name for p in where.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".json") and "model" in p.name]
         hint = f" (it has {', '.join(sorted(other))}: lmcore reads one unsharded safetensors file, never a pickle)" if other else ""
-        raise UsageError(f"--init-from: {where} has no model.safetensors{hint}")
+        raise CheckpointError(f"{where} has no model.safetensors{hint}")
     try:
         tensors = safetensors.numpy.load_file(str(path))
     except Exception as e:  # noqa: BLE001 (the Rust parser's errors share no Python base class)
-        raise UsageError(f"--init-from: cannot read {path}: {str(e)[:160]} (lmcore reads float32 or float16)") from None
+        raise CheckpointError(f"cannot read {path}: {str(e)[:160]} (lmcore reads float32 or float16)") from None
     for name, t in tensors.items():
         if t.dtype not in (np.float32, np.float16):
-            raise UsageError(f"--init-from: {path}: {name} is {t.dtype}; lmcore reads float32 or float16")
+            raise CheckpointError(f"{path}: {name} is {t.dtype}; lmcore reads float32 or float16")
     return tensors
 
 
@@ -108,22 +108,22 @@ def load_hf(where: Path, cfg: RunConfig) -> tuple[dict[str, np.ndarray], Tokeniz
     base = _shape_config(hf, cfg, where)
     tok_config = _read_json(where / "tokenizer_config.json", "") if (where / "tokenizer_config.json").is_file() else {}
     if not (where / "tokenizer.json").is_file():
-        raise UsageError(f"--init-from: {where} has no tokenizer.json (a tokenizers JSON file; lmcore needs its vocabulary)")
+        raise CheckpointError(f"{where} has no tokenizer.json (a tokenizers JSON file; lmcore needs its vocabulary)")
     try:
         tokenizer = tokenizer_from_hf((where / "tokenizer.json").read_text(encoding="utf-8"), tok_config)
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise UsageError(f"--init-from: {where}/tokenizer.json: {e}") from None
+        raise CheckpointError(f"{where}/tokenizer.json: {e}") from None
     if hf.get("vocab_size") != tokenizer.vocab_size:
-        raise UsageError(f"--init-from: {where} has vocab_size {hf.get('vocab_size')!r}, its tokenizer {tokenizer.vocab_size} tokens")
+        raise CheckpointError(f"{where} has vocab_size {hf.get('vocab_size')!r}, its tokenizer {tokenizer.vocab_size} tokens")
     params = lmcore_params(_read_tensors(where), base.block_size)
     if not base.untied_head:
         params.pop("lm_head.weight", None)  # (the tied head, if a writer stored it anyway)
     expected = param_shapes(base, tokenizer.vocab_size)
     missing, extra = sorted(expected.keys() - params.keys()), sorted(params.keys() - expected.keys())
     if missing or extra:
-        raise UsageError(f"--init-from: {where}/model.safetensors does not fit its config: missing {missing[:3]}, unexpected {extra[:3]}")
+        raise CheckpointError(f"{where}/model.safetensors does not fit its config: missing {missing[:3]}, unexpected {extra[:3]}")
     for name, shape in expected.items():
         if params[name].shape != shape:
-            raise UsageError(f"--init-from: {where}/model.safetensors: {name} is {list(params[name].shape)}, "
+            raise CheckpointError(f"{where}/model.safetensors: {name} is {list(params[name].shape)}, "
                              f"its config says {list(shape)}")
     return params, tokenizer, base

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 import lmcore
-from lmcore.cli import STOP_SIGNALS, UsageError
+from lmcore.errors import Error, UsageError
+from lmcore.training.signals import STOP_SIGNALS
 
 # Set by the launchers in every rank's environment: Open MPI's mpirun, and MPICH's (hydra) or
 # any PMI launcher's. Their absence means a single process.
@@ -34,7 +35,7 @@ SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE")
 DEFAULT_TIMEOUT_S = 600.0
 
 
-class RankError(UsageError):
+class RankError(Error):
     """A failure every rank raises alike (a mismatch, a non-finite step): rank 0 reports it."""
 
 

@@ -10,7 +10,8 @@ import math
 import numpy as np
 
 import lmcore
-from lmcore.cli import Interrupted, Stop, UsageError
+from lmcore.errors import TrainingError
+from lmcore.training.signals import Interrupted, Stop
 from lmcore.training.config import RunConfig
 from lmcore.training.run import Run
 from lmcore.data.batches import BatchSampler, WindowSampler
@@ -89,7 +90,7 @@ def validation(run: Run, kept: str, stop: Stop | None = None) -> dict[str, float
     else:
         val = estimate_loss(run.model, run.tokens.val, cfg, cfg.seed + 1, stop)
     if not math.isfinite(val):
-        raise UsageError(f"training stopped at step {run.iter_num}: the validation loss is {val}; {kept}")
+        raise TrainingError(f"training stopped at step {run.iter_num}: the validation loss is {val}; {kept}")
     run.best_val = val if run.best_val is None else min(run.best_val, val)
     return {"val_loss": val, "val_bpc": run.tokens.bits_per_char(val)}
 

@@ -8,7 +8,8 @@ import time
 from typing import Any
 
 import lmcore
-from lmcore.cli import Interrupted, Stop, UsageError, stop_signals
+from lmcore.errors import TrainingError
+from lmcore.training.signals import Interrupted, Stop, stop_signals
 from lmcore.training.config import lr_at
 from lmcore.training.evaluation import training_loss, validation
 from lmcore.training.metrics import MetricsLog, plot_losses, rss_mb, trim_metrics
@@ -63,7 +64,7 @@ def train(run: Run) -> int:
                         loss, grad_norm, told = group.step(model, x, y, lr, stop.signal)
                         stop.signal = stop.signal or told  # another rank's stop signal stops this one too
                     except lmcore.LmcoreError as e:  # a non-finite loss or gradient: nothing was updated
-                        raise UsageError(f"training stopped at step {run.iter_num + 1}: {e}; {saver.kept()}") from None
+                        raise TrainingError(f"training stopped at step {run.iter_num + 1}: {e}; {saver.kept()}") from None
                     run.iter_num += 1
                     it = run.iter_num
                     if run.weight_check_interval and it % run.weight_check_interval == 0:
@@ -102,7 +103,7 @@ def train(run: Run) -> int:
                 run.pending_record = record
             saver.save()
         except OSError as e:  # the metrics log could not be written (a full disk, ...)
-            raise UsageError(f"training stopped at step {run.iter_num}: metrics log {metrics_path} not written "
+            raise TrainingError(f"training stopped at step {run.iter_num}: metrics log {metrics_path} not written "
                              f"({e.strerror or e}); {saver.kept()}") from None
     if stop.signal is not None:
         print(f"interrupted by {signal.Signals(stop.signal).name} at step {run.iter_num}: checkpoint saved to "

@@ -19,7 +19,8 @@ from typing import Any
 import lmcore
 from lmcore.conversation.template import add_chat_tokens
 from lmcore.checkpoint.file import CheckpointError
-from lmcore.cli import UsageError, printed_warnings
+from lmcore.cli import printed_warnings
+from lmcore.errors import UsageError
 from lmcore.training.config import PRESETS, SPEEDRUN_TARGET, RunConfig
 from lmcore.data.corpus import Corpus, DataError
 from lmcore.data.datasets import resolve_corpus
@@ -27,7 +28,7 @@ from lmcore.training.distributed import Group
 from lmcore.interop.hf_import import is_hf_dir, load_hf
 from lmcore.checkpoint.state import CHECKPOINT_NAME, load_run, model_from_checkpoint, new_model
 from lmcore.data.batches import BatchSampler, WindowSampler
-from lmcore.conversation.finetuning import ChatData, ChatWindows, chat_windows, check_chat_flags, load_chats
+from lmcore.conversation.finetuning import SFT_DATASETS, ChatData, ChatWindows, chat_windows, load_chats
 from lmcore.data.tokens import TokenizedCorpus, build_tokenizer, tokenize
 from lmcore.tokenizer import Tokenizer
 from lmcore.tokenizer.bpe import check_bpe_vocab_size
@@ -36,6 +37,7 @@ from lmcore.training.vocab_extend import extend_vocab
 # Flags that may differ from the checkpoint when resuming; everything else is the recipe.
 RESUMABLE_CHANGES = {"max_iters"}
 DEFAULT_BPE_VOCAB = 512
+NEEDS_CHATS = "--sft trains on conversations: pass --dataset plays-dialogue or --data FILE.jsonl"
 
 
 @dataclass
@@ -115,6 +117,14 @@ def fresh_config(args: argparse.Namespace) -> RunConfig:
     return cfg
 
 
+def check_chat_flags(sft: bool, dataset: str | None, path: str | None) -> None:
+    """``--sft`` needs conversations, and conversations need ``--sft``."""
+    if sft and path is None and dataset not in SFT_DATASETS:
+        raise UsageError(NEEDS_CHATS + (f" (--dataset {dataset} is plain text)" if dataset else ""))
+    if not sft and path is None and dataset in SFT_DATASETS:
+        raise UsageError(f"--dataset {dataset} is conversations: train on it with --sft (and --init-from CKPT)")
+
+
 def load_corpus(args: argparse.Namespace, stored: dict[str, Any] | None,
                 sft: bool = False) -> tuple[Corpus | ChatData, dict[str, Any]]:
     """The corpus named by the flags, or by the checkpoint (a resumed run must see the same text), and
@@ -160,7 +170,10 @@ def init_weights(path: Path, cfg: RunConfig) -> tuple[dict[str, Any], Tokenizer,
     """--init-from's parameters, tokenizer and model configuration: an lmcore checkpoint, or a
     Hugging Face GPT-2 directory (``hf_import.py``)."""
     if is_hf_dir(path):
-        return load_hf(path, cfg)
+        try:
+            return load_hf(path, cfg)
+        except CheckpointError as e:
+            raise UsageError(f"--init-from: {e}") from None
     base, tokenizer, base_cfg, _ = model_from_checkpoint(path, weights_only=True)
     return {name: base.get_param(name) for name in base.param_names()}, tokenizer, base_cfg
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from lmcore.atomic import remove_temp_files
 from lmcore.checkpoint.file import CheckpointError, save_weights
-from lmcore.cli import UsageError
+from lmcore.errors import TrainingError
 from lmcore.training.run import Run
 from lmcore.checkpoint.state import CHECKPOINT_NAME, WEIGHTS_NAME, save_run
 
@@ -39,9 +39,9 @@ class Saver:
         try:
             save_run(self.run.ckpt_path, self.run.model, self.run.checkpoint_meta())
         except OSError as e:
-            raise UsageError(f"checkpoint of step {step} not written ({e.strerror or e}); {self.kept()}") from None
+            raise TrainingError(f"checkpoint of step {step} not written ({e.strerror or e}); {self.kept()}") from None
         except CheckpointError as e:  # the weights overflowed in the last steps
-            raise UsageError(f"training stopped at step {step}: {e}; {self.kept()}") from None
+            raise TrainingError(f"training stopped at step {step}: {e}; {self.kept()}") from None
         self.saved_step = step
 
     def save_weights(self) -> None:
@@ -52,4 +52,4 @@ class Saver:
         try:
             save_weights(path, {n: model.get_param(n) for n in model.param_names()})
         except OSError as e:
-            raise UsageError(f"final weights not written ({e.strerror or e}): {path}; {self.kept()}") from None
+            raise TrainingError(f"final weights not written ({e.strerror or e}): {path}; {self.kept()}") from None
