@@ -22,15 +22,12 @@ import sys
 from dataclasses import fields
 
 import lmcore
-from lmcore.conversation.template import END, apply_chat_template
 from lmcore.cli import REPORTED_ERRORS, add_threads_flag, plural, use_threads
 from lmcore.training.config import BLOCK_OPTIONS, FIELD_HELP, PRESETS, RunConfig, field_kind
 from lmcore.errors import UsageError
 from lmcore.training.distributed import Group, RankError, connect
 from lmcore.training.loop import train
 from lmcore.training.run import DEFAULT_BPE_VOCAB, Run, fresh_config, prepare
-from lmcore.inference.sampling import generate
-from lmcore.conversation.finetuning import ChatData, ChatWindows
 from lmcore.tokenizer import TOKENIZER_KINDS
 
 __all__ = ["fresh_config", "main", "parse_args", "parser", "prepare"]
@@ -85,30 +82,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def print_sample(run: Run, n_tokens: int) -> None:
-    if n_tokens <= 0:
-        return
-    tok = run.tokenizer
-    if isinstance(run.corpus, ChatData):
-        print_chat_sample(run, n_tokens)
-        return
-    out = generate(run.model, tok.encode("\n")[None, :], n_tokens, temperature=0.8, seed=run.cfg.seed)
-    print("--- sample ---" + tok.decode(out[0]).rstrip())
-
-
-def print_chat_sample(run: Run, n_tokens: int) -> None:
-    """The reply to the first validation conversation's opening (the messages before its first
-    reply), up to the end-of-turn token."""
-    tok, messages = run.tokenizer, run.corpus.val[0]["messages"]
-    opening = messages[:next(i for i, m in enumerate(messages) if m["role"] == "assistant")]
-    try:
-        prompt = apply_chat_template(tok, opening, add_generation_prompt=True).ids
-    except ValueError:  # (a conversation the tokenizer cannot encode: no sample)
-        return
-    out = generate(run.model, prompt[None, :], n_tokens, temperature=0.8, seed=run.cfg.seed)[0, len(prompt):]
-    ends = (out == tok.special_id(END)).nonzero()[0]
-    reply = tok.decode(out[:ends[0]] if len(ends) else out, skip_special=True)
-    print("--- sample ---\n" + "\n".join(f"{m['role']}: {m['content']}" for m in opening) + f"\nassistant: {reply}")
-
+    if n_tokens > 0 and (sample := run.data.sample(run.model, run.tokenizer, n_tokens, run.cfg.seed)) is not None:
+        print("--- sample ---" + sample)
 
 
 def start(args: argparse.Namespace, group: Group) -> Run:
@@ -142,16 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         if not group.is_root:  # rank 0 alone prints; the others' errors go to the saved stderr
             sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the process's life)
         run = start(args, group)
-        c, cfg, tok, tokens = run.corpus, run.cfg, run.tokenizer, run.tokens
+        c, cfg, tok = run.source, run.cfg, run.tokenizer
         print(f"data: {c.name} ({c.n_chars:,} chars, sha256 {c.sha256[:12]}...) from {c.source}")
-        if isinstance(tokens, ChatWindows):
-            print(f"tokens: {tok.kind} tokenizer, vocab {tok.vocab_size} (chat markers included); conversations "
-                  f"{len(c.train):,} training, {len(c.val):,} validation; windows {len(tokens.train_x):,} training "
-                  f"({tokens.counted('train'):,} reply tokens), {len(tokens.val_x):,} validation "
-                  f"({tokens.counted('val'):,} reply tokens)")
-        else:
-            print(f"tokens: {tok.kind} tokenizer, vocab {tok.vocab_size}; {len(tokens.train):,} training and "
-                  f"{len(tokens.val):,} validation tokens ({tokens.train_chars / len(tokens.train):.2f} chars/token)")
+        print(run.data.describe(tok))
         print(f"model: {run.model.num_params:,} parameters, d_model {cfg.d_model}, {plural(cfg.n_head, 'head')}, "
               f"{plural(cfg.n_layer, 'layer')}, block {cfg.block_size}, batch {cfg.batch_size}, vocab {tok.vocab_size}"
               + "".join(f", {n.replace('_', '-')}" + (f" {getattr(cfg, n)}" if n == "logit_softcap" else "")

@@ -36,7 +36,6 @@ from lmcore.conversation.jsonl import Conversation
 from lmcore.data.corpus import Corpus, split_index
 from lmcore.data.plays import PLAY_SEPARATOR, normalise_play_markdown, offline_play_files
 
-PLAYS_DIALOGUE = "plays-dialogue"
 SPLITS = ("train", "val")
 DEFAULT_EXCHANGES = 4
 _HEADING = re.compile(r"^\s*#")

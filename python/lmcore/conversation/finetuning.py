@@ -28,12 +28,12 @@ from lmcore._core import IGNORE_ID
 from lmcore.conversation.template import END, apply_chat_template
 from lmcore.conversation.jsonl import Conversation, ConversationError, ConversationFile, first_line_problem
 from lmcore.data.corpus import Corpus, DataError, split_index
-from lmcore.conversation.dialogue import PLAYS_DIALOGUE, plays_dialogue
+from lmcore.data.datasets import PLAYS_DIALOGUE
+from lmcore.conversation.dialogue import plays_dialogue
 from lmcore.data.plays import OFFLINE_SHAKESPEARE
 from lmcore.conversation.packing import pack
 from lmcore.tokenizer import Tokenizer
 
-SFT_DATASETS = (PLAYS_DIALOGUE,)
 
 
 @dataclass(frozen=True)

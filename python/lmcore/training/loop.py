@@ -116,6 +116,6 @@ def train(run: Run) -> int:
     target = "" if run.target_loss is None else f"target val loss {run.target_loss:g} "
     if target:
         target += f"reached at step {reached['step']} after {reached['elapsed_s']:.1f} s; " if reached else "not reached; "
-    print(f"done: {run.iter_num} steps, best val loss {best:.4f} ({run.tokens.bits_per_char(best):.4f} bits/char); "
+    print(f"done: {run.iter_num} steps, best val loss {best:.4f} ({run.data.bits_per_char(best):.4f} bits/char); "
           f"{target}weights in {run.out_dir / WEIGHTS_NAME}")
     return 0

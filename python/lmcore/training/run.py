@@ -2,8 +2,8 @@
 from the command line's flags: fresh, resumed from ``--out-dir``'s checkpoint, or fine-tuned from
 ``--init-from``. The resume policy lives here: only ``--max-iters`` may change, the data and the
 tokenizer must be the checkpoint's, and a batch too large for memory is refused before anything is
-written. A chat fine-tuning run (``--sft``) reads conversations instead of a text
-(``sft_data.py``) and draws packed windows; everything else is the same run."""
+written. A chat fine-tuning run (``--sft``) reads conversations instead of a text and draws
+packed windows (``training/data.py``); everything else is the same run."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import argparse
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -22,14 +21,14 @@ from lmcore.checkpoint.file import CheckpointError
 from lmcore.cli import printed_warnings
 from lmcore.errors import UsageError
 from lmcore.training.config import PRESETS, SPEEDRUN_TARGET, RunConfig
-from lmcore.data.corpus import Corpus, DataError
-from lmcore.data.datasets import resolve_corpus
+from lmcore.data.corpus import DataError
+from lmcore.data.datasets import DATASETS, PLAYS_DIALOGUE
 from lmcore.training.distributed import Group
 from lmcore.interop.hf_import import is_hf_dir, load_hf
 from lmcore.checkpoint.state import CHECKPOINT_NAME, load_run, model_from_checkpoint, new_model
-from lmcore.data.batches import BatchSampler, WindowSampler
-from lmcore.conversation.finetuning import SFT_DATASETS, ChatData, ChatWindows, chat_windows, load_chats
-from lmcore.data.tokens import TokenizedCorpus, build_tokenizer, tokenize
+from lmcore.data.batches import BatchSampler
+from lmcore.data.tokens import build_tokenizer
+from lmcore.training.data import Source, TrainingData, load_source, tokenizer_text, training_data
 from lmcore.tokenizer import Tokenizer
 from lmcore.tokenizer.bpe import check_bpe_vocab_size
 from lmcore.training.vocab_extend import extend_vocab
@@ -37,7 +36,7 @@ from lmcore.training.vocab_extend import extend_vocab
 # Flags that may differ from the checkpoint when resuming; everything else is the recipe.
 RESUMABLE_CHANGES = {"max_iters"}
 DEFAULT_BPE_VOCAB = 512
-NEEDS_CHATS = "--sft trains on conversations: pass --dataset plays-dialogue or --data FILE.jsonl"
+NEEDS_CHATS = f"--sft trains on conversations: pass --dataset {PLAYS_DIALOGUE} or --data FILE.jsonl"
 
 
 @dataclass
@@ -45,10 +44,10 @@ class Run:
     cfg: RunConfig
     out_dir: Path
     ckpt_path: Path
-    corpus: Corpus | ChatData  # (--sft: the conversations)
-    corpus_where: dict[str, Any]  # how to find the corpus again: its dataset name or absolute path
+    source: Source  # the text, or (--sft) the conversations
+    source_where: dict[str, Any]  # how to find it again: its dataset name or absolute path
     tokenizer: Tokenizer
-    tokens: TokenizedCorpus | ChatWindows  # (--sft: the packed windows)
+    data: TrainingData  # the tokens of the text, or (--sft) the packed windows
     model: lmcore.Model
     sampler: BatchSampler
     iter_num: int = 0  # steps done
@@ -72,7 +71,7 @@ class Run:
             "lmcore version": lmcore.__version__,
             "configuration": self.cfg.to_dict(),
             "step": self.iter_num,
-            "data": self.corpus.sha256,
+            "data": self.source.sha256,
             "tokenizer": self.tokenizer.fingerprint(),
             "batch sampler": self.sampler.state_dict(),
             "weights checksum": self.model.param_checksum(),
@@ -87,14 +86,14 @@ class Run:
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """The metadata of a checkpoint of this run now (the tensors come from the model)."""
-        c = self.corpus
+        c = self.source
         return {
             "config": self.cfg.to_dict(),
             "iter_num": self.iter_num,
             "vocab_size": self.tokenizer.vocab_size,
             "sampler": self.sampler.state_dict(),
             "tokenizer": self.tokenizer.to_dict(),
-            "dataset": {"name": c.name, "sha256": c.sha256, "source": c.source, **self.corpus_where},
+            "dataset": {"name": c.name, "sha256": c.sha256, "source": c.source, **self.source_where},
             "best_val_loss": self.best_val,
             "elapsed_s": self.elapsed_s(),
             "lmcore_version": lmcore.__version__,
@@ -119,14 +118,15 @@ def fresh_config(args: argparse.Namespace) -> RunConfig:
 
 def check_chat_flags(sft: bool, dataset: str | None, path: str | None) -> None:
     """``--sft`` needs conversations, and conversations need ``--sft``."""
-    if sft and path is None and dataset not in SFT_DATASETS:
+    chats = DATASETS.get(dataset) == "conversations"
+    if sft and path is None and not chats:
         raise UsageError(NEEDS_CHATS + (f" (--dataset {dataset} is plain text)" if dataset else ""))
-    if not sft and path is None and dataset in SFT_DATASETS:
+    if not sft and path is None and chats:
         raise UsageError(f"--dataset {dataset} is conversations: train on it with --sft (and --init-from CKPT)")
 
 
 def load_corpus(args: argparse.Namespace, stored: dict[str, Any] | None,
-                sft: bool = False) -> tuple[Corpus | ChatData, dict[str, Any]]:
+                sft: bool = False) -> tuple[Source, dict[str, Any]]:
     """The corpus named by the flags, or by the checkpoint (a resumed run must see the same text), and
     how to find it again: its dataset name or absolute path, for the checkpoint. ``sft``: the
     conversations instead."""
@@ -135,7 +135,7 @@ def load_corpus(args: argparse.Namespace, stored: dict[str, Any] | None,
         dataset, path = stored.get("dataset"), stored.get("path")
     check_chat_flags(sft, dataset, path)
     with printed_warnings():
-        corpus = load_chats(dataset, path, getattr(args, "strict", False)) if sft else resolve_corpus(dataset, path)
+        corpus = load_source(sft, dataset, path, getattr(args, "strict", False))
     where = {"dataset": dataset if path is None else None, "path": os.path.abspath(path) if path else None}
     if stored is not None and corpus.sha256 != stored["sha256"]:
         raise UsageError(
@@ -238,34 +238,21 @@ def prepare(args: argparse.Namespace) -> Run:
             kind = args.tokenizer or "char"
             vocab_size = (args.vocab_size or DEFAULT_BPE_VOCAB) if kind == "bpe" else None
             with printed_warnings():
-                text = corpus.text_corpus() if isinstance(corpus, ChatData) else corpus
-                tokenizer = build_tokenizer(text, kind, vocab_size)
+                tokenizer = build_tokenizer(tokenizer_text(corpus), kind, vocab_size)
             if cfg.sft:
                 tokenizer = add_chat_tokens(tokenizer)
             model = new_model(cfg, tokenizer.vocab_size)
-    tokens: TokenizedCorpus | ChatWindows
-    if isinstance(corpus, ChatData):
-        with printed_warnings():
-            if corpus.skipped:
-                warnings.warn(corpus.skipped, stacklevel=1)
-            tokens = chat_windows(corpus, tokenizer, cfg.block_size, getattr(args, "strict", False))
-    else:
-        with printed_warnings():
-            tokens = tokenize(corpus, tokenizer)
-        for split, data in (("training", tokens.train), ("validation", tokens.val)):
-            if len(data) < cfg.block_size + 1:
-                raise DataError(f"the {split} split has {len(data)} tokens, fewer than one block of {cfg.block_size} + 1")
+    data = training_data(corpus, tokenizer, cfg.block_size, getattr(args, "strict", False))
     try:  # a batch too large for this machine is refused here, before anything is written
         model.reserve(cfg.batch_size, cfg.block_size)
     except (lmcore.LmcoreError, OverflowError) as e:
         raise UsageError(f"--batch-size {cfg.batch_size} with --block-size {cfg.block_size}: {e}") from None
-    sampler = (WindowSampler(tokens.train_x, tokens.train_y, cfg.batch_size, seed=cfg.seed)
-               if isinstance(tokens, ChatWindows) else BatchSampler(tokens.train, cfg.block_size, cfg.batch_size, seed=cfg.seed))
+    sampler = data.sampler(cfg)
     if sampler_state is not None:
         try:
             sampler.load_state_dict(sampler_state)
         except (DataError, KeyError, TypeError, ValueError, OverflowError) as e:
             raise CheckpointError(f"checkpoint {ckpt_path} has an invalid batch sampler state: {e}") from None
-    return Run(cfg=cfg, out_dir=out_dir, ckpt_path=ckpt_path, corpus=corpus, corpus_where=where,
-               tokenizer=tokenizer, tokens=tokens, model=model, sampler=sampler, iter_num=iter_num,
+    return Run(cfg=cfg, out_dir=out_dir, ckpt_path=ckpt_path, source=corpus, source_where=where,
+               tokenizer=tokenizer, data=data, model=model, sampler=sampler, iter_num=iter_num,
                best_val=best_val, pending_record=pending, elapsed_before=elapsed, target_loss=target)
