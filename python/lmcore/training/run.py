@@ -11,7 +11,7 @@ import argparse
 import math
 import os
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,12 @@ from lmcore.conversation.template import add_chat_tokens
 from lmcore.checkpoint.file import CheckpointError
 from lmcore.cli import printed_warnings
 from lmcore.errors import UsageError
-from lmcore.training.config import PRESETS, SPEEDRUN_TARGET, RunConfig
+from lmcore.training.config import BLOCK_OPTIONS, PRESETS, SPEEDRUN_TARGET, RunConfig
 from lmcore.data.corpus import DataError
 from lmcore.data.datasets import DATASETS, PLAYS_DIALOGUE
 from lmcore.training.distributed import Group
 from lmcore.interop.hf_import import is_hf_dir, load_hf
-from lmcore.checkpoint.state import CHECKPOINT_NAME, load_run, model_from_checkpoint, new_model
+from lmcore.checkpoint.state import CHECKPOINT_NAME, load_run, model_from_checkpoint, new_model, param_shapes
 from lmcore.data.batches import BatchSampler
 from lmcore.data.tokens import build_tokenizer
 from lmcore.training.data import Source, TrainingData, load_source, tokenizer_text, training_data
@@ -223,8 +223,9 @@ def prepare(args: argparse.Namespace) -> Run:
             if any(getattr(base_cfg, k) != getattr(cfg, k) for k in shape):
                 raise UsageError(f"--init-from: the checkpoint's model is {[getattr(base_cfg, k) for k in shape]} "
                                  f"({', '.join(shape)}), this run asks for {[getattr(cfg, k) for k in shape]}")
-            for k in ("rope", "rmsnorm", "qk_norm", "untied_head"):  # the options that change the parameters
-                if getattr(base_cfg, k) != getattr(cfg, k):
+            for k in BLOCK_OPTIONS:  # those that change the parameters (the engine's layout says which)
+                as_base = replace(cfg, **{k: getattr(base_cfg, k)})
+                if getattr(base_cfg, k) != getattr(cfg, k) and param_shapes(as_base, 1) != param_shapes(cfg, 1):
                     flag = "--" + k.replace("_", "-")
                     raise UsageError(f"--init-from: the checkpoint's model has {flag} {'on' if getattr(base_cfg, k) else 'off'}, "
                                      f"this run asks for it {'on' if getattr(cfg, k) else 'off'} (it changes the parameters)")
