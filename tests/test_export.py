@@ -314,7 +314,7 @@ def test_transformers_loads_the_export_and_agrees(run_name: str, request: pytest
 
 @requires_peers
 def test_transformers_chat_template_gives_lmcore_ids(tmp_path: Path) -> None:
-    from lmcore.export import write_hf_tokenizer
+    from lmcore.interop.writer import write_hf_tokenizer
 
     tok = add_chat_tokens(char_tokenizer())
     write_hf_tokenizer(tmp_path / "tok", tok, 128)
