@@ -116,6 +116,10 @@ def metrics(out_dir: Path) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in read_metrics(out_dir / "metrics.jsonl")]
 
 
+def losses_after(out_dir: Path, step: int) -> list[tuple[int, float, float | None]]:
+    return [(r["step"], r["train_loss"], r.get("val_loss")) for r in metrics(out_dir) if r["step"] > step]
+
+
 def iter_num(out_dir: Path) -> int:
     return int(load_run(out_dir / "ckpt.safetensors")[1]["iter_num"])
 
