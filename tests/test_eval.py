@@ -21,17 +21,8 @@ import lmcore
 import lmcore.training.evaluation
 import lmcore.training.loop
 from cli_helpers import (
-    ENV,
-    QUIET,
-    RECIPE,
-    assert_same_checkpoint,
-    assert_same_weights,
-    iter_num,
-    metrics,
-    requires_corpus,
-    resume,
-    run_main,
-    train,
+    ENV, QUIET, RECIPE, assert_same_checkpoint, assert_same_weights, iter_num, metrics, requires_corpus,
+    resume, run_main, train,
 )
 from lmcore.training.signals import Interrupted, Stop
 from lmcore.training.config import RunConfig, lr_at

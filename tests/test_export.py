@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -90,6 +91,14 @@ def load(run: Path):
 
 def export(run: Path, to: str, dest: Path) -> None:
     assert export_main(["--out-dir", str(run), "--to", to, str(dest)]) == 0
+
+
+def exported(request: pytest.FixtureRequest, run_name: str, to: str, dest: Path) -> tuple[Any, Any, RunConfig]:
+    """The model, tokenizer and configuration of the run fixture ``run_name``, exported as ``to`` to ``dest``."""
+    run = request.getfixturevalue(run_name)
+    model, tok, cfg, _ = load(run)
+    export(run, to, dest)
+    return model, tok, cfg
 
 
 def char_tokenizer() -> CharTokenizer:
@@ -184,9 +193,7 @@ def test_export_cli_refuses_in_one_line(tmp_path_factory: pytest.TempPathFactory
 @requires_corpus
 @pytest.mark.parametrize("run_name", ["char_run", "bpe_run", "modern_run"])
 def test_export_imports_back_to_the_same_weights(run_name: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    run = request.getfixturevalue(run_name)
-    model, tok, cfg, _ = load(run)
-    export(run, "hf", tmp_path / "hf")
+    model, tok, cfg = exported(request, run_name, "hf", tmp_path / "hf")
     files = sorted(p.name for p in (tmp_path / "hf").iterdir())
     assert files == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
     params, tok2, cfg2 = init_weights(tmp_path / "hf", cfg)
@@ -246,9 +253,7 @@ def test_init_from_refuses_what_lmcore_does_not_implement(char_run: Path, tmp_pa
 @pytest.mark.parametrize("run_name", ["char_run", "bpe_run"])
 def test_gguf_holds_the_weights_and_the_vocabulary(run_name: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     gguf = pytest.importorskip("gguf")
-    run = request.getfixturevalue(run_name)
-    model, tok, cfg, _ = load(run)
-    export(run, "gguf", tmp_path / "m.gguf")
+    model, tok, cfg = exported(request, run_name, "gguf", tmp_path / "m.gguf")
     reader = gguf.GGUFReader(str(tmp_path / "m.gguf"))
     fields = reader.fields
     assert bytes(fields["general.architecture"].parts[-1]).decode() == "gpt2"
@@ -295,9 +300,7 @@ def lmcore_greedy(model, prompt: np.ndarray) -> list[int]:
 @requires_corpus
 @pytest.mark.parametrize("run_name", ["char_run", "bpe_run", "modern_run", "rope_run", "rope_modern_run"])
 def test_transformers_loads_the_export_and_agrees(run_name: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    run = request.getfixturevalue(run_name)
-    model, tok, cfg, _ = load(run)
-    export(run, "hf", tmp_path / "hf")
+    model, tok, cfg = exported(request, run_name, "hf", tmp_path / "hf")
     ids = np.random.default_rng(0).integers(0, tok.vocab_size, size=(2, cfg.block_size))
     prompt = tok.encode("ROMEO:\nBut soft").astype(np.int64)
     answer = peer(tmp_path, {"op": "hf", "dir": str(tmp_path / "hf"), "ids": ids.tolist(), "prompt": prompt.tolist(),
@@ -327,9 +330,7 @@ def test_transformers_chat_template_gives_lmcore_ids(tmp_path: Path) -> None:
 @requires_corpus
 @pytest.mark.parametrize("run_name", ["char_run", "bpe_run", "rope_run"])
 def test_llama_cpp_greedy_tokens_equal_lmcore(run_name: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    run = request.getfixturevalue(run_name)
-    model, tok, cfg, _ = load(run)
-    export(run, "gguf", tmp_path / "m.gguf")
+    model, tok, cfg = exported(request, run_name, "gguf", tmp_path / "m.gguf")
     prompt = tok.encode("ROMEO:\nBut soft").astype(np.int64)
     answer = peer(tmp_path, {"op": "gguf", "file": str(tmp_path / "m.gguf"), "n_ctx": cfg.block_size,
                              "prompt": prompt.tolist(), "new_tokens": NEW_TOKENS, "texts": [TEXT]})

@@ -28,17 +28,8 @@ import lmcore
 import lmcore.training.run
 import lmcore.train
 from cli_helpers import (
-    QUIET,
-    RECIPE,
-    assert_same_checkpoint,
-    assert_same_weights,
-    iter_num,
-    metrics,
-    requires_corpus,
-    resume,
-    run_main,
-    spawn,
-    train,
+    QUIET, RECIPE, assert_same_checkpoint, assert_same_weights, iter_num, metrics, requires_corpus, resume,
+    run_main, spawn, train,
 )
 from lmcore import atomic
 from lmcore.training.metrics import MetricsLog, read_metrics

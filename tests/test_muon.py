@@ -16,17 +16,8 @@ import safetensors.numpy
 
 import lmcore
 from cli_helpers import (
-    RECIPE,
-    assert_one_line_error,
-    assert_same_checkpoint,
-    assert_same_weights,
-    iter_num,
-    metrics,
-    requires_corpus,
-    resume,
-    run_main,
-    snapshot,
-    train,
+    RECIPE, assert_one_line_error, assert_same_checkpoint, assert_same_weights, iter_num, metrics,
+    requires_corpus, resume, run_main, snapshot, train,
 )
 from lmcore.checkpoint.file import METADATA_KEY, load_checkpoint
 from lmcore.training.config import LATER_FIELDS, RunConfig

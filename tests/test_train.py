@@ -27,21 +27,8 @@ import lmcore.training.run
 import lmcore.training.saving
 import lmcore.train
 from cli_helpers import (
-    QUIET,
-    RECIPE,
-    assert_same_checkpoint,
-    assert_same_tensors,
-    assert_same_weights,
-    cli,
-    iter_num,
-    losses_after,
-    metrics,
-    requires_corpus,
-    resume,
-    run_main,
-    spawn,
-    train,
-    wait_for_checkpoint,
+    QUIET, RECIPE, assert_same_checkpoint, assert_same_tensors, assert_same_weights, cli, iter_num,
+    losses_after, metrics, requires_corpus, resume, run_main, spawn, train, wait_for_checkpoint,
 )
 from lmcore.checkpoint.file import load_checkpoint
 from lmcore.training.config import RunConfig, lr_at

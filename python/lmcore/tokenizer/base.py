@@ -44,19 +44,6 @@ def checked_specials(specials: Iterable[str]) -> tuple[str, ...]:
     return out
 
 
-def specials_fingerprint(base: str, specials: tuple[str, ...], chat_template: str | None) -> str:
-    """The plain fingerprint when there are no specials; otherwise one that also covers them."""
-    if not specials and chat_template is None:
-        return base
-    extra = json.dumps({"base": base, "specials": specials, "chat_template": chat_template}, separators=(",", ":"))
-    return hashlib.sha256(extra.encode("utf-8")).hexdigest()
-
-
-def specials_dict(specials: tuple[str, ...], chat_template: str | None) -> dict[str, Any]:
-    # Absent, not empty, when unused: an old tokenizer's dict is unchanged.
-    return {"specials": list(specials), "chat_template": chat_template} if specials or chat_template else {}
-
-
 def specials_from_dict(d: dict[str, Any]) -> tuple[tuple[str, ...], str | None]:
     specials, template = d.get("specials", []), d.get("chat_template")
     if not isinstance(specials, list) or not (template is None or isinstance(template, str)):
@@ -83,6 +70,25 @@ class SpecialTokens:
         except ValueError:
             raise KeyError(f"{token!r} is not a special token of this tokenizer "
                            f"(it has {list(self._specials)})") from None
+
+    def _set_specials(self, specials: Iterable[str], chat_template: str | None, base_vocab_size: int) -> None:
+        self._specials = checked_specials(specials)
+        self.chat_template = chat_template
+        self.base_vocab_size = base_vocab_size
+
+    def _with_specials_fingerprint(self, base: str) -> str:
+        """The plain fingerprint ``base`` when there are no specials; otherwise one that also covers them."""
+        if not self._specials and self.chat_template is None:
+            return base
+        extra = json.dumps({"base": base, "specials": self._specials, "chat_template": self.chat_template},
+                           separators=(",", ":"))
+        return hashlib.sha256(extra.encode("utf-8")).hexdigest()
+
+    def _specials_dict(self) -> dict[str, Any]:
+        # Absent, not empty, when unused: an old tokenizer's dict is unchanged.
+        if not self._specials and not self.chat_template:
+            return {}
+        return {"specials": list(self._specials), "chat_template": self.chat_template}
 
     def _specials_after(self, specials: Iterable[str]) -> tuple[str, ...]:
         """This tokenizer's specials followed by those of ``specials`` it lacks (ids never move)."""

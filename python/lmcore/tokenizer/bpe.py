@@ -13,16 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from lmcore.tokenizer.base import (
-    LONE_SURROGATE,
-    SpecialTokens,
-    checked_ids,
-    checked_specials,
-    id_dtype,
-    specials_dict,
-    specials_fingerprint,
-    specials_from_dict,
-)
+from lmcore.tokenizer.base import LONE_SURROGATE, SpecialTokens, checked_ids, id_dtype, specials_from_dict
 
 _BPE_TYPE = "bpe"
 BPE_MIN_VOCAB = 256  # one token per byte: every text can be encoded
@@ -141,16 +132,13 @@ class BpeTokenizer(SpecialTokens):
         if not _SYMBOL_BYTE.keys() <= vocab.keys() or any(not _SYMBOL_BYTE.keys() >= set(t) for t in tokens):
             raise ValueError("BPE vocabulary is not byte-level: it lacks a byte or has a token that is not bytes")
         self._hf = hf
-        self._specials = checked_specials(specials)
-        self.chat_template = chat_template
-        self.base_vocab_size = len(tokens)
+        self._set_specials(specials, chat_template, len(tokens))
         # Every id's bytes; a special's are its UTF-8 text, which is how it is rendered.
         self._bytes = [bytes(_SYMBOL_BYTE[c] for c in t) for t in tokens] + [t.encode("utf-8") for t in self._specials]
         self.dtype = id_dtype(self.vocab_size)
         merges = [m.split(" ") if isinstance(m, str) else m for m in spec["model"]["merges"]]
         canonical = json.dumps({"type": _BPE_TYPE, "vocab": tokens, "merges": merges}, separators=(",", ":"))
-        self._fingerprint = specials_fingerprint(
-            hashlib.sha256(canonical.encode("ascii")).hexdigest(), self._specials, chat_template)
+        self._fingerprint = self._with_specials_fingerprint(hashlib.sha256(canonical.encode("ascii")).hexdigest())
 
     @classmethod
     def train(cls, chunks: Iterable[str], vocab_size: int) -> BpeTokenizer:
@@ -208,7 +196,7 @@ class BpeTokenizer(SpecialTokens):
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": _BPE_TYPE, "vocab_size": self.vocab_size, "fingerprint": self._fingerprint,
-                "tokenizer_json": self._json, **specials_dict(self._specials, self.chat_template)}
+                "tokenizer_json": self._json, **self._specials_dict()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BpeTokenizer:

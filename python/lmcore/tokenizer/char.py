@@ -10,15 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from lmcore.tokenizer.base import (
-    SpecialTokens,
-    checked_ids,
-    checked_specials,
-    id_dtype,
-    specials_dict,
-    specials_fingerprint,
-    specials_from_dict,
-)
+from lmcore.tokenizer.base import SpecialTokens, checked_ids, id_dtype, specials_from_dict
 
 # Encode strings through UTF-32 so that one code point is one array element;
 # "surrogatepass" keeps lone surrogates (legal in Python str) encodable.
@@ -46,9 +38,7 @@ class CharTokenizer(SpecialTokens):
         self._chars: str = "".join(vocab)
         # Sorted code points: encode() maps text to ids with one searchsorted.
         self._codes: np.ndarray = _code_points(self._chars)
-        self._specials = checked_specials(specials)
-        self.chat_template = chat_template
-        self.base_vocab_size = len(vocab)
+        self._set_specials(specials, chat_template, len(vocab))
         self.dtype = id_dtype(self.vocab_size)
 
     @classmethod
@@ -123,7 +113,7 @@ class CharTokenizer(SpecialTokens):
     def fingerprint(self) -> str:
         """sha256 hex digest of the sorted vocabulary (and of the specials, if any)."""
         base = hashlib.sha256(self._chars.encode("utf-8", _ERRORS)).hexdigest()
-        return specials_fingerprint(base, self._specials, self.chat_template)
+        return self._with_specials_fingerprint(base)
 
     def to_dict(self) -> dict[str, Any]:
         # json.dumps escapes non-ASCII and lone surrogates, so this is JSON-safe.
@@ -132,7 +122,7 @@ class CharTokenizer(SpecialTokens):
             "chars": self._chars,
             "vocab_size": self.vocab_size,
             "fingerprint": self.fingerprint(),
-            **specials_dict(self._specials, self.chat_template),
+            **self._specials_dict(),
         }
 
     @classmethod
