@@ -46,8 +46,8 @@ import time
 import numpy as np
 
 import lmcore
-from lmcore.data.datasets import resolve_corpus
 from lmcore.data.batches import BatchSampler, encode_corpus, train_val_split
+from lmcore.data.datasets import resolve_corpus
 from lmcore.inference.sampling import generate
 from lmcore.tokenizer.char import CharTokenizer
 

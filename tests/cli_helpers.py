@@ -22,8 +22,8 @@ import safetensors.numpy
 
 import lmcore.train
 from lmcore.checkpoint.file import load_checkpoint
-from lmcore.training.metrics import read_metrics
 from lmcore.checkpoint.state import DIGEST_KEY, load_run
+from lmcore.training.metrics import read_metrics
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CORPUS_FILE = SHARED_DATA / "tinyshakespeare.txt"

@@ -31,13 +31,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lmcore
-import lmcore.data.datasets
 import lmcore.cli
+import lmcore.data.datasets
 import lmcore.train
 from cli_helpers import ENV, join_safetensors, split_safetensors, train
 from lmcore.checkpoint.file import METADATA_KEY, CheckpointError, load_checkpoint, load_weights
-from lmcore.training.config import RunConfig
 from lmcore.checkpoint.state import DIGEST_KEY, load_run, model_from_checkpoint, param_shapes, state_digest
+from lmcore.training.config import RunConfig
 
 FUZZ_EXAMPLES = int(os.environ.get("LMCORE_FUZZ_EXAMPLES", "400"))
 TEXT = "".join(f"{w} the quick brown fox {i % 7} jumps; over the lazy dog!\n" for i, w in

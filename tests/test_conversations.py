@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lmcore
-from lmcore.conversation.template import ChatTokens, add_chat_tokens, apply_chat_template
-from lmcore.conversation.jsonl import ConversationError, ConversationFile, read_conversations
-from lmcore.data.corpus import Corpus, DataError
 from lmcore.conversation.dialogue import dialogue_from_text, offline_plays, plays_dialogue, scene_conversations
+from lmcore.conversation.jsonl import ConversationError, ConversationFile, read_conversations
 from lmcore.conversation.packing import pack, pack_windows
+from lmcore.conversation.template import ChatTokens, add_chat_tokens, apply_chat_template
+from lmcore.data.corpus import Corpus, DataError
 from lmcore.tokenizer.char import CharTokenizer
 
 IGNORE = lmcore.IGNORE_ID

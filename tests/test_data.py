@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 
 from lmcore.data import corpus as corpus_module
 from lmcore.data import datasets
+from lmcore.data.batches import BatchSampler, encode_corpus, train_val_split
 from lmcore.data.corpus import Corpus, DataError, read_text_file, split_index
 from lmcore.data.datasets import TINYSHAKESPEARE_SHA256, resolve_corpus
 from lmcore.data.plays import load_offline_shakespeare, normalise_play_markdown
-from lmcore.data.batches import BatchSampler, encode_corpus, train_val_split
 from lmcore.tokenizer.char import CharTokenizer
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -24,14 +24,14 @@ from cli_helpers import (
     ENV, QUIET, RECIPE, assert_same_checkpoint, assert_same_weights, iter_num, metrics, requires_corpus,
     resume, run_main, train,
 )
-from lmcore.training.signals import Interrupted, Stop
-from lmcore.training.config import RunConfig, lr_at
-from lmcore.data.datasets import resolve_corpus
-from lmcore.training.evaluation import full_loss
-from lmcore.training.metrics import read_metrics
 from lmcore.checkpoint.state import load_run
+from lmcore.data.datasets import resolve_corpus
 from lmcore.data.tokens import tokenize
 from lmcore.tokenizer import tokenizer_from_dict
+from lmcore.training.config import RunConfig, lr_at
+from lmcore.training.evaluation import full_loss
+from lmcore.training.metrics import read_metrics
+from lmcore.training.signals import Interrupted, Stop
 
 VOCAB, BLOCK = 11, 8
 

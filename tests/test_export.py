@@ -18,18 +18,17 @@ from typing import Any
 import numpy as np
 import pytest
 
+from cli_helpers import CORPUS_FILE, requires_corpus, run_main
+from lmcore.checkpoint.state import model_from_checkpoint, new_model
 from lmcore.conversation.template import add_chat_tokens, apply_chat_template
-from lmcore.training.config import RunConfig
 from lmcore.export import main as export_main
+from lmcore.inference.sampling import generate
 from lmcore.interop.hf_format import ExportError, check_exportable
 from lmcore.interop.hf_tokenizer import hf_tokenizer, tokenizer_config, tokenizer_from_hf
-from lmcore.training.run import init_weights
-from lmcore.checkpoint.state import model_from_checkpoint, new_model
-from lmcore.inference.sampling import generate
 from lmcore.tokenizer.bpe import BpeTokenizer
 from lmcore.tokenizer.char import CharTokenizer
-
-from cli_helpers import CORPUS_FILE, requires_corpus, run_main
+from lmcore.training.config import RunConfig
+from lmcore.training.run import init_weights
 
 PEERS = os.environ.get("LMCORE_PEERS_PYTHON")
 requires_peers = pytest.mark.skipif(

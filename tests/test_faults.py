@@ -25,15 +25,15 @@ import numpy as np
 import pytest
 
 import lmcore
-import lmcore.training.run
 import lmcore.train
+import lmcore.training.run
 from cli_helpers import (
     QUIET, RECIPE, assert_same_checkpoint, assert_same_weights, iter_num, metrics, requires_corpus, resume,
     run_main, spawn, train,
 )
 from lmcore import atomic
-from lmcore.training.metrics import MetricsLog, read_metrics
 from lmcore.checkpoint.state import model_from_checkpoint
+from lmcore.training.metrics import MetricsLog, read_metrics
 
 pytestmark = requires_corpus
 

@@ -16,8 +16,16 @@ import pytest
 import safetensors.numpy
 
 from cli_helpers import ENV, QUIET, RECIPE, assert_same_checkpoint, assert_same_weights, requires_corpus
-from mpi_helpers import (MPI_ENV, mpi_spawn, mpi_train, mpirun_args, rank_pid, requires_mpi, train_args,
-                         worst_weight_error)
+from mpi_helpers import (
+    MPI_ENV,
+    mpi_spawn,
+    mpi_train,
+    mpirun_args,
+    rank_pid,
+    requires_mpi,
+    train_args,
+    worst_weight_error,
+)
 
 FLOAT64_SCRIPT = str(Path(__file__).with_name("mpi_float64_run.py"))
 SHORT = ["--max-iters", "50", "--eval-interval", "50"]

@@ -22,18 +22,18 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
+import lmcore.train
 import lmcore.training.loop
 import lmcore.training.run
 import lmcore.training.saving
-import lmcore.train
 from cli_helpers import (
     QUIET, RECIPE, assert_same_checkpoint, assert_same_tensors, assert_same_weights, cli, iter_num,
     losses_after, metrics, requires_corpus, resume, run_main, spawn, train, wait_for_checkpoint,
 )
 from lmcore.checkpoint.file import load_checkpoint
+from lmcore.checkpoint.state import load_run, new_model
 from lmcore.training.config import RunConfig, lr_at
 from lmcore.training.metrics import read_metrics
-from lmcore.checkpoint.state import load_run, new_model
 
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 

@@ -15,20 +15,20 @@ from typing import Any
 import pytest
 import safetensors.numpy
 
+import lmcore.train
 import lmcore.training.loop
 import lmcore.training.run
 import lmcore.training.saving
-import lmcore.train
 from cli_helpers import (
     CORPUS_FILE, ENV, QUIET, RECIPE, assert_one_line_error, assert_same_checkpoint, assert_same_tensors,
     assert_same_weights, cli, flip, header_end, losses_after, metrics, requires_corpus, resume, run_main,
     snapshot, train,
 )
-from lmcore.training.config import RunConfig
-from lmcore.data.datasets import resolve_corpus
 from lmcore.checkpoint.state import load_run
+from lmcore.data.datasets import resolve_corpus
 from lmcore.data.tokens import tokenize
 from lmcore.tokenizer import tokenizer_from_dict
+from lmcore.training.config import RunConfig
 
 pytestmark = requires_corpus
 

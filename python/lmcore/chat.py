@@ -22,8 +22,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from lmcore import cli
 from lmcore.checkpoint.state import find_checkpoint, model_from_checkpoint
-from lmcore.cli import REPORTED_ERRORS, add_checkpoint_flags, add_sampling_flags, add_threads_flag, report, sampling, use_threads
 from lmcore.data.corpus import cache_dir
 from lmcore.inference.chat_session import ChatSession
 
@@ -32,12 +32,12 @@ HELP = "/reset: new conversation; /system TEXT: new system line; /quit. Ctrl-C s
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lmcore.chat", description=__doc__.split("\n")[0])
-    add_checkpoint_flags(p)
+    cli.add_checkpoint_flags(p)
     p.add_argument("--system", default=None, help="the system line the conversation starts with (default: none)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="longest reply, in tokens (default %(default)s)")
-    add_sampling_flags(p)
+    cli.add_sampling_flags(p)
     p.add_argument("--seed", type=int, default=1337, help="seed of the sampling (default %(default)s)")
-    add_threads_flag(p)
+    cli.add_threads_flag(p)
     p.add_argument("--no-cache", action="store_true",
                    help="re-feed the whole conversation at every turn instead of keeping its cache (for checking)")
     return p
@@ -159,12 +159,12 @@ def converse(session: ChatSession, interactive: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        use_threads(args.threads)
+        cli.use_threads(args.threads)
         model, tokenizer, _, _ = model_from_checkpoint(find_checkpoint(args.out_dir, args.checkpoint), weights_only=True)
-        session = ChatSession(model, tokenizer, args.system, **sampling(args), seed=args.seed,
+        session = ChatSession(model, tokenizer, args.system, **cli.sampling(args), seed=args.seed,
                               max_new_tokens=args.max_new_tokens, keep_cache=not args.no_cache)
-    except REPORTED_ERRORS as e:
-        return report(e)
+    except cli.REPORTED_ERRORS as e:
+        return cli.report(e)
     interactive = sys.stdin.isatty()
     save_history = start_readline() if interactive else None
     if interactive:

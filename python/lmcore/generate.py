@@ -8,20 +8,20 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lmcore import cli
 from lmcore.checkpoint.state import find_checkpoint, model_from_checkpoint
-from lmcore.cli import REPORTED_ERRORS, add_checkpoint_flags, add_sampling_flags, add_threads_flag, report, sampling, use_threads
 from lmcore.inference.sampling import generate, validate_sampling
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lmcore.generate", description=__doc__.split("\n")[0])
-    add_checkpoint_flags(p)
+    cli.add_checkpoint_flags(p)
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     p.add_argument("--max-new-tokens", type=int, default=500, help="tokens to write per sample (default %(default)s)")
-    add_sampling_flags(p)
+    cli.add_sampling_flags(p)
     p.add_argument("--num-samples", type=int, default=1, help="samples to write, one after another (default %(default)s)")
     p.add_argument("--seed", type=int, default=1337, help="seed of the first sample; sample i uses seed + i (default %(default)s)")
-    add_threads_flag(p)
+    cli.add_threads_flag(p)
     p.add_argument("--no-cache", action="store_true", help="recompute the window for every token (slow; for checking)")
     return p
 
@@ -33,11 +33,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        settings = sampling(args)
+        settings = cli.sampling(args)
         validate_sampling(**settings)
         if args.max_new_tokens < 0 or args.num_samples < 1:
             raise ValueError("--max-new-tokens must be >= 0 and --num-samples >= 1")
-        use_threads(args.threads)
+        cli.use_threads(args.threads)
         path = find_checkpoint(args.out_dir, args.checkpoint)
         model, tokenizer, _, _ = model_from_checkpoint(path, weights_only=True)
         prompt = tokenizer.encode(args.prompt)
@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             generate(model, prompt[None, :], args.max_new_tokens, **settings, seed=args.seed + i,
                      use_cache=not args.no_cache, on_token=stream)
             sys.stdout.write(feed([], final=True) + "\n")
-    except REPORTED_ERRORS as e:
-        return report(e)
+    except cli.REPORTED_ERRORS as e:
+        return cli.report(e)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

@@ -25,15 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from lmcore._core import IGNORE_ID
-from lmcore.conversation.template import END, apply_chat_template
+from lmcore.conversation.dialogue import plays_dialogue
 from lmcore.conversation.jsonl import Conversation, ConversationError, ConversationFile, first_line_problem
+from lmcore.conversation.packing import pack
+from lmcore.conversation.template import END, apply_chat_template
 from lmcore.data.corpus import Corpus, DataError, split_index
 from lmcore.data.datasets import PLAYS_DIALOGUE
-from lmcore.conversation.dialogue import plays_dialogue
 from lmcore.data.plays import OFFLINE_SHAKESPEARE
-from lmcore.conversation.packing import pack
 from lmcore.tokenizer import Tokenizer
-
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import numpy as np
 from lmcore.data.corpus import TRAIN_FRACTION, Corpus, DataError, split_index
 from lmcore.tokenizer import Tokenizer
 
+
 def encode_corpus(corpus: Corpus | str, tokenizer: Tokenizer) -> np.ndarray:
     """Encode a (small) corpus to token ids at once; training streams and caches them (lmcore.data.tokens)."""
     return tokenizer.encode(corpus.text if isinstance(corpus, Corpus) else corpus)

@@ -16,6 +16,7 @@ from typing import Any
 from lmcore.errors import Error
 from lmcore.progress import Progress
 
+
 class DataError(Error):
     """The corpus cannot be found, read or sampled; the message says why and where."""
 

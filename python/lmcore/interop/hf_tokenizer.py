@@ -28,7 +28,8 @@ _ONE_CHAR = r"[\s\S]"
 
 def hf_tokenizer(tok: Tokenizer) -> Any:
     """A ``tokenizers.Tokenizer`` that encodes and decodes as ``tok`` does, specials included."""
-    from tokenizers import Regex, Tokenizer as HfTokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HfTokenizer
 
     if isinstance(tok, CharTokenizer):
         if LONE_SURROGATE.search(tok.chars):

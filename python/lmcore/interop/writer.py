@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 
 from lmcore.atomic import atomic_write_bytes
-from lmcore.training.config import RunConfig
+from lmcore.checkpoint.state import model_from_checkpoint
 from lmcore.interop.hf_format import ExportError, generation_config, hf_model
 from lmcore.interop.hf_tokenizer import eos_token_id, hf_tokenizer, tokenizer_config
-from lmcore.checkpoint.state import model_from_checkpoint
 from lmcore.tokenizer import Tokenizer
+from lmcore.training.config import RunConfig
 
 FORMATS = ("hf", "gguf")
 

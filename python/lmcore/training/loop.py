@@ -8,15 +8,15 @@ import time
 from typing import Any
 
 import lmcore
+from lmcore.checkpoint.state import WEIGHTS_NAME
 from lmcore.errors import TrainingError
-from lmcore.training.signals import Interrupted, Stop, stop_signals
+from lmcore.progress import Progress
 from lmcore.training.config import lr_at
 from lmcore.training.evaluation import training_loss, validation
 from lmcore.training.metrics import MetricsLog, plot_losses, rss_mb, trim_metrics
-from lmcore.progress import Progress
 from lmcore.training.run import Run
-from lmcore.checkpoint.state import WEIGHTS_NAME
 from lmcore.training.saving import Saver
+from lmcore.training.signals import Interrupted, Stop, stop_signals
 
 
 def train(run: Run) -> int:

@@ -16,21 +16,21 @@ from pathlib import Path
 from typing import Any
 
 import lmcore
-from lmcore.conversation.template import add_chat_tokens
 from lmcore.checkpoint.file import CheckpointError
+from lmcore.checkpoint.state import CHECKPOINT_NAME, load_run, model_from_checkpoint, new_model, param_shapes
 from lmcore.cli import printed_warnings
-from lmcore.errors import UsageError
-from lmcore.training.config import BLOCK_OPTIONS, PRESETS, SPEEDRUN_TARGET, RunConfig
+from lmcore.conversation.template import add_chat_tokens
+from lmcore.data.batches import BatchSampler
 from lmcore.data.corpus import DataError
 from lmcore.data.datasets import DATASETS, PLAYS_DIALOGUE
-from lmcore.training.distributed import Group
-from lmcore.interop.hf_import import is_hf_dir, load_hf
-from lmcore.checkpoint.state import CHECKPOINT_NAME, load_run, model_from_checkpoint, new_model, param_shapes
-from lmcore.data.batches import BatchSampler
 from lmcore.data.tokens import build_tokenizer
-from lmcore.training.data import Source, TrainingData, load_source, tokenizer_text, training_data
+from lmcore.errors import UsageError
+from lmcore.interop.hf_import import is_hf_dir, load_hf
 from lmcore.tokenizer import Tokenizer
 from lmcore.tokenizer.bpe import check_bpe_vocab_size
+from lmcore.training.config import BLOCK_OPTIONS, PRESETS, SPEEDRUN_TARGET, RunConfig
+from lmcore.training.data import Source, TrainingData, load_source, tokenizer_text, training_data
+from lmcore.training.distributed import Group
 from lmcore.training.vocab_extend import extend_vocab
 
 # Flags that may differ from the checkpoint when resuming; everything else is the recipe.

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from lmcore.atomic import remove_temp_files
 from lmcore.checkpoint.file import CheckpointError, save_weights
+from lmcore.checkpoint.state import CHECKPOINT_NAME, WEIGHTS_NAME, save_run
 from lmcore.errors import TrainingError
 from lmcore.training.run import Run
-from lmcore.checkpoint.state import CHECKPOINT_NAME, WEIGHTS_NAME, save_run
 
 
 class Saver:
