@@ -3,7 +3,7 @@
     python -m lmcore.chat --out-dir out/chat --system "A scene from Hamlet. You are HORATIO; HAMLET speaks to you."
 
 Each reply streams as it is sampled and ends at the model's end-of-turn token. The conversation
-stays in the key/value cache between turns (``chat_session.py``): a turn feeds only its own
+stays in the key/value cache between turns (``inference/chat_session.py``): a turn feeds only its own
 tokens; when the window is full the oldest whole exchanges are dropped (the system line stays).
 Commands: ``/reset`` (a new conversation, same system line), ``/system TEXT`` (a new system line;
 ``/system`` alone removes it), ``/quit``. Ctrl-C stops the reply being written, Ctrl-D leaves.

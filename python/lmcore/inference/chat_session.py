@@ -1,7 +1,7 @@
 """A multi-turn conversation with a chat model, kept in the engine's key/value cache between turns.
 
 The conversation is an optional system line and whole turns, each ``<|role|>content<|end|>``
-(``chat_template.py``). A user's message is fed as its turn plus ``<|assistant|>``, and the
+(``conversation/template.py``). A user's message is fed as its turn plus ``<|assistant|>``, and the
 reply is sampled one token at a time until ``<|end|>`` (or ``max_new_tokens``, a stop request, or
 a window with nothing left to drop). The cache holds the conversation's tokens, so a new turn
 feeds only its own tokens (and the ``<|end|>`` that closed the last reply, which is never fed on

@@ -9,7 +9,7 @@ lmcore weight (out, in) is stored transposed. ``--relu2`` is GPT-2's ``relu2`` a
 soft-cap have no exact counterpart in a standard architecture with lmcore's plain MLP and biases
 (Llama's MLP is gated), so a model with them is refused, naming the option.
 
-This file knows the names and layouts; ``export.py`` writes the files and ``hf_import.py`` reads them.
+This file knows the names and layouts; ``writer.py`` writes the files and ``hf_import.py`` reads them.
 """
 
 from __future__ import annotations

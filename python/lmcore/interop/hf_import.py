@@ -2,9 +2,10 @@
 
 The directory holds ``config.json`` (``model_type`` gpt2), ``model.safetensors`` (never a pickle:
 loading must not run code) and ``tokenizer.json`` (a byte-level BPE, or lmcore's char vocabulary
-as ``export.py`` writes it). Everything lmcore does not implement is refused with a one-line
-``CheckpointError`` naming it (``training/run.py`` adds that ``--init-from`` asked): another architecture, another activation or LayerNorm epsilon, an MLP
-not 4x wide, cross-attention, a run whose shape differs from the model's.
+as ``writer.py`` writes it). Everything lmcore does not implement is refused with a one-line
+``CheckpointError`` naming it (``training/run.py`` adds that ``--init-from`` asked): another
+architecture, another activation or LayerNorm epsilon, an MLP not 4x wide, cross-attention, a run
+whose shape differs from the model's.
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ class RunConfig:
     log_interval: int = 10
     seed: int = 0
     eval_full: bool = False  # validation loss over the whole split instead of eval_iters sampled batches
-    # chat fine-tuning: packed conversations, the loss on the assistant's replies only (sft_data.py)
+    # chat fine-tuning: packed conversations, the loss on the assistant's replies only (conversation/finetuning.py)
     sft: bool = False
 
     def to_dict(self) -> dict[str, Any]:

@@ -168,7 +168,7 @@ def check_same_tokenizer(args: argparse.Namespace, tokenizer: Tokenizer, what: s
 
 def init_weights(path: Path, cfg: RunConfig) -> tuple[dict[str, Any], Tokenizer, RunConfig]:
     """--init-from's parameters, tokenizer and model configuration: an lmcore checkpoint, or a
-    Hugging Face GPT-2 directory (``hf_import.py``)."""
+    Hugging Face GPT-2 directory (``interop/hf_import.py``)."""
     if is_hf_dir(path):
         try:
             return load_hf(path, cfg)
