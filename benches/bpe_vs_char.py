@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from lmcore.data.corpus import split_index
-from lmcore.training.config import PRESETS
+from lmcore.config import PRESETS
 
 SMALL = PRESETS["small"]
 TOKENS_PER_STEP = SMALL["batch_size"] * SMALL["block_size"]

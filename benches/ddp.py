@@ -37,7 +37,7 @@ WARMUP = 3
 def worker(preset: str, steps: int, reduces: int, threads: int) -> None:
     import lmcore  # noqa: PLC0415
     from lmcore.checkpoint.state import new_model  # noqa: PLC0415
-    from lmcore.training.config import PRESETS, RunConfig  # noqa: PLC0415
+    from lmcore.config import PRESETS, RunConfig  # noqa: PLC0415
     from lmcore.training.distributed import connect  # noqa: PLC0415
 
     lmcore.set_num_threads(threads)

@@ -37,7 +37,7 @@ import lmcore.train
 from cli_helpers import ENV, join_safetensors, split_safetensors, train
 from lmcore.checkpoint.file import METADATA_KEY, CheckpointError, load_checkpoint, load_weights
 from lmcore.checkpoint.state import DIGEST_KEY, load_run, model_from_checkpoint, param_shapes, state_digest
-from lmcore.training.config import RunConfig
+from lmcore.config import RunConfig
 
 FUZZ_EXAMPLES = int(os.environ.get("LMCORE_FUZZ_EXAMPLES", "400"))
 TEXT = "".join(f"{w} the quick brown fox {i % 7} jumps; over the lazy dog!\n" for i, w in

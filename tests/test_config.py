@@ -5,7 +5,7 @@ engine's own list."""
 from __future__ import annotations
 
 import lmcore
-from lmcore.training.config import BLOCK_OPTIONS, RunConfig
+from lmcore.config import BLOCK_OPTIONS, RunConfig
 
 SHAPE = dict(d_model=8, n_head=2, n_layer=1, block_size=4)
 

@@ -28,7 +28,7 @@ from lmcore.checkpoint.state import load_run
 from lmcore.data.datasets import resolve_corpus
 from lmcore.data.tokens import tokenize
 from lmcore.tokenizer import tokenizer_from_dict
-from lmcore.training.config import RunConfig, lr_at
+from lmcore.config import RunConfig, lr_at
 from lmcore.training.evaluation import full_loss
 from lmcore.training.metrics import read_metrics
 from lmcore.training.signals import Interrupted, Stop

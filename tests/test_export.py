@@ -27,7 +27,7 @@ from lmcore.interop.hf_format import ExportError, check_exportable
 from lmcore.interop.hf_tokenizer import hf_tokenizer, tokenizer_config, tokenizer_from_hf
 from lmcore.tokenizer.bpe import BpeTokenizer
 from lmcore.tokenizer.char import CharTokenizer
-from lmcore.training.config import RunConfig
+from lmcore.config import RunConfig
 from lmcore.training.run import init_weights
 
 PEERS = os.environ.get("LMCORE_PEERS_PYTHON")

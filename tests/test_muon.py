@@ -21,7 +21,7 @@ from cli_helpers import (
 )
 from lmcore.checkpoint.file import METADATA_KEY, load_checkpoint
 from lmcore.checkpoint.state import DIGEST_KEY, model_from_checkpoint, state_digest
-from lmcore.training.config import LATER_FIELDS, RunConfig
+from lmcore.config import LATER_FIELDS, RunConfig
 
 # d_model 32, two layers: the model's own shapes (c_attn (96, 32) in three blocks, c_fc (128, 32)
 # tall, mlp.c_proj (32, 128) wide, c_proj (32, 32) square).

@@ -12,7 +12,7 @@ import pytest
 from cli_helpers import requires_corpus, resume, train
 from lmcore.checkpoint.file import load_checkpoint, save_checkpoint
 from lmcore.checkpoint.state import DIGEST_KEY, model_from_checkpoint, state_digest
-from lmcore.training.config import LATER_FIELDS, RunConfig, lr_at
+from lmcore.config import LATER_FIELDS, RunConfig, lr_at
 from lmcore.training.metrics import read_metrics
 
 

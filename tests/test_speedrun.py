@@ -60,7 +60,7 @@ def test_quick_speedrun(tmp_path: Path) -> None:
 
 def test_the_speedrun_preset_is_a_modern_recipe_that_stops_at_its_target() -> None:
     from lmcore.train import parse_args
-    from lmcore.training.config import BLOCK_OPTIONS, PRESETS, SPEEDRUN_TARGET, RunConfig
+    from lmcore.config import BLOCK_OPTIONS, PRESETS, SPEEDRUN_TARGET, RunConfig
     from lmcore.training.run import fresh_config
 
     args = parse_args(["--speedrun"])
@@ -74,7 +74,7 @@ def test_the_speedrun_preset_is_a_modern_recipe_that_stops_at_its_target() -> No
 
 def test_the_long_preset_is_the_speedrun_recipe_on_a_larger_model_with_dropout() -> None:
     from lmcore.train import parse_args
-    from lmcore.training.config import PRESETS, RunConfig
+    from lmcore.config import PRESETS, RunConfig
     from lmcore.training.run import fresh_config
 
     cfg = fresh_config(parse_args(["--long"]))

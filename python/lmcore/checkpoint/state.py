@@ -31,7 +31,7 @@ from lmcore.checkpoint.file import (
     split_groups,
 )
 from lmcore.tokenizer import Tokenizer, tokenizer_from_dict
-from lmcore.training.config import LATER_FIELDS, RunConfig
+from lmcore.config import LATER_FIELDS, RunConfig
 
 CHECKPOINT_NAME = "ckpt.safetensors"
 WEIGHTS_NAME = "model.safetensors"

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from lmcore.errors import Error
-from lmcore.training.config import RunConfig
+from lmcore.config import RunConfig
 
 # lmcore's LayerNorm and RMSNorm epsilon (rust/core/src/ops/layernorm.rs).
 NORM_EPS = 1e-5

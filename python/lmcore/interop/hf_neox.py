@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from lmcore.training.config import RunConfig
+from lmcore.config import RunConfig
 
 ROPE_BASE = 10_000.0  # rust/core/src/ops/rope.rs
 _NAMES = {

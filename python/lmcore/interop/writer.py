@@ -20,7 +20,7 @@ from lmcore.checkpoint.state import model_from_checkpoint
 from lmcore.interop.hf_format import ExportError, generation_config, hf_model
 from lmcore.interop.hf_tokenizer import eos_token_id, hf_tokenizer, tokenizer_config
 from lmcore.tokenizer import Tokenizer
-from lmcore.training.config import RunConfig
+from lmcore.config import RunConfig
 
 FORMATS = ("hf", "gguf")
 

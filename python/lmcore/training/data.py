@@ -24,7 +24,7 @@ from lmcore.data.tokens import TokenizedCorpus, tokenize
 from lmcore.inference.sampling import generate
 from lmcore.tokenizer import Tokenizer
 from lmcore.training import evaluation
-from lmcore.training.config import RunConfig
+from lmcore.config import RunConfig
 from lmcore.training.signals import Stop
 
 Source = Corpus | ChatData  # what the data was read from (its name, sha256, source and n_chars)

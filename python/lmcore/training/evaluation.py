@@ -14,7 +14,7 @@ import numpy as np
 import lmcore
 from lmcore.data.batches import BatchSampler
 from lmcore.errors import TrainingError
-from lmcore.training.config import RunConfig
+from lmcore.config import RunConfig
 from lmcore.training.signals import Interrupted, Stop
 
 if TYPE_CHECKING:  # (the run holds its data, whose losses are these functions)

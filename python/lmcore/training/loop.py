@@ -11,7 +11,7 @@ import lmcore
 from lmcore.checkpoint.state import WEIGHTS_NAME
 from lmcore.errors import TrainingError
 from lmcore.progress import Progress
-from lmcore.training.config import lr_at
+from lmcore.config import lr_at
 from lmcore.training.evaluation import training_loss, validation
 from lmcore.training.metrics import MetricsLog, plot_losses, rss_mb, trim_metrics
 from lmcore.training.run import Run

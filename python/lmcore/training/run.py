@@ -28,7 +28,7 @@ from lmcore.errors import UsageError
 from lmcore.interop.hf_import import is_hf_dir, load_hf
 from lmcore.tokenizer import Tokenizer
 from lmcore.tokenizer.bpe import check_bpe_vocab_size
-from lmcore.training.config import BLOCK_OPTIONS, PRESETS, SPEEDRUN_TARGET, RunConfig
+from lmcore.config import BLOCK_OPTIONS, PRESETS, SPEEDRUN_TARGET, RunConfig
 from lmcore.training.data import Source, TrainingData, load_source, tokenizer_text, training_data
 from lmcore.training.distributed import Group
 from lmcore.training.vocab_extend import extend_vocab
