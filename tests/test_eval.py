@@ -21,16 +21,26 @@ import lmcore
 import lmcore.training.evaluation
 import lmcore.training.loop
 from cli_helpers import (
-    ENV, QUIET, RECIPE, assert_same_checkpoint, assert_same_weights, iter_num, metrics, requires_corpus,
-    resume, run_main, train,
+    ENV,
+    QUIET,
+    RECIPE,
+    assert_same_checkpoint,
+    assert_same_weights,
+    iter_num,
+    metrics,
+    requires_corpus,
+    resume,
+    run_main,
+    train,
 )
 from lmcore.checkpoint.state import load_run
+from lmcore.config import RunConfig
 from lmcore.data.datasets import resolve_corpus
 from lmcore.data.tokens import tokenize
 from lmcore.tokenizer import tokenizer_from_dict
-from lmcore.config import RunConfig, lr_at
 from lmcore.training.evaluation import full_loss
 from lmcore.training.metrics import read_metrics
+from lmcore.training.schedule import lr_at
 from lmcore.training.signals import Interrupted, Stop
 
 VOCAB, BLOCK = 11, 8

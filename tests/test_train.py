@@ -32,8 +32,9 @@ from cli_helpers import (
 )
 from lmcore.checkpoint.file import load_checkpoint
 from lmcore.checkpoint.state import load_run, new_model
-from lmcore.config import RunConfig, lr_at
+from lmcore.config import RunConfig
 from lmcore.training.metrics import read_metrics
+from lmcore.training.schedule import lr_at
 
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 

@@ -25,9 +25,9 @@ from dataclasses import fields
 
 import lmcore
 from lmcore.cli import REPORTED_ERRORS, add_threads_flag, plural, use_threads
+from lmcore.config import BLOCK_OPTIONS, FIELD_HELP, PRESETS, RECIPE, RunConfig, field_kind
 from lmcore.errors import UsageError
 from lmcore.tokenizer import TOKENIZER_KINDS
-from lmcore.config import BLOCK_OPTIONS, FIELD_HELP, PRESETS, RECIPE, RunConfig, field_kind
 from lmcore.training.distributed import Group, RankError, connect
 from lmcore.training.loop import train
 from lmcore.training.run import DEFAULT_BPE_VOCAB, Run, fresh_config, prepare

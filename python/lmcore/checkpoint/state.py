@@ -30,8 +30,8 @@ from lmcore.checkpoint.file import (
     short_repr,
     split_groups,
 )
-from lmcore.tokenizer import Tokenizer, tokenizer_from_dict
 from lmcore.config import LATER_FIELDS, RunConfig
+from lmcore.tokenizer import Tokenizer, tokenizer_from_dict
 
 CHECKPOINT_NAME = "ckpt.safetensors"
 WEIGHTS_NAME = "model.safetensors"

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from lmcore.config import RunConfig
 from lmcore.interop.hf_format import NORM_EPS, ExportError, check_exportable
 from lmcore.interop.hf_neox import ROPE_BASE
 from lmcore.interop.hf_tokenizer import eos_token_id
 from lmcore.tokenizer import Tokenizer
 from lmcore.tokenizer.bpe import BpeTokenizer, byte_symbols
-from lmcore.config import RunConfig
 
 # lmcore's parameter names -> llama.cpp's (blk.N. for transformer.h.N.).
 _GLOBAL = {

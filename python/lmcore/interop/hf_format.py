@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from lmcore.errors import Error
 from lmcore.config import RunConfig
+from lmcore.errors import Error
 
 # lmcore's LayerNorm and RMSNorm epsilon (rust/core/src/ops/layernorm.rs).
 NORM_EPS = 1e-5

@@ -19,10 +19,10 @@ import numpy as np
 
 from lmcore.checkpoint.file import CheckpointError
 from lmcore.checkpoint.state import param_shapes
+from lmcore.config import RunConfig
 from lmcore.interop.hf_format import NORM_EPS, lmcore_params
 from lmcore.interop.hf_tokenizer import tokenizer_from_hf
 from lmcore.tokenizer import Tokenizer
-from lmcore.config import RunConfig
 
 # Two names of the tanh approximation of GELU that lmcore's MLP computes.
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")

@@ -17,10 +17,10 @@ import numpy as np
 
 from lmcore.atomic import atomic_write_bytes
 from lmcore.checkpoint.state import model_from_checkpoint
+from lmcore.config import RunConfig
 from lmcore.interop.hf_format import ExportError, generation_config, hf_model
 from lmcore.interop.hf_tokenizer import eos_token_id, hf_tokenizer, tokenizer_config
 from lmcore.tokenizer import Tokenizer
-from lmcore.config import RunConfig
 
 FORMATS = ("hf", "gguf")
 

@@ -15,6 +15,7 @@ import numpy as np
 
 import lmcore
 from lmcore.cli import printed_warnings
+from lmcore.config import RunConfig
 from lmcore.conversation.finetuning import ChatData, ChatWindows, chat_windows, load_chats
 from lmcore.conversation.template import END, apply_chat_template
 from lmcore.data.batches import BatchSampler, WindowSampler
@@ -24,7 +25,6 @@ from lmcore.data.tokens import TokenizedCorpus, tokenize
 from lmcore.inference.sampling import generate
 from lmcore.tokenizer import Tokenizer
 from lmcore.training import evaluation
-from lmcore.config import RunConfig
 from lmcore.training.signals import Stop
 
 Source = Corpus | ChatData  # what the data was read from (its name, sha256, source and n_chars)

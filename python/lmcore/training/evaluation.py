@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 import lmcore
+from lmcore.config import RunConfig
 from lmcore.data.batches import BatchSampler
 from lmcore.errors import TrainingError
-from lmcore.config import RunConfig
 from lmcore.training.signals import Interrupted, Stop
 
 if TYPE_CHECKING:  # (the run holds its data, whose losses are these functions)

@@ -11,11 +11,11 @@ import lmcore
 from lmcore.checkpoint.state import WEIGHTS_NAME
 from lmcore.errors import TrainingError
 from lmcore.progress import Progress
-from lmcore.config import lr_at
 from lmcore.training.evaluation import training_loss, validation
 from lmcore.training.metrics import MetricsLog, plot_losses, rss_mb, trim_metrics
 from lmcore.training.run import Run
 from lmcore.training.saving import Saver
+from lmcore.training.schedule import lr_at
 from lmcore.training.signals import Interrupted, Stop, stop_signals
 
 

@@ -19,6 +19,7 @@ import lmcore
 from lmcore.checkpoint.file import CheckpointError
 from lmcore.checkpoint.state import CHECKPOINT_NAME, load_run, model_from_checkpoint, new_model, param_shapes
 from lmcore.cli import printed_warnings
+from lmcore.config import BLOCK_OPTIONS, PRESETS, SPEEDRUN_TARGET, RunConfig
 from lmcore.conversation.template import add_chat_tokens
 from lmcore.data.batches import BatchSampler
 from lmcore.data.corpus import DataError
@@ -28,7 +29,6 @@ from lmcore.errors import UsageError
 from lmcore.interop.hf_import import is_hf_dir, load_hf
 from lmcore.tokenizer import Tokenizer
 from lmcore.tokenizer.bpe import check_bpe_vocab_size
-from lmcore.config import BLOCK_OPTIONS, PRESETS, SPEEDRUN_TARGET, RunConfig
 from lmcore.training.data import Source, TrainingData, load_source, tokenizer_text, training_data
 from lmcore.training.distributed import Group
 from lmcore.training.vocab_extend import extend_vocab
