@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import typing
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -120,7 +121,7 @@ class RunConfig:
         """Raise ValueError naming the first setting that makes no sense: the engine checks the
         model's and the optimizer's (its messages are turned into flag names here), this the rest."""
         for f in fields(self):  # (a checkpoint's configuration is JSON: any type may turn up)
-            value, kind, optional = getattr(self, f.name), field_kind(f.name), "None" in str(f.type)
+            value, kind, optional = getattr(self, f.name), field_kind(f.name), is_optional(f.name)
             if kind in (bool, str):
                 fits = type(value) is kind
             else:
@@ -155,6 +156,7 @@ class RunConfig:
             raise ValueError(f"--final-lr-ratio must be in [0, 1], got {self.final_lr_ratio}")
 
 
+_HINTS = typing.get_type_hints(RunConfig)  # each field's type (the annotations are strings)
 SCHEDULES = ("cosine", "wsd")
 # Fields a checkpoint of an earlier lmcore lacks; their defaults are what that lmcore did.
 LATER_FIELDS = frozenset({"schedule", "decay_frac", "final_lr_ratio", "eval_full", "optimizer", "muon_lr", "muon_momentum",
@@ -163,8 +165,12 @@ LATER_FIELDS = frozenset({"schedule", "decay_frac", "final_lr_ratio", "eval_full
 
 def field_kind(name: str) -> type:
     """The Python type of a field's value (int also for the optional ``lr_decay_iters``)."""
-    annotation = str(next(f.type for f in fields(RunConfig) if f.name == name))
-    return next(kind for kind in (bool, str, float, int) if annotation.startswith(kind.__name__))
+    return next(kind for kind in typing.get_args(_HINTS[name]) or (_HINTS[name],) if kind is not type(None))
+
+
+def is_optional(name: str) -> bool:
+    """Whether a field may be None (``lr_decay_iters``: the run's ``max_iters``)."""
+    return type(None) in typing.get_args(_HINTS[name])
 
 
 def as_flags(message: str) -> str:
