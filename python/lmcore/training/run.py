@@ -178,12 +178,87 @@ def init_weights(path: Path, cfg: RunConfig) -> tuple[dict[str, Any], Tokenizer,
     return {name: base.get_param(name) for name in base.param_names()}, tokenizer, base_cfg
 
 
+@dataclass
+class Start:
+    """Where a run starts: its recipe, data, tokenizer and model, and (resumed) its state so far."""
+
+    cfg: RunConfig
+    source: Source
+    where: dict[str, Any]
+    tokenizer: Tokenizer
+    model: lmcore.Model
+    meta: dict[str, Any] = field(default_factory=dict)  # a resumed run's checkpoint metadata
+
+
+def resumed(args: argparse.Namespace, ckpt_path: Path) -> Start:
+    """The run in --out-dir, from its checkpoint: the same recipe (only --max-iters may change), data
+    and tokenizer."""
+    if not ckpt_path.is_file():
+        raise UsageError(f"--resume: no checkpoint at {ckpt_path}")
+    _, meta = load_run(ckpt_path)
+    cfg = RunConfig.from_dict(meta["config"])
+    for key, value in explicit_settings(args).items():
+        if key not in RESUMABLE_CHANGES and value != getattr(cfg, key):
+            raise UsageError(f"--{key.replace('_', '-')} cannot change on --resume (the checkpoint has {getattr(cfg, key)})")
+    cfg.max_iters = args.max_iters if args.max_iters is not None else cfg.max_iters
+    cfg.validate()
+    if cfg.max_iters < meta["iter_num"]:
+        raise UsageError(f"--max-iters {cfg.max_iters} is below the checkpoint's step {meta['iter_num']}")
+    source, where = load_corpus(args, meta["dataset"], cfg.sft)
+    model, tokenizer, _, _ = model_from_checkpoint(ckpt_path)
+    check_same_tokenizer(args, tokenizer, f"the checkpoint {ckpt_path}")
+    return Start(cfg, source, where, tokenizer, model, meta)
+
+
+def fine_tuned(args: argparse.Namespace, cfg: RunConfig) -> tuple[Tokenizer, lmcore.Model]:
+    """--init-from's tokenizer (with the chat markers for --sft) and a new model holding its weights;
+    the shape and the block options that change the parameters must be the checkpoint's."""
+    base_params, tokenizer, base_cfg = init_weights(Path(args.init_from), cfg)
+    base_vocab = tokenizer.vocab_size  # (the rows of its embedding, before any chat markers)
+    check_same_tokenizer(args, tokenizer, f"--init-from: the checkpoint {args.init_from}")
+    shape = ("d_model", "n_head", "n_layer", "block_size")
+    if any(getattr(base_cfg, k) != getattr(cfg, k) for k in shape):
+        raise UsageError(f"--init-from: the checkpoint's model is {[getattr(base_cfg, k) for k in shape]} "
+                         f"({', '.join(shape)}), this run asks for {[getattr(cfg, k) for k in shape]}")
+    for k in BLOCK_OPTIONS:  # those that change the parameters (the engine's layout says which)
+        as_base = replace(cfg, **{k: getattr(base_cfg, k)})
+        if getattr(base_cfg, k) != getattr(cfg, k) and param_shapes(as_base, 1) != param_shapes(cfg, 1):
+            flag = "--" + k.replace("_", "-")
+            raise UsageError(f"--init-from: the checkpoint's model has {flag} {'on' if getattr(base_cfg, k) else 'off'}, "
+                             f"this run asks for it {'on' if getattr(cfg, k) else 'off'} (it changes the parameters)")
+    if cfg.sft:  # the chat markers; a checkpoint without them grows rows for them
+        tokenizer = add_chat_tokens(tokenizer)
+    model = new_model(cfg, tokenizer.vocab_size)
+    params = extend_vocab(base_params, base_vocab, tokenizer.vocab_size)
+    for name in model.param_names():
+        model.set_param(name, params[name])
+    return tokenizer, model
+
+
+def fresh(args: argparse.Namespace, out_dir: Path, ckpt_path: Path) -> Start:
+    """A new run: the preset and the flags, a new tokenizer and model or --init-from's."""
+    if ckpt_path.exists():
+        raise UsageError(f"{out_dir} already holds a checkpoint; pass --resume to continue it, or choose another --out-dir")
+    cfg = fresh_config(args)
+    cfg.validate()
+    source, where = load_corpus(args, None, cfg.sft)
+    if args.init_from:
+        tokenizer, model = fine_tuned(args, cfg)
+        return Start(cfg, source, where, tokenizer, model)
+    kind = args.tokenizer or "char"
+    vocab_size = (args.vocab_size or DEFAULT_BPE_VOCAB) if kind == "bpe" else None
+    with printed_warnings():
+        tokenizer = build_tokenizer(tokenizer_text(source), kind, vocab_size)
+    if cfg.sft:
+        tokenizer = add_chat_tokens(tokenizer)
+    return Start(cfg, source, where, tokenizer, new_model(cfg, tokenizer.vocab_size))
+
+
 def prepare(args: argparse.Namespace) -> Run:
     """Build everything the loop needs: a fresh run, one resumed from --out-dir's checkpoint, or a
     new one fine-tuned from --init-from. Nothing is written to --out-dir here."""
     out_dir = Path(args.out_dir or Path("out") / args.preset)
     ckpt_path = out_dir / CHECKPOINT_NAME
-    iter_num, sampler_state, best_val, pending, elapsed = 0, None, None, None, 0.0
     target = getattr(args, "target_loss", None)
     if target is None and args.preset == "speedrun":
         target = SPEEDRUN_TARGET
@@ -192,68 +267,20 @@ def prepare(args: argparse.Namespace) -> Run:
     if args.resume and args.init_from:
         raise UsageError("--resume continues the run in --out-dir, --init-from starts a new one: pass one of them")
     check_tokenizer_flags(args)
-    if args.resume:
-        if not ckpt_path.is_file():
-            raise UsageError(f"--resume: no checkpoint at {ckpt_path}")
-        _, meta = load_run(ckpt_path)
-        cfg = RunConfig.from_dict(meta["config"])
-        for key, value in explicit_settings(args).items():
-            if key not in RESUMABLE_CHANGES and value != getattr(cfg, key):
-                raise UsageError(f"--{key.replace('_', '-')} cannot change on --resume (the checkpoint has {getattr(cfg, key)})")
-        cfg.max_iters = args.max_iters if args.max_iters is not None else cfg.max_iters
-        cfg.validate()
-        if cfg.max_iters < meta["iter_num"]:
-            raise UsageError(f"--max-iters {cfg.max_iters} is below the checkpoint's step {meta['iter_num']}")
-        corpus, where = load_corpus(args, meta["dataset"], cfg.sft)
-        model, tokenizer, _, _ = model_from_checkpoint(ckpt_path)
-        check_same_tokenizer(args, tokenizer, f"the checkpoint {ckpt_path}")
-        iter_num, sampler_state, best_val = int(meta["iter_num"]), meta["sampler"], meta.get("best_val_loss")
-        pending, elapsed = meta.get("pending_record"), float(meta.get("elapsed_s", 0.0))
-    else:
-        if ckpt_path.exists():
-            raise UsageError(f"{out_dir} already holds a checkpoint; pass --resume to continue it, or choose another --out-dir")
-        cfg = fresh_config(args)
-        cfg.validate()
-        corpus, where = load_corpus(args, None, cfg.sft)
-        if args.init_from:
-            base_params, tokenizer, base_cfg = init_weights(Path(args.init_from), cfg)
-            base_vocab = tokenizer.vocab_size  # (the rows of its embedding, before any chat markers)
-            check_same_tokenizer(args, tokenizer, f"--init-from: the checkpoint {args.init_from}")
-            shape = ("d_model", "n_head", "n_layer", "block_size")
-            if any(getattr(base_cfg, k) != getattr(cfg, k) for k in shape):
-                raise UsageError(f"--init-from: the checkpoint's model is {[getattr(base_cfg, k) for k in shape]} "
-                                 f"({', '.join(shape)}), this run asks for {[getattr(cfg, k) for k in shape]}")
-            for k in BLOCK_OPTIONS:  # those that change the parameters (the engine's layout says which)
-                as_base = replace(cfg, **{k: getattr(base_cfg, k)})
-                if getattr(base_cfg, k) != getattr(cfg, k) and param_shapes(as_base, 1) != param_shapes(cfg, 1):
-                    flag = "--" + k.replace("_", "-")
-                    raise UsageError(f"--init-from: the checkpoint's model has {flag} {'on' if getattr(base_cfg, k) else 'off'}, "
-                                     f"this run asks for it {'on' if getattr(cfg, k) else 'off'} (it changes the parameters)")
-            if cfg.sft:  # the chat markers; a checkpoint without them grows rows for them
-                tokenizer = add_chat_tokens(tokenizer)
-            model = new_model(cfg, tokenizer.vocab_size)
-            params = extend_vocab(base_params, base_vocab, tokenizer.vocab_size)
-            for name in model.param_names():
-                model.set_param(name, params[name])
-        else:
-            kind = args.tokenizer or "char"
-            vocab_size = (args.vocab_size or DEFAULT_BPE_VOCAB) if kind == "bpe" else None
-            with printed_warnings():
-                tokenizer = build_tokenizer(tokenizer_text(corpus), kind, vocab_size)
-            if cfg.sft:
-                tokenizer = add_chat_tokens(tokenizer)
-            model = new_model(cfg, tokenizer.vocab_size)
-    data = training_data(corpus, tokenizer, cfg.block_size, getattr(args, "strict", False))
+    start = resumed(args, ckpt_path) if args.resume else fresh(args, out_dir, ckpt_path)
+    cfg, model, meta = start.cfg, start.model, start.meta
+    data = training_data(start.source, start.tokenizer, cfg.block_size, getattr(args, "strict", False))
     try:  # a batch too large for this machine is refused here, before anything is written
         model.reserve(cfg.batch_size, cfg.block_size)
     except (lmcore.LmcoreError, OverflowError) as e:
         raise UsageError(f"--batch-size {cfg.batch_size} with --block-size {cfg.block_size}: {e}") from None
     sampler = data.sampler(cfg)
-    if sampler_state is not None:
+    if meta:
         try:
-            sampler.load_state_dict(sampler_state)
+            sampler.load_state_dict(meta["sampler"])
         except (DataError, KeyError, TypeError, ValueError, OverflowError) as e:
             raise CheckpointError(f"checkpoint {ckpt_path} has an invalid batch sampler state: {e}") from None
-    return Run(cfg=cfg, out_dir=out_dir, ckpt_path=ckpt_path, source=corpus, source_where=where,
-               tokenizer=tokenizer, data=data, model=model, sampler=sampler, iter_num=iter_num,
-               best_val=best_val, pending_record=pending, elapsed_before=elapsed, target_loss=target)
+    return Run(cfg=cfg, out_dir=out_dir, ckpt_path=ckpt_path, source=start.source, source_where=start.where,
+               tokenizer=start.tokenizer, data=data, model=model, sampler=sampler, iter_num=int(meta.get("iter_num", 0)),
+               best_val=meta.get("best_val_loss"), pending_record=meta.get("pending_record"),
+               elapsed_before=float(meta.get("elapsed_s", 0.0)), target_loss=target)
