@@ -16,6 +16,7 @@ import pytest
 import safetensors.numpy
 
 import lmcore.train
+import lmcore.training.data
 import lmcore.training.loop
 import lmcore.training.run
 import lmcore.training.saving
@@ -197,7 +198,7 @@ def test_ctrl_c_outside_the_training_loop(tmp_path: Path, monkeypatch: pytest.Mo
     def interrupted(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lmcore.training.run, "resolve_corpus", interrupted)  # Ctrl-C while the corpus loads
+    monkeypatch.setattr(lmcore.training.data, "resolve_corpus", interrupted)  # Ctrl-C while the corpus loads
     capsys.readouterr()
     try:
         code = lmcore.train.main([*RECIPE, *QUIET, "--out-dir", str(tmp_path / "run")])
