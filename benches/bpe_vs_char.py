@@ -30,8 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lmcore.data.corpus import split_index
 from lmcore.config import PRESETS
-from lmcore.corpus import split_index
 
 SMALL = PRESETS["small"]
 TOKENS_PER_STEP = SMALL["batch_size"] * SMALL["block_size"]

@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
 import lmcore  # noqa: E402
 from lmcore.blas import cpu_name  # noqa: E402
-from lmcore.chat_session import ChatSession  # noqa: E402
-from lmcore.chat_template import add_chat_tokens  # noqa: E402
-from lmcore.run_state import find_checkpoint, model_from_checkpoint  # noqa: E402
-from lmcore.tokenizer import CharTokenizer  # noqa: E402
+from lmcore.checkpoint.state import find_checkpoint, model_from_checkpoint  # noqa: E402
+from lmcore.conversation.template import add_chat_tokens  # noqa: E402
+from lmcore.inference.chat_session import ChatSession  # noqa: E402
+from lmcore.tokenizer.char import CharTokenizer  # noqa: E402
 
 MESSAGE = "Good morrow, friend; what news from the court?"  # 46 characters
 SHOWN = (1, 5, 10)

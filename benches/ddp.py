@@ -35,9 +35,9 @@ WARMUP = 3
 
 def worker(preset: str, steps: int, reduces: int, threads: int) -> None:
     import lmcore  # noqa: PLC0415
+    from lmcore.checkpoint.state import new_model  # noqa: PLC0415
     from lmcore.config import PRESETS, RunConfig  # noqa: PLC0415
-    from lmcore.distributed import connect  # noqa: PLC0415
-    from lmcore.run_state import new_model  # noqa: PLC0415
+    from lmcore.training.distributed import connect  # noqa: PLC0415
 
     lmcore.set_num_threads(threads)
     cfg = RunConfig.from_dict({**PRESETS[preset], "lr_decay_iters": 1})

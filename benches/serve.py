@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 
 import lmcore  # noqa: E402
-from lmcore.run_state import find_checkpoint, model_from_checkpoint  # noqa: E402
+from lmcore.checkpoint.state import find_checkpoint, model_from_checkpoint  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benches"))
 from lmcore.blas import cpu_name  # noqa: E402

@@ -38,14 +38,14 @@ from pathlib import Path
 from typing import Any
 
 from lmcore.blas import cpu_name
-from lmcore.datasets import resolve_corpus
-from lmcore.metrics import read_metrics
+from lmcore.data.datasets import resolve_corpus
+from lmcore.training.metrics import read_metrics
 
 # The classic recipe: `--small` (128 wide, 2 layers, block 128, batch 16, cosine from 1e-3), its own
 # 10,000 steps; it stops earlier at the target. Evaluated every 500 steps (each is a pass over the
 # whole validation split, about a second here).
 CLASSIC = ["--small", "--eval-interval", "500"]
-# The speedrun preset (python/lmcore/config.py) and its ablations: each takes one part away (name,
+# The speedrun preset (python/lmcore/training/config.py) and its ablations: each takes one part away (name,
 # flags to remove, flags to add; see `ablations`), or, for QK-norm, which the preset leaves out, adds it. Without Muon, every weight goes to AdamW at the
 # classic recipe's learning rate and weight decay.
 SPEEDRUN: list[str] | None = ["--speedrun"]

@@ -5,7 +5,7 @@ Sizes (block 128, batch 16, the corpus's char vocab: 65 for tinyshakespeare): --
 qkv in one Linear, SDPA causal attention, GELU tanh, final LayerNorm, lm_head tied to wte, biases,
 float32, dropout 0). Both: AdamW lr 1e-3 constant, betas (0.9, 0.99), eps 1e-8, weight decay 0.1 on
 2-D weights only, grad-clip 1.0; 2 threads; lmcore's initial weights (normal 0.02, residual
-projections 0.02/sqrt(2L)), copied into torch; the same windows (lmcore.sampler.BatchSampler, seeded
+projections 0.02/sqrt(2L)), copied into torch; the same windows (lmcore.data.batches.BatchSampler, seeded
 numpy PCG64). Each framework trains in its own child process so that its peak RSS (VmHWM from
 /proc/self/status at the child's end) is its own. Warm-up steps are excluded; the timed steps give:
   tokens/s of each and lmcore/torch; losses (first step, end of warm-up, last, mean of last 10).
@@ -17,7 +17,7 @@ numpy PCG64). Each framework trains in its own child process so that its peak RS
     (4*T^2*d per layer and sequence forward, x3 with backward) halved for the causal mask
     (nanoGPT's estimate_mfu adds 12*L*T*d per token, i.e. without the halving).
   peak RSS of each; lmcore generation of 500 tokens (1-token prompt, trained model) with and without
-    the KV cache (lmcore.sampling.generate use_cache=True/False): tokens/s and their ratio.
+    the KV cache (lmcore.inference.sampling.generate use_cache=True/False): tokens/s and their ratio.
 Targets (reported, not asserted): small >= 1.5x torch tokens/s; medium >= 1.3x and its step <= 1.25x
 its GEMM floor (every GEMM of the step timed alone at its shape); lmcore peak RSS <= 1/3 of torch's; KV cache >= 20x recompute at 500 tokens.
 
@@ -47,10 +47,10 @@ import numpy as np
 
 import lmcore
 from lmcore.blas import cpu_name
-from lmcore.datasets import resolve_corpus
-from lmcore.sampler import BatchSampler, encode_corpus, train_val_split
-from lmcore.sampling import generate
-from lmcore.tokenizer import CharTokenizer
+from lmcore.data.batches import BatchSampler, encode_corpus, train_val_split
+from lmcore.data.datasets import resolve_corpus
+from lmcore.inference.sampling import generate
+from lmcore.tokenizer.char import CharTokenizer
 
 SIZES = {"small": dict(d_model=128, n_head=4, n_layer=2), "medium": dict(d_model=256, n_head=8, n_layer=4)}
 BLOCK, BATCH, THREADS, SEED, LR = 128, 16, 2, 1337, 1e-3

@@ -21,9 +21,9 @@ import pytest
 import safetensors.numpy
 
 import lmcore.train
-from lmcore.checkpoint import load_checkpoint
-from lmcore.metrics import read_metrics
-from lmcore.run_state import DIGEST_KEY, load_run
+from lmcore.checkpoint.file import load_checkpoint
+from lmcore.checkpoint.state import DIGEST_KEY, load_run
+from lmcore.training.metrics import read_metrics
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CORPUS_FILE = SHARED_DATA / "tinyshakespeare.txt"
@@ -114,6 +114,10 @@ def assert_same_checkpoint(a: Path, b: Path) -> None:
 def metrics(out_dir: Path) -> list[dict[str, Any]]:
     """The metrics log without the fields that measure the machine rather than the run."""
     return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in read_metrics(out_dir / "metrics.jsonl")]
+
+
+def losses_after(out_dir: Path, step: int) -> list[tuple[int, float, float | None]]:
+    return [(r["step"], r["train_loss"], r.get("val_loss")) for r in metrics(out_dir) if r["step"] > step]
 
 
 def iter_num(out_dir: Path) -> int:

@@ -1,5 +1,5 @@
 """Run by tests/test_mpi.py, alone or under ``mpirun -n K``: float64 training steps through the
-Python API (``lmcore.distributed``), the ranks' weights compared after every step; then one rank's
+Python API (``lmcore.training.distributed``), the ranks' weights compared after every step; then one rank's
 weight is nudged by one ulp, which the comparison must catch. Rank 0 saves the weights and losses
 to ARGV[1] (.npz)."""
 
@@ -10,7 +10,7 @@ import sys
 import numpy as np
 
 import lmcore
-from lmcore.distributed import RankError, connect
+from lmcore.training.distributed import RankError, connect
 
 out, steps = sys.argv[1], int(sys.argv[2])
 group = connect()

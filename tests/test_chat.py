@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_sft import SFT, write_chats
 
 from cli_helpers import ENV, run_main, train
 from lmcore.chat import ctrl_c_stops
 from lmcore.chat import main as chat_main
-from lmcore.chat_template import apply_chat_template
-from lmcore.chat_session import ChatSession
-from lmcore.run_state import model_from_checkpoint
-from test_sft import SFT, write_chats
+from lmcore.checkpoint.state import model_from_checkpoint
+from lmcore.conversation.template import apply_chat_template
+from lmcore.inference.chat_session import ChatSession
 
 SYSTEM = "You echo."
 

@@ -11,9 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lmcore
-from lmcore.chat_template import CHAT_SPECIALS, CHAT_TEMPLATE, END, add_chat_tokens, apply_chat_template
-from lmcore.tokenizer import BpeTokenizer, CharTokenizer, tokenizer_from_dict
-from lmcore.vocab_extend import extend_vocab
+from lmcore.conversation.template import CHAT_SPECIALS, CHAT_TEMPLATE, END, add_chat_tokens, apply_chat_template
+from lmcore.tokenizer import tokenizer_from_dict
+from lmcore.tokenizer.bpe import BpeTokenizer
+from lmcore.tokenizer.char import CharTokenizer
+from lmcore.training.vocab_extend import extend_vocab
 
 TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\n\nJULIET:\nAy me! <|user|> said I.\n" * 8
 CHAR = CharTokenizer.from_text(TEXT)
@@ -87,7 +89,7 @@ def test_template_layout_and_learn_mask(kind):
     want[starts] = False  # role markers
     assert np.array_equal(learn, want)
     assert tok.decode(ids[learn]) == "Ay me!<|end|>yonder window<|end|>"
-    prompt, plearn = tok.apply_chat_template(CONV[:2], add_generation_prompt=True)
+    prompt, plearn = apply_chat_template(tok, CONV[:2], add_generation_prompt=True)
     assert int(prompt[-1]) == tok.special_id("<|assistant|>") and not plearn.any()
 
 
@@ -150,7 +152,7 @@ def test_an_old_checkpoint_loads_and_its_extension_round_trips(tmp_path):
     """A checkpoint written by a pretraining run (no special tokens) loads as before; grown by the
     chat tokens (tokenizer and weights) and saved, it loads back with its template."""
     from cli_helpers import train
-    from lmcore.run_state import model_from_checkpoint, save_run
+    from lmcore.checkpoint.state import model_from_checkpoint, save_run
 
     out = tmp_path / "run"
     train(out, "--tiny", "--max-iters", "2", "--eval-iters", "1")

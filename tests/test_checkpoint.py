@@ -1,4 +1,4 @@
-"""Tests for lmcore.checkpoint: bit-exact round trips, corruption detection, atomicity."""
+"""Tests for lmcore.checkpoint.file: bit-exact round trips, corruption detection, atomicity."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import safetensors.numpy
 
 from cli_helpers import join_safetensors, split_safetensors
-from lmcore import atomic, checkpoint
-from lmcore.checkpoint import (
+from lmcore import atomic
+from lmcore.checkpoint.file import (
     FORMAT_VERSION,
     CheckpointError,
     flatten_groups,

@@ -31,12 +31,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lmcore
-import lmcore.datasets
+import lmcore.cli
+import lmcore.data.datasets
 import lmcore.train
 from cli_helpers import ENV, join_safetensors, split_safetensors, train
-from lmcore.checkpoint import METADATA_KEY, CheckpointError, load_checkpoint, load_weights
+from lmcore.checkpoint.file import METADATA_KEY, CheckpointError, load_checkpoint, load_weights
+from lmcore.checkpoint.state import DIGEST_KEY, load_run, model_from_checkpoint, param_shapes, state_digest
 from lmcore.config import RunConfig
-from lmcore.run_state import DIGEST_KEY, load_run, model_from_checkpoint, param_shapes, state_digest
 
 FUZZ_EXAMPLES = int(os.environ.get("LMCORE_FUZZ_EXAMPLES", "400"))
 TEXT = "".join(f"{w} the quick brown fox {i % 7} jumps; over the lazy dog!\n" for i, w in
@@ -50,7 +51,7 @@ def offline() -> Any:
         raise urllib.error.URLError("network disabled in tests")
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(lmcore.datasets, "_fetch_url", no_network)
+        mp.setattr(lmcore.data.datasets, "_fetch_url", no_network)
         mp.setenv("XDG_CACHE_HOME", ENV["XDG_CACHE_HOME"])
         yield
 
@@ -93,7 +94,7 @@ def outcome_of(path: Path) -> str:
     ``python -m lmcore.train`` reports in one line."""
     try:
         resume_state(path)
-    except lmcore.train.REPORTED_ERRORS as e:
+    except lmcore.cli.REPORTED_ERRORS as e:
         assert str(e) and "\n" not in str(e) and len(str(e)) < 600, str(e)
     outcomes = []
     for load in (load_weights, load_run, lambda p: model_from_checkpoint(p, weights_only=True), model_from_checkpoint):

@@ -10,12 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lmcore
-from lmcore.chat_template import ChatTokens, add_chat_tokens, apply_chat_template
-from lmcore.conversations import ConversationError, ConversationFile, read_conversations
-from lmcore.corpus import Corpus, DataError
-from lmcore.dialogue import dialogue_from_text, offline_plays, plays_dialogue, scene_conversations
-from lmcore.sft import pack, pack_windows
-from lmcore.tokenizer import CharTokenizer
+from lmcore.conversation.dialogue import dialogue_from_text, offline_plays, plays_dialogue, scene_conversations
+from lmcore.conversation.jsonl import ConversationError, ConversationFile, read_conversations
+from lmcore.conversation.packing import pack, pack_windows
+from lmcore.conversation.template import ChatTokens, add_chat_tokens, apply_chat_template
+from lmcore.data.corpus import Corpus, DataError
+from lmcore.tokenizer.char import CharTokenizer
 
 IGNORE = lmcore.IGNORE_ID
 GOOD = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},

@@ -1,4 +1,4 @@
-"""Tests for lmcore.corpus, lmcore.datasets and lmcore.sampler: corpus resolution (never touching the network) and batch sampling."""
+"""Tests for lmcore.data.corpus, lmcore.data.datasets and lmcore.data.batches: corpus resolution (never touching the network) and batch sampling."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmcore import corpus as corpus_module
-from lmcore import datasets
-from lmcore.corpus import Corpus, DataError, read_text_file, split_index
-from lmcore.datasets import TINYSHAKESPEARE_SHA256, resolve_corpus
-from lmcore.plays import load_offline_shakespeare, normalise_play_markdown
-from lmcore.sampler import BatchSampler, encode_corpus, train_val_split
-from lmcore.tokenizer import CharTokenizer
+from lmcore.data import corpus as corpus_module
+from lmcore.data import datasets
+from lmcore.data.batches import BatchSampler, encode_corpus, train_val_split
+from lmcore.data.corpus import Corpus, DataError, read_text_file, split_index
+from lmcore.data.datasets import TINYSHAKESPEARE_SHA256, resolve_corpus
+from lmcore.data.plays import load_offline_shakespeare, normalise_play_markdown
+from lmcore.tokenizer.char import CharTokenizer
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CORPUS_FILE = SHARED_DATA / "tinyshakespeare.txt"

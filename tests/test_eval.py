@@ -18,8 +18,8 @@ import pytest
 import safetensors.numpy
 
 import lmcore
-import lmcore.evaluation
-import lmcore.loop
+import lmcore.training.evaluation
+import lmcore.training.loop
 from cli_helpers import (
     ENV,
     QUIET,
@@ -33,14 +33,15 @@ from cli_helpers import (
     run_main,
     train,
 )
-from lmcore.cli import Interrupted, Stop
-from lmcore.config import RunConfig, lr_at
-from lmcore.datasets import resolve_corpus
-from lmcore.evaluation import full_loss
-from lmcore.metrics import read_metrics
-from lmcore.run_state import load_run
-from lmcore.token_cache import tokenize
+from lmcore.checkpoint.state import load_run
+from lmcore.config import RunConfig
+from lmcore.data.datasets import resolve_corpus
+from lmcore.data.tokens import tokenize
 from lmcore.tokenizer import tokenizer_from_dict
+from lmcore.training.evaluation import full_loss
+from lmcore.training.metrics import read_metrics
+from lmcore.training.schedule import lr_at
+from lmcore.training.signals import Interrupted, Stop
 
 VOCAB, BLOCK = 11, 8
 
@@ -159,14 +160,14 @@ def test_eval_full_run_resumed_is_the_same_run_and_keeps_its_schedule(tmp_path: 
 
 @requires_corpus
 def test_elapsed_s_counts_evaluations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = lmcore.loop.validation
+    real = lmcore.training.loop.validation
 
     def slow(run: Any, kept: str, stop: Any = None) -> dict[str, float]:
         if run.iter_num == 10:
             time.sleep(0.3)
         return real(run, kept, stop)
 
-    monkeypatch.setattr(lmcore.loop, "validation", slow)
+    monkeypatch.setattr(lmcore.training.loop, "validation", slow)
     train(tmp_path / "run", "--max-iters", "20", "--eval-interval", "10")
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in records] == [0, 5, 10, 15, 20]
@@ -222,7 +223,7 @@ def test_a_full_evaluation_cut_short_is_done_on_resume(tmp_path: Path, monkeypat
     """A stop signal during step 10's full evaluation stops it between two batches; the checkpoint of
     step 10 holds the step's record, and the resumed run evaluates and logs it, so its log equals a
     continuous run's (as test_train's case of sampled evaluations)."""
-    real, calls = lmcore.evaluation.full_loss, []
+    real, calls = lmcore.training.evaluation.full_loss, []
 
     def signalled(model: Any, data: Any, block_size: int, batch_size: int, stop: Any = None) -> float:
         calls.append(0)
@@ -240,11 +241,11 @@ def test_a_full_evaluation_cut_short_is_done_on_resume(tmp_path: Path, monkeypat
     plan = ["--eval-full", "--max-iters", "20", "--eval-interval", "10", "--lr-decay-iters", "20"]
     train(tmp_path / "whole", *plan)
     out = tmp_path / "run"
-    monkeypatch.setattr(lmcore.evaluation, "full_loss", signalled)
+    monkeypatch.setattr(lmcore.training.evaluation, "full_loss", signalled)
     assert run_main([*RECIPE, *QUIET, *plan, "--out-dir", str(out)]) == 128 + signal.SIGTERM
     assert calls == [0, 3]  # three batches of step 10's evaluation, not the split's 436
     assert iter_num(out) == 10 and [r["step"] for r in metrics(out)][-1] < 10
-    monkeypatch.setattr(lmcore.evaluation, "full_loss", real)
+    monkeypatch.setattr(lmcore.training.evaluation, "full_loss", real)
     resume(out)
     assert metrics(out) == metrics(tmp_path / "whole")
     assert_same_checkpoint(tmp_path / "whole", out)

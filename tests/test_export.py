@@ -13,21 +13,22 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from lmcore.chat_template import add_chat_tokens
-from lmcore.config import RunConfig
-from lmcore.export import main as export_main
-from lmcore.hf_format import ExportError, check_exportable
-from lmcore.hf_tokenizer import hf_tokenizer, tokenizer_config, tokenizer_from_hf
-from lmcore.run import init_weights
-from lmcore.run_state import model_from_checkpoint, new_model
-from lmcore.sampling import generate
-from lmcore.tokenizer import BpeTokenizer, CharTokenizer
-
 from cli_helpers import CORPUS_FILE, requires_corpus, run_main
+from lmcore.checkpoint.state import model_from_checkpoint, new_model
+from lmcore.conversation.template import add_chat_tokens, apply_chat_template
+from lmcore.export import main as export_main
+from lmcore.inference.sampling import generate
+from lmcore.interop.hf_format import ExportError, check_exportable
+from lmcore.interop.hf_tokenizer import hf_tokenizer, tokenizer_config, tokenizer_from_hf
+from lmcore.tokenizer.bpe import BpeTokenizer
+from lmcore.tokenizer.char import CharTokenizer
+from lmcore.config import RunConfig
+from lmcore.training.run import init_weights
 
 PEERS = os.environ.get("LMCORE_PEERS_PYTHON")
 requires_peers = pytest.mark.skipif(
@@ -89,6 +90,14 @@ def load(run: Path):
 
 def export(run: Path, to: str, dest: Path) -> None:
     assert export_main(["--out-dir", str(run), "--to", to, str(dest)]) == 0
+
+
+def exported(request: pytest.FixtureRequest, run_name: str, to: str, dest: Path) -> tuple[Any, Any, RunConfig]:
+    """The model, tokenizer and configuration of the run fixture ``run_name``, exported as ``to`` to ``dest``."""
+    run = request.getfixturevalue(run_name)
+    model, tok, cfg, _ = load(run)
+    export(run, to, dest)
+    return model, tok, cfg
 
 
 def char_tokenizer() -> CharTokenizer:
@@ -183,9 +192,7 @@ def test_export_cli_refuses_in_one_line(tmp_path_factory: pytest.TempPathFactory
 @requires_corpus
 @pytest.mark.parametrize("run_name", ["char_run", "bpe_run", "modern_run"])
 def test_export_imports_back_to_the_same_weights(run_name: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    run = request.getfixturevalue(run_name)
-    model, tok, cfg, _ = load(run)
-    export(run, "hf", tmp_path / "hf")
+    model, tok, cfg = exported(request, run_name, "hf", tmp_path / "hf")
     files = sorted(p.name for p in (tmp_path / "hf").iterdir())
     assert files == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
     params, tok2, cfg2 = init_weights(tmp_path / "hf", cfg)
@@ -245,9 +252,7 @@ def test_init_from_refuses_what_lmcore_does_not_implement(char_run: Path, tmp_pa
 @pytest.mark.parametrize("run_name", ["char_run", "bpe_run"])
 def test_gguf_holds_the_weights_and_the_vocabulary(run_name: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     gguf = pytest.importorskip("gguf")
-    run = request.getfixturevalue(run_name)
-    model, tok, cfg, _ = load(run)
-    export(run, "gguf", tmp_path / "m.gguf")
+    model, tok, cfg = exported(request, run_name, "gguf", tmp_path / "m.gguf")
     reader = gguf.GGUFReader(str(tmp_path / "m.gguf"))
     fields = reader.fields
     assert bytes(fields["general.architecture"].parts[-1]).decode() == "gpt2"
@@ -262,7 +267,7 @@ def test_gguf_holds_the_weights_and_the_vocabulary(run_name: str, request: pytes
 
 
 def test_char_merges_join_the_bytes_of_each_character() -> None:
-    from lmcore.gguf_format import char_merges, gguf_vocab
+    from lmcore.interop.gguf_format import char_merges, gguf_vocab
 
     tokens, types, merges = gguf_vocab(CharTokenizer("ab\n é☃"))
     assert tokens == ["Ċ", "Ġ", "a", "b", "Ã©", "âĺĥ"]  # GPT-2's byte symbols of \n, space, a, b, é, ☃
@@ -294,9 +299,7 @@ def lmcore_greedy(model, prompt: np.ndarray) -> list[int]:
 @requires_corpus
 @pytest.mark.parametrize("run_name", ["char_run", "bpe_run", "modern_run", "rope_run", "rope_modern_run"])
 def test_transformers_loads_the_export_and_agrees(run_name: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    run = request.getfixturevalue(run_name)
-    model, tok, cfg, _ = load(run)
-    export(run, "hf", tmp_path / "hf")
+    model, tok, cfg = exported(request, run_name, "hf", tmp_path / "hf")
     ids = np.random.default_rng(0).integers(0, tok.vocab_size, size=(2, cfg.block_size))
     prompt = tok.encode("ROMEO:\nBut soft").astype(np.int64)
     answer = peer(tmp_path, {"op": "hf", "dir": str(tmp_path / "hf"), "ids": ids.tolist(), "prompt": prompt.tolist(),
@@ -313,22 +316,20 @@ def test_transformers_loads_the_export_and_agrees(run_name: str, request: pytest
 
 @requires_peers
 def test_transformers_chat_template_gives_lmcore_ids(tmp_path: Path) -> None:
-    from lmcore.export import write_hf_tokenizer
+    from lmcore.interop.writer import write_hf_tokenizer
 
     tok = add_chat_tokens(char_tokenizer())
     write_hf_tokenizer(tmp_path / "tok", tok, 128)
     chat = [{"role": "user", "content": "But soft, what light"}, {"role": "assistant", "content": "It is the east."}]
     answer = peer(tmp_path, {"op": "hf", "dir": str(tmp_path / "tok"), "tokenizer_only": True, "chat": chat})
-    assert answer["chat_ids"] == tok.apply_chat_template(chat, add_generation_prompt=True).ids.tolist()
+    assert answer["chat_ids"] == apply_chat_template(tok, chat, add_generation_prompt=True).ids.tolist()
 
 
 @requires_peers
 @requires_corpus
 @pytest.mark.parametrize("run_name", ["char_run", "bpe_run", "rope_run"])
 def test_llama_cpp_greedy_tokens_equal_lmcore(run_name: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    run = request.getfixturevalue(run_name)
-    model, tok, cfg, _ = load(run)
-    export(run, "gguf", tmp_path / "m.gguf")
+    model, tok, cfg = exported(request, run_name, "gguf", tmp_path / "m.gguf")
     prompt = tok.encode("ROMEO:\nBut soft").astype(np.int64)
     answer = peer(tmp_path, {"op": "gguf", "file": str(tmp_path / "m.gguf"), "n_ctx": cfg.block_size,
                              "prompt": prompt.tolist(), "new_tokens": NEW_TOKENS, "texts": [TEXT]})

@@ -25,24 +25,15 @@ import numpy as np
 import pytest
 
 import lmcore
-import lmcore.run
 import lmcore.train
+import lmcore.training.run
 from cli_helpers import (
-    QUIET,
-    RECIPE,
-    assert_same_checkpoint,
-    assert_same_weights,
-    iter_num,
-    metrics,
-    requires_corpus,
-    resume,
-    run_main,
-    spawn,
-    train,
+    QUIET, RECIPE, assert_same_checkpoint, assert_same_weights, iter_num, metrics, requires_corpus, resume,
+    run_main, spawn, train,
 )
 from lmcore import atomic
-from lmcore.metrics import MetricsLog, read_metrics
-from lmcore.run_state import model_from_checkpoint
+from lmcore.checkpoint.state import model_from_checkpoint
+from lmcore.training.metrics import MetricsLog, read_metrics
 
 pytestmark = requires_corpus
 
@@ -123,14 +114,14 @@ def test_non_finite_step_stops_keeps_the_last_good_checkpoint_and_resumes(
     where: str, call: int, message: str, kept: int,
 ) -> None:
     out, before = copy_of(half, tmp_path)
-    real = lmcore.run.model_from_checkpoint
+    real = lmcore.training.run.model_from_checkpoint
 
     def faulty(*args: Any, **kwargs: Any) -> tuple:
         model, *rest = real(*args, **kwargs)
         return (FaultyModel(model, call, where), *rest)
 
     with monkeypatch.context() as mp:
-        mp.setattr(lmcore.run, "model_from_checkpoint", faulty)
+        mp.setattr(lmcore.training.run, "model_from_checkpoint", faulty)
         error = failing_resume(out, capsys)
     assert re.search(message, error), error
     assert error.endswith(f"the checkpoint of step {kept} ({out / 'ckpt.safetensors'}) is intact; "

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 
 import lmcore
-from lmcore.run_state import model_from_checkpoint
-from lmcore.sampling import generate, sample_next
-
 from cli_helpers import ENV, run_main
 from cli_helpers import requires_corpus as needs_corpus
+from lmcore.checkpoint.state import model_from_checkpoint
+from lmcore.inference.sampling import generate, sample_next
 
 
 def random_model(block_size: int = 8, vocab_size: int = 13, **options: object) -> lmcore.Model:

@@ -1,4 +1,4 @@
-"""Tests for lmcore.metrics: JSON-lines log, RSS probe, loss plot."""
+"""Tests for lmcore.training.metrics: JSON-lines log, RSS probe, loss plot."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmcore import metrics
-from lmcore.metrics import MetricsLog, plot_losses, read_metrics, rss_mb
+from lmcore.training import metrics
+from lmcore.training.metrics import MetricsLog, plot_losses, read_metrics, rss_mb
 
 
 def test_log_is_flushed_per_line_and_strict_json(tmp_path: Path) -> None:
@@ -87,10 +87,10 @@ def test_plot_subprocess_entry_point(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     _write_run(tmp_path / "metrics.jsonl")
     png = tmp_path / "loss.png"
-    cmd = [sys.executable, "-m", "lmcore.metrics", "plot", str(tmp_path / "metrics.jsonl"), str(png)]
+    cmd = [sys.executable, "-m", "lmcore.training.metrics", "plot", str(tmp_path / "metrics.jsonl"), str(png)]
     assert subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0
     assert _is_png(png)
-    assert subprocess.run([sys.executable, "-m", "lmcore.metrics"], capture_output=True).returncode == 2
+    assert subprocess.run([sys.executable, "-m", "lmcore.training.metrics"], capture_output=True).returncode == 2
 
 
 def test_plot_losses_does_not_block_and_keeps_one_in_flight(tmp_path: Path) -> None:
@@ -119,7 +119,7 @@ def test_parent_never_imports_matplotlib(tmp_path: Path) -> None:
     code = textwrap.dedent(
         f"""
         import sys
-        from lmcore.metrics import plot_losses
+        from lmcore.training.metrics import plot_losses
         assert plot_losses({str(tmp_path / "metrics.jsonl")!r}, {str(png)!r}) is True
         assert plot_losses({str(tmp_path / "metrics.jsonl")!r}, {str(png)!r}, wait=True) is True
         loaded = sorted(m for m in sys.modules if m.split(".")[0] == "matplotlib")
@@ -138,7 +138,7 @@ def test_plot_child_is_reaped_at_exit(tmp_path: Path) -> None:
     _write_run(tmp_path / "metrics.jsonl")
     png = tmp_path / "loss.png"
     # The parent exits right after starting a redraw: atexit waits for it, so the plot exists.
-    code = f"from lmcore.metrics import plot_losses; plot_losses({str(tmp_path / 'metrics.jsonl')!r}, {str(png)!r})"
+    code = f"from lmcore.training.metrics import plot_losses; plot_losses({str(tmp_path / 'metrics.jsonl')!r}, {str(png)!r})"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
     assert _is_png(png)
 

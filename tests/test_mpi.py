@@ -17,8 +17,16 @@ import pytest
 import safetensors.numpy
 
 from cli_helpers import ENV, QUIET, RECIPE, assert_same_checkpoint, assert_same_weights, requires_corpus
-from mpi_helpers import (MPI_ENV, mpi_spawn, mpi_train, mpirun_args, rank_pid, requires_mpi, train_args,
-                         worst_weight_error)
+from mpi_helpers import (
+    MPI_ENV,
+    mpi_spawn,
+    mpi_train,
+    mpirun_args,
+    rank_pid,
+    requires_mpi,
+    train_args,
+    worst_weight_error,
+)
 
 FLOAT64_SCRIPT = str(Path(__file__).with_name("mpi_float64_run.py"))
 SHORT = ["--max-iters", "50", "--eval-interval", "50"]
@@ -36,7 +44,7 @@ def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[st
 
 
 def test_single_process_training_never_imports_mpi4py() -> None:
-    code = ("import sys, lmcore, lmcore.train, lmcore.distributed as d; "
+    code = ("import sys, lmcore, lmcore.train, lmcore.training.distributed as d; "
             "g = d.connect(); assert g.size == 1 and g.is_root; assert 'mpi4py' not in sys.modules, 'imported'")
     env = {k: v for k, v in ENV.items() if k not in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE")}
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
@@ -165,7 +173,7 @@ def _logged_step(out: Path) -> int:
 
 
 def _ckpt_step(out: Path) -> int:
-    from lmcore.run_state import load_run  # noqa: PLC0415
+    from lmcore.checkpoint.state import load_run  # noqa: PLC0415
     return int(load_run(out / "ckpt.safetensors")[1]["iter_num"])
 
 

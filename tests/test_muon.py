@@ -16,21 +16,12 @@ import safetensors.numpy
 
 import lmcore
 from cli_helpers import (
-    RECIPE,
-    assert_one_line_error,
-    assert_same_checkpoint,
-    assert_same_weights,
-    iter_num,
-    metrics,
-    requires_corpus,
-    resume,
-    run_main,
-    snapshot,
-    train,
+    RECIPE, assert_one_line_error, assert_same_checkpoint, assert_same_weights, iter_num, metrics,
+    requires_corpus, resume, run_main, snapshot, train,
 )
-from lmcore.checkpoint import METADATA_KEY, load_checkpoint
+from lmcore.checkpoint.file import METADATA_KEY, load_checkpoint
+from lmcore.checkpoint.state import DIGEST_KEY, model_from_checkpoint, state_digest
 from lmcore.config import LATER_FIELDS, RunConfig
-from lmcore.run_state import DIGEST_KEY, model_from_checkpoint, state_digest
 
 # d_model 32, two layers: the model's own shapes (c_attn (96, 32) in three blocks, c_fc (128, 32)
 # tall, mlp.c_proj (32, 128) wide, c_proj (32, 32) square).

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import requires_corpus, resume, train
-from lmcore.checkpoint import load_checkpoint, save_checkpoint
-from lmcore.config import LATER_FIELDS, RunConfig, lr_at
-from lmcore.metrics import read_metrics
-from lmcore.run_state import DIGEST_KEY, model_from_checkpoint, state_digest
+from lmcore.checkpoint.file import load_checkpoint, save_checkpoint
+from lmcore.checkpoint.state import DIGEST_KEY, model_from_checkpoint, state_digest
+from lmcore.config import LATER_FIELDS, RunConfig
+from lmcore.training.metrics import read_metrics
+from lmcore.training.schedule import lr_at
 
 
 def cosine_before_wsd(it: int, cfg: RunConfig) -> float:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmcore.chat_template import add_chat_tokens
+from lmcore.conversation.template import add_chat_tokens
 from lmcore.serving.errors import ApiError
 from lmcore.serving.schemas import parse_request
 from lmcore.serving.stops import StopMatcher

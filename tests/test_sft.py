@@ -12,15 +12,24 @@ import numpy as np
 import pytest
 
 import lmcore
-from cli_helpers import (CORPUS_FILE, assert_one_line_error, assert_same_checkpoint, assert_same_weights, metrics,
-                         requires_corpus, resume, run_main, train)
-from lmcore.chat_template import CHAT_SPECIALS, add_chat_tokens, apply_chat_template
-from lmcore.evaluation import masked_loss
-from lmcore.metrics import read_metrics
-from lmcore.run_state import load_run, model_from_checkpoint
-from lmcore.sft import pack
-from lmcore.sft_data import chat_windows, load_chats
-from lmcore.tokenizer import CharTokenizer
+from cli_helpers import (
+    CORPUS_FILE,
+    assert_one_line_error,
+    assert_same_checkpoint,
+    assert_same_weights,
+    metrics,
+    requires_corpus,
+    resume,
+    run_main,
+    train,
+)
+from lmcore.checkpoint.state import load_run, model_from_checkpoint
+from lmcore.conversation.finetuning import chat_windows, load_chats
+from lmcore.conversation.packing import pack
+from lmcore.conversation.template import CHAT_SPECIALS, add_chat_tokens, apply_chat_template
+from lmcore.tokenizer.char import CharTokenizer
+from lmcore.training.evaluation import masked_loss
+from lmcore.training.metrics import read_metrics
 
 WORDS = ["king", "queen", "lord", "sword", "crown", "night", "love", "grave", "ghost", "blood", "heart", "rose"]
 SFT = ["--tiny", "--sft", "--eval-interval", "10", "--eval-iters", "2", "--ckpt-interval", "10",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import ENV, requires_corpus
-from lmcore.metrics import read_metrics
+from lmcore.training.metrics import read_metrics
 
 BENCH = Path(__file__).resolve().parents[1] / "benches" / "speedrun.py"
 
@@ -59,9 +59,9 @@ def test_quick_speedrun(tmp_path: Path) -> None:
 
 
 def test_the_speedrun_preset_is_a_modern_recipe_that_stops_at_its_target() -> None:
-    from lmcore.config import BLOCK_OPTIONS, PRESETS, SPEEDRUN_TARGET, RunConfig
-    from lmcore.run import fresh_config
     from lmcore.train import parse_args
+    from lmcore.config import BLOCK_OPTIONS, PRESETS, SPEEDRUN_TARGET, RunConfig
+    from lmcore.training.run import fresh_config
 
     args = parse_args(["--speedrun"])
     cfg = fresh_config(args)
@@ -73,9 +73,9 @@ def test_the_speedrun_preset_is_a_modern_recipe_that_stops_at_its_target() -> No
 
 
 def test_the_long_preset_is_the_speedrun_recipe_on_a_larger_model_with_dropout() -> None:
-    from lmcore.config import PRESETS, RunConfig
-    from lmcore.run import fresh_config
     from lmcore.train import parse_args
+    from lmcore.config import PRESETS, RunConfig
+    from lmcore.training.run import fresh_config
 
     cfg = fresh_config(parse_args(["--long"]))
     cfg.validate()

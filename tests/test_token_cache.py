@@ -1,4 +1,4 @@
-"""Tests for lmcore.token_cache: the text is split before it is tokenized (the same validation text for
+"""Tests for lmcore.data.tokens: the text is split before it is tokenized (the same validation text for
 every tokenizer), tokenizers and ids are cached and a second run reuses them, a damaged cache file is
 rebuilt, an unwritable cache costs nothing but time, and a big corpus is tokenized in bounded memory."""
 
@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmcore import token_cache
-from lmcore.corpus import Corpus, split_index
-from lmcore.token_cache import HEADER_BYTES, build_tokenizer, tokenize
-from lmcore.tokenizer import BpeTokenizer, CharTokenizer
+from lmcore.data.corpus import Corpus, split_index
+from lmcore.data.tokens import HEADER_BYTES, build_tokenizer, tokenize
+from lmcore.tokenizer.bpe import BpeTokenizer
+from lmcore.tokenizer.char import CharTokenizer
 
 CORPUS_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 TEXT = (CORPUS_FILE.read_text(encoding="utf-8")[:30_000] if CORPUS_FILE.is_file()
@@ -142,8 +142,8 @@ def test_a_big_corpus_is_tokenized_in_bounded_memory(tmp_path: Path, kind: str, 
     # VmHWM, not ru_maxrss: the latter keeps the peak of the forked copy of this (big) test process.
     code = textwrap.dedent(f"""
         import re
-        from lmcore.corpus import read_text_file
-        from lmcore.token_cache import build_tokenizer, tokenize
+        from lmcore.data.corpus import read_text_file
+        from lmcore.data.tokens import build_tokenizer, tokenize
         corpus = read_text_file({str(corpus)!r})
         tokens = tokenize(corpus, build_tokenizer(corpus, {kind!r}, {300 if kind == "bpe" else None}, None))
         peak_kb = re.search(r"VmHWM:\\s*(\\d+) kB", open("/proc/self/status").read())[1]

@@ -10,8 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmcore import tokenizer as tokenizer_module
-from lmcore.tokenizer import BpeTokenizer, CharTokenizer, tokenizer_from_dict
+from lmcore.tokenizer import bpe as tokenizer_module
+from lmcore.tokenizer import tokenizer_from_dict
+from lmcore.tokenizer.bpe import BpeTokenizer
+from lmcore.tokenizer.char import CharTokenizer
 
 SAMPLE = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
 TOK = CharTokenizer.from_text(SAMPLE)

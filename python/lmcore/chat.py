@@ -3,7 +3,7 @@
     python -m lmcore.chat --out-dir out/chat --system "A scene from Hamlet. You are HORATIO; HAMLET speaks to you."
 
 Each reply streams as it is sampled and ends at the model's end-of-turn token. The conversation
-stays in the key/value cache between turns (``chat_session.py``): a turn feeds only its own
+stays in the key/value cache between turns (``inference/chat_session.py``): a turn feeds only its own
 tokens; when the window is full the oldest whole exchanges are dropped (the system line stays).
 Commands: ``/reset`` (a new conversation, same system line), ``/system TEXT`` (a new system line;
 ``/system`` alone removes it), ``/quit``. Ctrl-C stops the reply being written, Ctrl-D leaves.
@@ -22,29 +22,22 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-import lmcore
-from lmcore.chat_session import ChatSession
-from lmcore.checkpoint import CheckpointError
-from lmcore.cli import use_threads
-from lmcore.corpus import cache_dir
-from lmcore.run_state import find_checkpoint, model_from_checkpoint
+from lmcore import cli
+from lmcore.checkpoint.state import find_checkpoint, model_from_checkpoint
+from lmcore.data.corpus import cache_dir
+from lmcore.inference.chat_session import ChatSession
 
 HELP = "/reset: new conversation; /system TEXT: new system line; /quit. Ctrl-C stops a reply, Ctrl-D leaves."
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lmcore.chat", description=__doc__.split("\n")[0])
-    p.add_argument("--out-dir", help="a training output directory (uses its checkpoint)")
-    p.add_argument("--checkpoint", help="a checkpoint file (instead of --out-dir)")
+    cli.add_checkpoint_flags(p)
     p.add_argument("--system", default=None, help="the system line the conversation starts with (default: none)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="longest reply, in tokens (default %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 means greedy (default %(default)s)")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the K most likely tokens only (default: all)")
-    p.add_argument("--top-p", type=float, default=None,
-                   help="sample among the most likely tokens whose probabilities sum to P, in (0, 1] (default: all)")
+    cli.add_sampling_flags(p)
     p.add_argument("--seed", type=int, default=1337, help="seed of the sampling (default %(default)s)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="engine threads (default: the cores this process may use; more are capped to them)")
+    cli.add_threads_flag(p)
     p.add_argument("--no-cache", action="store_true",
                    help="re-feed the whole conversation at every turn instead of keeping its cache (for checking)")
     return p
@@ -166,14 +159,12 @@ def converse(session: ChatSession, interactive: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        use_threads(args.threads)
+        cli.use_threads(args.threads)
         model, tokenizer, _, _ = model_from_checkpoint(find_checkpoint(args.out_dir, args.checkpoint), weights_only=True)
-        session = ChatSession(model, tokenizer, args.system, temperature=args.temperature, top_k=args.top_k,
-                              top_p=args.top_p, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                              keep_cache=not args.no_cache)
-    except (CheckpointError, ValueError, lmcore.LmcoreError, MemoryError, OverflowError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        session = ChatSession(model, tokenizer, args.system, **cli.sampling(args), seed=args.seed,
+                              max_new_tokens=args.max_new_tokens, keep_cache=not args.no_cache)
+    except cli.REPORTED_ERRORS as e:
+        return cli.report(e)
     interactive = sys.stdin.isatty()
     save_history = start_readline() if interactive else None
     if interactive:

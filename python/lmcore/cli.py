@@ -1,25 +1,27 @@
-"""What the command-line scripts share: the error a user can fix, warnings printed as one-line
-``warning: ...`` messages, the thread count, and the signals that stop a training run cleanly."""
+"""What the command lines share: the errors every command reports as one ``error: ...`` line, the
+flags that name a checkpoint, ``--threads`` and the sampling flags (one declaration for
+``generate`` and ``chat``), and warnings printed as ``warning: ...`` lines."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
-import signal
 import sys
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import lmcore
+from lmcore.errors import Error
+
+# What a command reports as a one-line ``error: ...`` (anything else is a bug, and gets a traceback).
+REPORTED_ERRORS = (Error, ValueError, lmcore.LmcoreError, OSError, MemoryError, OverflowError)
 
 
-class UsageError(Exception):
-    """A request that cannot be honoured; the message says what to do instead."""
-
-
-# Signals that stop training with a checkpoint, as Ctrl-C does: SIGTERM is how kill, systemd,
-# Kubernetes and Slurm stop a job, SIGHUP a closed terminal, SIGUSR1 Slurm's usual early warning.
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1") if hasattr(signal, name))
+def report(error: BaseException) -> int:
+    """Print ``error`` as the command's one line; the exit status of a failed command."""
+    print(f"error: {error}", file=sys.stderr)
+    return 2
 
 
 @contextlib.contextmanager
@@ -30,6 +32,11 @@ def printed_warnings() -> Iterator[None]:
         yield
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
+
+
+def add_threads_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="engine threads (default: the cores this process may use; more are capped to them)")
 
 
 def use_threads(threads: int | None) -> None:
@@ -43,32 +50,25 @@ def use_threads(threads: int | None) -> None:
         lmcore.set_num_threads(min(threads, 1 << 30))  # (more than any machine's cores: capped alike)
 
 
-class Stop:
-    """The first stop signal received (its number), or None."""
-
-    signal: int | None = None
-
-
-class Interrupted(Exception):
-    """A stop signal arrived during work that is given up rather than finished (an evaluation)."""
+def add_checkpoint_flags(p: argparse.ArgumentParser) -> None:
+    """``--out-dir`` or ``--checkpoint``: the model a command loads (``checkpoint.state.find_checkpoint``)."""
+    p.add_argument("--out-dir", help="a training output directory (uses its checkpoint)")
+    p.add_argument("--checkpoint", help="a checkpoint file (instead of --out-dir)")
 
 
-@contextlib.contextmanager
-def stop_signals() -> Iterator[Stop]:
-    """While the block runs, the stop signals only note themselves in the yielded ``Stop`` (the
-    first one counts; more, say during the checkpoint that follows, change nothing), so the loop
-    can finish its step and save. The previous handlers come back afterwards."""
-    stop = Stop()
+def add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    """How each token is drawn: the flags of every command that writes text."""
+    p.add_argument("--temperature", type=float, default=0.8,
+                   help="softmax temperature; 0 means greedy (default %(default)s)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the K most likely tokens only (default: all)")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="sample among the most likely tokens whose probabilities sum to P, in (0, 1] (default: all)")
 
-    def note(signum: int, frame: Any) -> None:
-        stop.signal = stop.signal or signum
 
-    previous = {sig: signal.signal(sig, note) for sig in STOP_SIGNALS}
-    try:
-        yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+def sampling(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampling flags as ``generate``'s and ``ChatSession``'s keywords."""
+    top_k = args.top_k if args.top_k is None or args.top_k <= 1 << 31 else 1 << 31  # (more than any vocabulary: all)
+    return {"temperature": args.temperature, "top_k": top_k, "top_p": args.top_p}
 
 
 def plural(n: int, word: str) -> str:

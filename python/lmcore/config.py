@@ -1,4 +1,5 @@
-"""Run configuration: the presets, every field a flag can override, and the learning-rate schedules.
+"""Run configuration: the presets, every field a flag can override, and the names of the learning-rate
+schedules (``training/schedule.py`` computes them).
 
 A `RunConfig` is the whole recipe of a training run. It is stored in the checkpoint, so a resumed
 run trains with exactly the recipe it started with (only ``max_iters`` may grow).
@@ -8,21 +9,25 @@ from __future__ import annotations
 
 import math
 import re
+import typing
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from lmcore._core import LmcoreError, check_settings
 
-# Model shape and batch per preset; the training recipe below is shared by all of them.
+# Where every preset's recipe departs from the engine's defaults (RunConfig's, PyTorch's AdamW: beta2
+# 0.999, weight decay 0.01, no clipping, seed 0): nanoGPT's shakespeare_char recipe.
+RECIPE: dict[str, Any] = dict(beta2=0.99, weight_decay=0.1, grad_clip=1.0, seed=1337)
+# Model shape and batch per preset, on the recipe above.
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(d_model=32, n_head=2, n_layer=1, block_size=32, batch_size=8, max_iters=1000),
-    "small": dict(d_model=128, n_head=4, n_layer=2, block_size=128, batch_size=16, max_iters=10_000),
-    "medium": dict(d_model=256, n_head=8, n_layer=4, block_size=128, batch_size=16, max_iters=10_000),
+    "tiny": dict(RECIPE, d_model=32, n_head=2, n_layer=1, block_size=32, batch_size=8, max_iters=1000),
+    "small": dict(RECIPE, d_model=128, n_head=4, n_layer=2, block_size=128, batch_size=16, max_iters=10_000),
+    "medium": dict(RECIPE, d_model=256, n_head=8, n_layer=4, block_size=128, batch_size=16, max_iters=10_000),
     # The fastest way measured here to validation loss 1.55 on tinyshakespeare (README, Speedrun): the
     # small shape with a modern block, Muon for the hidden matrices, AdamW for the rest, a short
     # warmup-stable-decay schedule, evaluations on the whole validation split; it stops at
     # SPEEDRUN_TARGET unless --target-loss says otherwise.
-    "speedrun": dict(d_model=128, n_head=4, n_layer=2, block_size=128, batch_size=24, max_iters=1200,
+    "speedrun": dict(RECIPE, d_model=128, n_head=4, n_layer=2, block_size=128, batch_size=24, max_iters=1200,
                      rope=True, rmsnorm=True, relu2=True, untied_head=True, zero_init=True,
                      logit_softcap=15.0, optimizer="muon", muon_lr=0.03, lr=0.02, weight_decay=0.0,
                      warmup_iters=50, schedule="wsd", decay_frac=0.4, final_lr_ratio=0.1, eval_full=True,
@@ -38,13 +43,15 @@ PRESETS["long"] = {**PRESETS["speedrun"], **dict(d_model=256, n_layer=4, block_s
 SPEEDRUN_TARGET = 1.55
 
 
-# The model options a run may turn on (the engine's `Model` settings of the same names). A
-# checkpoint written before they existed lacks them: missing means off, the block it trained.
+# The model options a run may turn on (the engine's `Model` settings of the same names: a test checks
+# that this is the engine's list). A checkpoint written before they existed lacks them: missing means
+# off, the block it trained.
 BLOCK_OPTIONS = ("rope", "rmsnorm", "qk_norm", "relu2", "untied_head", "zero_init", "logit_softcap")
 
 
 @dataclass
 class RunConfig:
+    # Every default is the engine's (`lmcore.Model`'s, tested); the presets' recipe is RECIPE.
     # model
     d_model: int = 128
     n_head: int = 4
@@ -71,10 +78,10 @@ class RunConfig:
     decay_frac: float = 0.2
     final_lr_ratio: float = 0.1
     beta1: float = 0.9
-    beta2: float = 0.99
+    beta2: float = 0.999
     eps: float = 1e-8
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
+    weight_decay: float = 0.01
+    grad_clip: float = 0.0
     # Muon: orthogonalised Nesterov momentum for the hidden matrices, AdamW (lr) for the rest
     optimizer: str = "adamw"
     muon_lr: float = 0.02  # the matrices' peak LR; the schedule scales it as it scales lr
@@ -84,9 +91,9 @@ class RunConfig:
     eval_iters: int = 100
     ckpt_interval: int = 500
     log_interval: int = 10
-    seed: int = 1337
+    seed: int = 0
     eval_full: bool = False  # validation loss over the whole split instead of eval_iters sampled batches
-    # chat fine-tuning: packed conversations, the loss on the assistant's replies only (sft_data.py)
+    # chat fine-tuning: packed conversations, the loss on the assistant's replies only (conversation/finetuning.py)
     sft: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,7 +121,7 @@ class RunConfig:
         """Raise ValueError naming the first setting that makes no sense: the engine checks the
         model's and the optimizer's (its messages are turned into flag names here), this the rest."""
         for f in fields(self):  # (a checkpoint's configuration is JSON: any type may turn up)
-            value, kind, optional = getattr(self, f.name), field_kind(f.name), "None" in str(f.type)
+            value, kind, optional = getattr(self, f.name), field_kind(f.name), is_optional(f.name)
             if kind in (bool, str):
                 fits = type(value) is kind
             else:
@@ -149,6 +156,7 @@ class RunConfig:
             raise ValueError(f"--final-lr-ratio must be in [0, 1], got {self.final_lr_ratio}")
 
 
+_HINTS = typing.get_type_hints(RunConfig)  # each field's type (the annotations are strings)
 SCHEDULES = ("cosine", "wsd")
 # Fields a checkpoint of an earlier lmcore lacks; their defaults are what that lmcore did.
 LATER_FIELDS = frozenset({"schedule", "decay_frac", "final_lr_ratio", "eval_full", "optimizer", "muon_lr", "muon_momentum",
@@ -157,8 +165,12 @@ LATER_FIELDS = frozenset({"schedule", "decay_frac", "final_lr_ratio", "eval_full
 
 def field_kind(name: str) -> type:
     """The Python type of a field's value (int also for the optional ``lr_decay_iters``)."""
-    annotation = str(next(f.type for f in fields(RunConfig) if f.name == name))
-    return next(kind for kind in (bool, str, float, int) if annotation.startswith(kind.__name__))
+    return next(kind for kind in typing.get_args(_HINTS[name]) or (_HINTS[name],) if kind is not type(None))
+
+
+def is_optional(name: str) -> bool:
+    """Whether a field may be None (``lr_decay_iters``: the run's ``max_iters``)."""
+    return type(None) in typing.get_args(_HINTS[name])
 
 
 def as_flags(message: str) -> str:
@@ -198,10 +210,10 @@ FIELD_HELP: dict[str, str] = {
     "decay_frac": f"wsd: fraction of --lr-decay-iters spent decaying, at its end (default {RunConfig.decay_frac})",
     "final_lr_ratio": f"wsd: final learning rate as a fraction of --lr (default {RunConfig.final_lr_ratio})",
     "beta1": f"AdamW beta1 (default {RunConfig.beta1})",
-    "beta2": f"AdamW beta2 (default {RunConfig.beta2})",
+    "beta2": f"AdamW beta2 ({_preset_default('beta2')})",
     "eps": f"AdamW epsilon (default {RunConfig.eps})",
-    "weight_decay": f"AdamW weight decay of 2-D weights (default {RunConfig.weight_decay})",
-    "grad_clip": f"clip the global gradient norm to this; 0: off (default {RunConfig.grad_clip})",
+    "weight_decay": f"AdamW weight decay of 2-D weights ({_preset_default('weight_decay')})",
+    "grad_clip": f"clip the global gradient norm to this; 0: off ({_preset_default('grad_clip')})",
     "optimizer": "adamw (default) or muon: the hidden matrices take Nesterov momentum orthogonalised by "
                  "Newton-Schulz, at --muon-lr; embeddings, gains and biases stay on AdamW at --lr",
     "muon_lr": f"Muon's peak learning rate of the hidden matrices; the schedule scales it as it scales --lr "
@@ -211,36 +223,10 @@ FIELD_HELP: dict[str, str] = {
     "eval_iters": f"batches per evaluation (default {RunConfig.eval_iters})",
     "ckpt_interval": f"steps between checkpoints (default {RunConfig.ckpt_interval})",
     "log_interval": f"steps between metrics lines (default {RunConfig.log_interval})",
-    "seed": f"seed of the weights, batches and dropout (default {RunConfig.seed})",
+    "seed": f"seed of the weights, batches and dropout ({_preset_default('seed')})",
     "eval_full": "evaluate on every window of the whole validation split (deterministic), "
                  "not on --eval-iters sampled batches",
     "sft": "chat fine-tuning on conversations (--dataset plays-dialogue or --data FILE.jsonl): the loss and the "
            "validation loss on the assistant's replies only; usually with --init-from CKPT",
 }
 assert set(FIELD_HELP) == {f.name for f in fields(RunConfig)}
-
-def lr_at(it: int, cfg: RunConfig) -> float:
-    """Learning rate for iteration ``it`` (0-based): warmup, then the schedule (cosine to min_lr, or
-    wsd's stable and decay phases), then flat at its final value from ``lr_decay_iters`` on."""
-    decay_iters = cfg.lr_decay_iters if cfg.lr_decay_iters is not None else cfg.max_iters
-    if it < cfg.warmup_iters:
-        return cfg.lr * (it + 1) / (cfg.warmup_iters + 1)
-    if cfg.schedule == "wsd":
-        return _wsd(it, decay_iters, cfg)
-    if it >= decay_iters:
-        return cfg.min_lr
-    ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
-
-
-def _wsd(it: int, decay_iters: int, cfg: RunConfig) -> float:
-    """Warmup-stable-decay after the warmup: flat at lr, then linear from lr (at the decay's start,
-    the last ``decay_frac`` of ``decay_iters``, but not before the warmup ends) down to
-    lr * final_lr_ratio at ``decay_iters``, and flat after it."""
-    final = cfg.lr * cfg.final_lr_ratio
-    if it >= decay_iters:
-        return final
-    start = max(cfg.warmup_iters, decay_iters - round(cfg.decay_frac * decay_iters))
-    if it < start:
-        return cfg.lr
-    return cfg.lr + (it - start) / (decay_iters - start) * (final - cfg.lr)

@@ -20,18 +20,15 @@ import sys
 import time
 from pathlib import Path
 
-import lmcore
-from lmcore.chat_template import CHAT_TEMPLATE, END
-from lmcore.checkpoint import CheckpointError
-from lmcore.cli import use_threads
-from lmcore.run_state import find_checkpoint, model_from_checkpoint
+from lmcore import cli
+from lmcore.checkpoint.state import find_checkpoint, model_from_checkpoint
+from lmcore.conversation.template import CHAT_TEMPLATE, END
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lmcore.serve", description=__doc__.split("\n")[0])
     p.add_argument("checkpoint_file", nargs="?", metavar="CHECKPOINT", help="a checkpoint file (or give --out-dir)")
-    p.add_argument("--out-dir", help="a training output directory (uses its checkpoint)")
-    p.add_argument("--checkpoint", help="a checkpoint file (instead of --out-dir)")
+    cli.add_checkpoint_flags(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default %(default)s; 0: any free one, printed)")
     p.add_argument("--api-key", default=os.environ.get("LMCORE_API_KEY") or None,
@@ -40,8 +37,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", type=int, default=16,
                    help="requests that may wait for a sequence; more get 503 at once (default %(default)s)")
     p.add_argument("--model-name", default=None, help="the model's id in the API (default: the checkpoint's folder name)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="engine threads (default: the cores this process may use; more are capped to them)")
+    cli.add_threads_flag(p)
     return p
 
 
@@ -81,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--parallel must be at least 1 and --queue at least 0 (got {args.parallel}, {args.queue})")
         if args.api_key is not None and not args.api_key.strip():
             raise ValueError("--api-key must not be empty")
-        use_threads(args.threads)
+        cli.use_threads(args.threads)
         path = find_checkpoint(args.out_dir, args.checkpoint or args.checkpoint_file)
         # One model per sequence: each has its own key/value cache (the weights are small beside it).
         models, tokenizer = [], None
@@ -89,9 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             model, tokenizer, _, _ = model_from_checkpoint(path, weights_only=True)
             models.append(model)
         sock = listen(args.host, args.port)
-    except (CheckpointError, ValueError, lmcore.LmcoreError, MemoryError, OverflowError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except cli.REPORTED_ERRORS as e:
+        return cli.report(e)
     assert tokenizer is not None
     chat = tokenizer.chat_template == CHAT_TEMPLATE
     window = int(models[0].config["block_size"])

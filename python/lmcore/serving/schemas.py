@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lmcore.chat_template import CHAT_TEMPLATE, apply_chat_template, message_problem
+from lmcore.conversation.template import CHAT_TEMPLATE, apply_chat_template, message_problem
 from lmcore.serving.errors import ApiError, invalid
 from lmcore.tokenizer import Tokenizer
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from lmcore import Model
-from lmcore.sampling import sample_next
+from lmcore.inference.sampling import sample_next
 from lmcore.serving.schemas import Generation
 from lmcore.serving.stops import StopMatcher
 from lmcore.tokenizer import Tokenizer

@@ -1,0 +1,72 @@
+"""The files of an exported model (``python -m lmcore.export``).
+
+``hf`` writes a directory that ``transformers`` loads with no custom code and no network:
+``config.json``, ``generation_config.json``, ``model.safetensors``, ``tokenizer.json`` and
+``tokenizer_config.json`` (``hf_format.py``, ``hf_neox.py`` for ``--rope``, ``hf_tokenizer.py``).
+``gguf`` writes one GGUF file (``gguf_format.py``; needs PyPI's ``gguf``). A model whose options the
+format cannot express is refused with an ``ExportError`` naming the option, before a file is written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmcore.atomic import atomic_write_bytes
+from lmcore.checkpoint.state import model_from_checkpoint
+from lmcore.config import RunConfig
+from lmcore.interop.hf_format import ExportError, generation_config, hf_model
+from lmcore.interop.hf_tokenizer import eos_token_id, hf_tokenizer, tokenizer_config
+from lmcore.tokenizer import Tokenizer
+
+FORMATS = ("hf", "gguf")
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def write_hf(dest: Path, cfg: RunConfig, tok: Tokenizer, params: dict[str, np.ndarray]) -> None:
+    """The transformers directory of a GPT-2 (or, with --rope, GPT-NeoX) model; anything else is
+    refused before a file is written."""
+    import safetensors.numpy
+
+    eos = eos_token_id(tok)
+    config, tensors = hf_model(cfg, params, tok.vocab_size, eos)
+    hf_tok = hf_tokenizer(tok)  # (it may refuse the vocabulary)
+    dest.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(dest / "config.json", _json_bytes(config))
+    atomic_write_bytes(dest / "generation_config.json", _json_bytes(generation_config(eos)))
+    atomic_write_bytes(dest / "model.safetensors", safetensors.numpy.save(tensors, metadata={"format": "pt"}))
+    write_hf_tokenizer(dest, tok, cfg.block_size, hf_tok)
+
+
+def write_hf_tokenizer(dest: Path, tok: Tokenizer, max_length: int, hf_tok: Any = None) -> None:
+    """``tokenizer.json`` and ``tokenizer_config.json``: what ``AutoTokenizer`` loads."""
+    dest.mkdir(parents=True, exist_ok=True)
+    hf_tok = hf_tok or hf_tokenizer(tok)
+    atomic_write_bytes(dest / "tokenizer.json", hf_tok.to_str(pretty=True).encode("utf-8"))
+    atomic_write_bytes(dest / "tokenizer_config.json", _json_bytes(tokenizer_config(tok, max_length)))
+
+
+def export(checkpoint: Path, to: str, dest: Path) -> None:
+    """Export the model of ``checkpoint`` as format ``to`` to ``dest``."""
+    model, tok, cfg, _ = model_from_checkpoint(checkpoint, weights_only=True)
+    params = {name: model.get_param(name) for name in model.param_names()}
+    if to == "hf":
+        write_hf(dest, cfg, tok, params)
+    else:
+        from lmcore.interop.gguf_format import check_gguf, write_gguf
+
+        check_gguf(cfg)
+        try:
+            import gguf  # noqa: F401 (only checked here: a clear message instead of a traceback)
+        except ImportError:
+            raise ExportError("--to gguf needs the gguf package: pip install gguf") from None
+        if dest.is_dir():
+            raise ExportError(f"--to gguf writes one file, but {dest} is a directory")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        write_gguf(dest, cfg, tok, params, name=checkpoint.parent.name or "lmcore")
