@@ -40,7 +40,7 @@ SPEEDRUN_TARGET = 1.55
 
 # The model options a run may turn on (the engine's `Model` settings of the same names). A
 # checkpoint written before they existed lacks them: missing means off, the block it trained.
-BLOCK_OPTIONS = ("rope", "rmsnorm", "qk_norm", "relu2", "untied_head", "zero_init", "logit_softcap")
+BLOCK_OPTIONS = ("rope", "rmsnorm", "qk_norm", "relu2", "swiglu", "untied_head", "zero_init", "logit_softcap")
 
 
 @dataclass
@@ -56,6 +56,7 @@ class RunConfig:
     rmsnorm: bool = False
     qk_norm: bool = False
     relu2: bool = False
+    swiglu: bool = False
     untied_head: bool = False
     zero_init: bool = False
     logit_softcap: float = 0.0
@@ -183,6 +184,7 @@ FIELD_HELP: dict[str, str] = {
     "rmsnorm": "RMSNorm (a gain, no bias) instead of every LayerNorm (default: off)",
     "qk_norm": "RMS-normalise each head's queries and keys, with learnable gains, before attention (default: off)",
     "relu2": "relu(x)^2 instead of GELU in the MLP (default: off)",
+    "swiglu": "a gated SiLU MLP (SwiGLU, Llama's) instead of GELU: silu(gate) * up, 4 x --d-model wide (default: off)",
     "untied_head": "an output projection of its own (lm_head) instead of the token embedding (default: off)",
     "zero_init": "start the residual projections and an untied head at zero (default: off)",
     "logit_softcap": f"cap the logits at F: F * tanh(logits / F); 0: off (default {RunConfig.logit_softcap})",

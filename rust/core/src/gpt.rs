@@ -1,8 +1,8 @@
 //! The GPT-2 style decoder assembled from the ops: token + position embeddings, pre-norm blocks
 //! of causal self-attention and a GELU MLP with residual connections, a final layernorm and the
 //! output projection tied to the token embedding. Options of `GptConfig` swap in modern parts
-//! (rotary embeddings, RMSNorm, QK-norm, ReLU^2, an untied head, zero-initialised projections,
-//! a logit soft-cap). Parameter names follow nanoGPT's, so weights read naturally in a
+//! (rotary embeddings, RMSNorm, QK-norm, ReLU^2 or a gated SiLU MLP, an untied head,
+//! zero-initialised projections, a logit soft-cap). Parameter names follow nanoGPT's, so weights read naturally in a
 //! safetensors file.
 
 use crate::error::{Error, Result};
@@ -31,6 +31,9 @@ pub struct GptConfig {
     pub qk_norm: bool,
     /// relu(x)^2 instead of GELU in the MLP.
     pub relu2: bool,
+    /// A gated SiLU MLP (SwiGLU, Llama's) instead of GELU: `mlp.c_fc` (8C, C) makes the gate (its
+    /// first 4C rows) and the up projection (the next 4C), and silu(gate) * up goes to `mlp.c_proj`.
+    pub swiglu: bool,
     /// A separate output projection `lm_head.weight` (V, C) instead of the token embedding.
     pub untied_head: bool,
     /// The residual projections (attn.c_proj, mlp.c_proj weights) and an untied head start at
@@ -137,9 +140,11 @@ impl GptConfig {
         }
         specs.extend([p("attn.c_proj.weight", &[c, c], proj_std).muon(1), p("attn.c_proj.bias", &[c], zero)]);
         specs.extend(self.norm_specs(&name("ln_2")));
+        // SwiGLU's fused gate and up weight: Muon orthogonalises each of the two blocks alone.
+        let (fc, fc_blocks) = if self.swiglu { (8 * c, 2) } else { (4 * c, 1) };
         specs.extend([
-            p("mlp.c_fc.weight", &[4 * c, c], std).muon(1),
-            p("mlp.c_fc.bias", &[4 * c], zero),
+            p("mlp.c_fc.weight", &[fc, c], std).muon(fc_blocks),
+            p("mlp.c_fc.bias", &[fc], zero),
             p("mlp.c_proj.weight", &[c, 4 * c], proj_std).muon(1),
             p("mlp.c_proj.bias", &[c], zero),
         ]);
@@ -183,6 +188,9 @@ impl GptConfig {
         }
         if !(self.logit_softcap.is_finite() && self.logit_softcap >= 0.0) {
             return fail(format!("logit_softcap must be a finite number >= 0 (0: off), got {}", self.logit_softcap));
+        }
+        if self.swiglu && self.relu2 {
+            return fail("swiglu and relu2 are two MLP activations: choose one".into());
         }
         if self.rope && !(self.d_model / self.n_head).is_multiple_of(2) {
             return fail(format!(
@@ -328,7 +336,13 @@ impl Gpt {
             x = g.add(x, a)?;
             let h = norm(g, x, blk.ln2)?;
             let f = g.linear(h, blk.fc.0, Some(blk.fc.1))?;
-            let f = if cfg.relu2 { g.relu_squared(f)? } else { g.gelu(f)? };
+            let f = if cfg.swiglu {
+                g.swiglu(f)?
+            } else if cfg.relu2 {
+                g.relu_squared(f)?
+            } else {
+                g.gelu(f)?
+            };
             let f = g.linear(f, blk.fc_proj.0, Some(blk.fc_proj.1))?;
             let f = g.dropout(f, p_drop)?;
             x = g.add(x, f)?;
