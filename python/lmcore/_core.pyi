@@ -71,6 +71,7 @@ class Model:
         qk_norm: bool = False,
         relu2: bool = False,
         swiglu: bool = False,
+        no_bias: bool = False,
         untied_head: bool = False,
         zero_init: bool = False,
         logit_softcap: float = 0.0,

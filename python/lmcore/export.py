@@ -1,11 +1,12 @@
 """``python -m lmcore.export``: a trained model for other tools.
 
-    python -m lmcore.export --out-dir out/small --to hf EXPORT_DIR    # transformers' GPT2LMHeadModel (GPT-NeoX with --rope)
-    python -m lmcore.export --out-dir out/small --to gguf model.gguf  # llama.cpp
+    python -m lmcore.export --out-dir out/small --to hf EXPORT_DIR    # transformers (GPT-2, GPT-NeoX, Llama or Qwen3)
+    python -m lmcore.export --out-dir out/small --to gguf model.gguf  # llama.cpp (the same four)
 
 ``--to hf`` writes a directory that ``transformers`` loads with no custom code and no network:
 ``config.json``, ``generation_config.json``, ``model.safetensors``, ``tokenizer.json`` and
-``tokenizer_config.json`` (``hf_format.py``, ``hf_neox.py`` for ``--rope``, ``hf_tokenizer.py``). ``--to gguf`` writes one GGUF
+``tokenizer_config.json`` (``hf_format.py``, ``hf_neox.py`` for ``--rope``, ``hf_llama.py`` for
+``--rope --rmsnorm --swiglu``, ``hf_tokenizer.py``). ``--to gguf`` writes one GGUF
 file (``gguf_format.py``; needs PyPI's ``gguf``). A model whose options the format cannot express
 is refused with a one-line message naming the option.
 """
@@ -47,8 +48,8 @@ def _json_bytes(obj: Any) -> bytes:
 
 
 def write_hf(dest: Path, cfg: RunConfig, tok: Tokenizer, params: dict[str, np.ndarray]) -> None:
-    """The transformers directory of a GPT-2 (or, with --rope, GPT-NeoX) model; anything else is
-    refused before a file is written."""
+    """The transformers directory of a GPT-2, GPT-NeoX, Llama or Qwen3 model (``hf_format.architecture``);
+    anything else is refused before a file is written."""
     import safetensors.numpy
 
     eos = eos_token_id(tok)

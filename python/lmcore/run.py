@@ -209,7 +209,7 @@ def prepare(args: argparse.Namespace) -> Run:
             if any(getattr(base_cfg, k) != getattr(cfg, k) for k in shape):
                 raise UsageError(f"--init-from: the checkpoint's model is {[getattr(base_cfg, k) for k in shape]} "
                                  f"({', '.join(shape)}), this run asks for {[getattr(cfg, k) for k in shape]}")
-            for k in ("rope", "rmsnorm", "qk_norm", "untied_head"):  # the options that change the parameters
+            for k in ("rope", "rmsnorm", "qk_norm", "swiglu", "no_bias", "untied_head"):  # the options that change the parameters
                 if getattr(base_cfg, k) != getattr(cfg, k):
                     flag = "--" + k.replace("_", "-")
                     raise UsageError(f"--init-from: the checkpoint's model has {flag} {'on' if getattr(base_cfg, k) else 'off'}, "

@@ -159,7 +159,7 @@ impl<F: Real> KvCache<F> {
         let keys = pos + steps; // every query sees the cache and the new positions up to itself
         for (layer, blk) in gpt.blocks.iter().enumerate() {
             norm(x, blk.ln1, p, h, stats, c);
-            linear::forward(h, p(blk.attn.0), Some(p(blk.attn.1)), qkv_raw, n, 3 * c, c);
+            linear::forward(h, p(blk.attn.0), blk.attn.1.map(p), qkv_raw, n, 3 * c, c);
             let qkv: &mut [F] = match blk.qk_norm {
                 Some((qg, kg)) => {
                     let out = &mut qk_out[..n * 3 * c];
@@ -193,10 +193,10 @@ impl<F: Real> KvCache<F> {
                     gemm(&Gemm::nn(steps, hs, keys, s, block, vh, c), out, c);
                 }
             }
-            linear::forward(att, p(blk.attn_proj.0), Some(p(blk.attn_proj.1)), proj, n, c, c);
+            linear::forward(att, p(blk.attn_proj.0), blk.attn_proj.1.map(p), proj, n, c, c);
             x.iter_mut().zip(&*proj).for_each(|(x, &d)| *x += d);
             norm(x, blk.ln2, p, h, stats, c);
-            linear::forward(h, p(blk.fc.0), Some(p(blk.fc.1)), fc, n, fc_width, c);
+            linear::forward(h, p(blk.fc.0), blk.fc.1.map(p), fc, n, fc_width, c);
             if cfg.swiglu {
                 swiglu::forward(fc, fc_act, 4 * c);
             } else if cfg.relu2 {
@@ -204,7 +204,7 @@ impl<F: Real> KvCache<F> {
             } else {
                 gelu::forward(fc, fc_act);
             }
-            linear::forward(fc_act, p(blk.fc_proj.0), Some(p(blk.fc_proj.1)), proj, n, c, 4 * c);
+            linear::forward(fc_act, p(blk.fc_proj.0), blk.fc_proj.1.map(p), proj, n, c, 4 * c);
             x.iter_mut().zip(&*proj).for_each(|(x, &d)| *x += d);
         }
         // Only each row's newest position needs logits.

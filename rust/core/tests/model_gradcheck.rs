@@ -24,6 +24,7 @@ const CLASSIC: GptConfig = GptConfig {
     qk_norm: false,
     relu2: false,
     swiglu: false,
+    no_bias: false,
     untied_head: false,
     zero_init: false,
     logit_softcap: 0.0,
@@ -44,7 +45,7 @@ fn tiny_gpt_with_every_block_option_gradients_match_finite_differences() {
 #[test]
 fn tiny_gpt_with_a_llama_block_gradients_match_finite_differences() {
     // rope, RMSNorm, QK-norm (Qwen3's), the gated SiLU MLP and an untied head.
-    let llama = GptConfig { rope: true, rmsnorm: true, qk_norm: true, swiglu: true, untied_head: true, ..CLASSIC };
+    let llama = GptConfig { rope: true, rmsnorm: true, qk_norm: true, swiglu: true, untied_head: true, no_bias: true, ..CLASSIC };
     check_gradients(llama);
 }
 

@@ -18,7 +18,8 @@ fn steady_state_with_every_block_option_allocates_nothing() {
         rmsnorm: true,
         qk_norm: true,
         relu2: true,
-        swiglu: false, // (relu2 is on: one MLP activation at a time; swiglu: model_gradcheck.rs)
+        swiglu: false,
+        no_bias: false,
         untied_head: true,
         zero_init: true,
         logit_softcap: 15.0,
