@@ -140,8 +140,8 @@ def test_transformers_and_llama_cpp_run_every_preset(trained: tuple[str, Path], 
 
 # transformers' config class, model class and config of a tiny random model of each architecture;
 # the flags an lmcore run that starts from it names.
-SHAPE = dict(vocab_size=0, hidden_size=32, num_attention_heads=2, num_hidden_layers=2, intermediate_size=128,
-             max_position_embeddings=64)
+SHAPE = dict(vocab_size=0, hidden_size=32, num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=2,
+             intermediate_size=128, max_position_embeddings=64)
 ARCHITECTURES = {
     "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", {**SHAPE, "hidden_act": "gelu_new", "layer_norm_eps": 1e-5,
                                                          "use_parallel_residual": False, "rope_parameters": {
