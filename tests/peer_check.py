@@ -54,8 +54,9 @@ def gguf(req: dict) -> dict:
     from llama_cpp import Llama
 
     # logits_all: llama-cpp-python keeps the logits (its `scores`) only then.
+    # Keys and values cached in float32 (type 0), not llama.cpp's default float16, so that logits compare.
     llm = Llama(model_path=req["file"], n_ctx=req["n_ctx"], n_batch=req["n_ctx"], n_threads=1, logits_all=True,
-                verbose=False)
+                type_k=0, type_v=0, verbose=False)
     # lmcore's token ids go in directly (no llama.cpp tokenization), greedy as lmcore's generate.
     tokens = list(req["prompt"])
     llm.eval(tokens)

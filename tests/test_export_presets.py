@@ -124,13 +124,19 @@ def test_transformers_and_llama_cpp_run_every_preset(trained: tuple[str, Path], 
     answer = peer(tmp_path, {"op": "hf", "dir": str(tmp_path / "hf"), "ids": ids.tolist(), "prompt": prompt.tolist(),
                              "new_tokens": NEW_TOKENS, "logits_out": str(tmp_path / "hf-logits.npy")})
     assert answer["class"] == hf_class
-    assert np.abs(np.load(tmp_path / "hf-logits.npy") - ours).max() < 1e-4
+    diff = np.abs(np.load(tmp_path / "hf-logits.npy") - ours).max()
+    print(f"transformers {name}: logits within {diff:.2e}")
+    assert diff < 1e-4
     assert answer["generated"] == greedy
     answer = peer(tmp_path, {"op": "gguf", "file": str(tmp_path / "m.gguf"), "n_ctx": cfg.block_size,
                              "prompt": prompt.tolist(), "new_tokens": NEW_TOKENS, "ids": ids[0].tolist(),
                              "logits_out": str(tmp_path / "gguf-logits.npy")})
     assert answer["generated"] == greedy
-    assert np.abs(np.load(tmp_path / "gguf-logits.npy") - ours[0]).max() < 1e-4
+    # ggml computes GELU from a float16 table (GGML_GELU_FP16), which moves a GPT-2 block's logits
+    # by a few 1e-4 (2.5e-4 measured); the SiLU of Llama's and Qwen3's is computed in float32.
+    diff = np.abs(np.load(tmp_path / "gguf-logits.npy") - ours[0]).max()
+    print(f"llama.cpp {name}: logits within {diff:.2e}")
+    assert diff < (1e-4 if gguf_arch != "gpt2" else 1e-3)
     if gguf_arch != "gpt2":
         import gguf  # (the project's venv has it: requirements.txt)
 
