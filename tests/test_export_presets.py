@@ -82,19 +82,22 @@ def test_llama_exports_split_and_pair_as_documented(tmp_path: Path) -> None:
     import safetensors.numpy
 
     out = tmp_path / "run"
-    assert run_main(["--tiny", "--rope", "--rmsnorm", "--swiglu", "--untied-head", "--max-iters", "2", "--eval-iters", "1",
-                     "--sample-tokens", "0", "--threads", "1", "--out-dir", str(out)]) == 0
+    assert run_main(["--tiny", "--rope", "--rmsnorm", "--swiglu", "--untied-head", "--max-iters", "2",
+                     "--eval-iters", "1", "--sample-tokens", "0", "--threads", "1", "--out-dir", str(out)]) == 0
     model, _, cfg, _ = load(out)
     export(out, "hf", tmp_path / "hf")
     export(out, "gguf", tmp_path / "m.gguf")
     c, hs = cfg.d_model, cfg.d_model // cfg.n_head
-    fused, fc = model.get_param("transformer.h.0.attn.c_attn.weight"), model.get_param("transformer.h.0.mlp.c_fc.weight")
+    fused = model.get_param("transformer.h.0.attn.c_attn.weight")
+    fc = model.get_param("transformer.h.0.mlp.c_fc.weight")
     hf = safetensors.numpy.load_file(str(tmp_path / "hf" / "model.safetensors"))
     np.testing.assert_array_equal(hf["model.layers.0.self_attn.k_proj.weight"], fused[c:2 * c])
     np.testing.assert_array_equal(hf["model.layers.0.mlp.up_proj.weight"], fc[4 * c:])
-    np.testing.assert_array_equal(hf["model.layers.0.self_attn.q_proj.bias"], model.get_param("transformer.h.0.attn.c_attn.bias")[:c])
+    bias = model.get_param("transformer.h.0.attn.c_attn.bias")
+    np.testing.assert_array_equal(hf["model.layers.0.self_attn.q_proj.bias"], bias[:c])
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
-    assert (config["model_type"], config["attention_bias"], config["mlp_bias"], config["intermediate_size"]) == ("llama", True, True, 4 * c)
+    keys = ("model_type", "attention_bias", "mlp_bias", "intermediate_size")
+    assert tuple(config[k] for k in keys) == ("llama", True, True, 4 * c)
     tensors = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(str(tmp_path / "m.gguf")).tensors}
     q = tensors["blk.0.attn_q.weight"]
     np.testing.assert_array_equal(q[0], fused[0])              # pair 0 of head 0: channels 0 and hs/2
@@ -104,6 +107,33 @@ def test_llama_exports_split_and_pair_as_documented(tmp_path: Path) -> None:
     assert set(tensors) == {f"blk.0.{n}.{k}" for n in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up",
                                                        "ffn_down") for k in ("weight", "bias")} | \
         {"blk.0.attn_norm.weight", "blk.0.ffn_norm.weight", "token_embd.weight", "output_norm.weight", "output.weight"}
+    params, _, base = init_weights(tmp_path / "hf", cfg)  # and back: the same parameters
+    assert (base.swiglu, base.no_bias) == (True, False)
+    assert all(np.array_equal(params[n], model.get_param(n)) for n in model.param_names())
+
+
+@requires_corpus
+def test_a_no_bias_gpt2_exports_with_zero_biases_and_qwen3_without(tmp_path: Path) -> None:
+    import safetensors.numpy
+
+    for name, flags, arch in [("gpt2", ["--no-bias"], "gpt2"), ("qwen3", QWEN3, "qwen3")]:
+        out = tmp_path / name
+        assert run_main(["--tiny", *flags, "--max-iters", "2", "--eval-iters", "1", "--sample-tokens", "0",
+                         "--threads", "1", "--out-dir", str(out)]) == 0
+        model, _, cfg, _ = load(out)
+        assert not any(n.endswith("c_attn.bias") for n in model.param_names())
+        export(out, "hf", tmp_path / f"{name}-hf")
+        tensors = safetensors.numpy.load_file(str(tmp_path / f"{name}-hf" / "model.safetensors"))
+        config = json.loads((tmp_path / f"{name}-hf" / "config.json").read_text())
+        assert config["model_type"] == arch
+        if arch == "gpt2":
+            bias = tensors["transformer.h.0.mlp.c_fc.bias"]
+            assert not tensors["transformer.h.0.attn.c_attn.bias"].any() and bias.shape == (4 * cfg.d_model,)
+            continue
+        assert config["attention_bias"] is False and not any(k.endswith("bias") for k in tensors)
+        assert tensors["model.layers.0.self_attn.q_norm.weight"].shape == (cfg.d_model // cfg.n_head,)
+        params, _, _ = init_weights(tmp_path / f"{name}-hf", cfg)  # and back
+        assert all(np.array_equal(params[n], model.get_param(n)) for n in model.param_names())
 
 
 # --- with the peers: transformers and llama.cpp ---

@@ -42,6 +42,10 @@ _SHAPE = {
 }
 
 
+# The options that change the parameters, as GPT-2's block has them; each architecture sets its own.
+_CLASSIC = {"rope": False, "rmsnorm": False, "swiglu": False, "qk_norm": False, "no_bias": False}
+
+
 def is_hf_dir(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
@@ -103,7 +107,8 @@ def _checked_rotary(hf: dict[str, Any], refuse: Any) -> None:
     _same(rope, "rope_type", "default", "default", refuse, "lmcore's rotary embeddings are unscaled")
     if hf.get("rope_scaling"):
         refuse(f"has rope_scaling {str(hf['rope_scaling'])[:40]!r}; lmcore's rotary embeddings are unscaled")
-    fraction = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", hf.get("rotary_pct", 0.25 if hf["model_type"] == "gpt_neox" else 1.0)))
+    default = 0.25 if hf["model_type"] == "gpt_neox" else 1.0
+    fraction = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", hf.get("rotary_pct", default)))
     _same({"partial_rotary_factor": fraction}, "partial_rotary_factor", 1.0, None, refuse,
           "lmcore rotates the whole head")
 
@@ -127,7 +132,7 @@ def _modern_options(hf: dict[str, Any], cfg: RunConfig, where: Path) -> dict[str
             refuse(f"has hidden_act {str(act)[:40]!r}; lmcore computes {want}")
         _same(hf, "layer_norm_eps", NORM_EPS, 1e-5, refuse, f"lmcore's LayerNorm uses {NORM_EPS}")
         _same(hf, "use_parallel_residual", False, True, refuse, "lmcore's blocks are sequential")
-        return {"rope": True, "zero_biases": not hf.get("attention_bias", True)}
+        return {**_CLASSIC, "rope": True, "zero_biases": not hf.get("attention_bias", True)}
     if cfg.relu2:
         refuse(f"is a {kind} model: its MLP is gated SiLU (--swiglu), not --relu2")
     _same(hf, "hidden_act", "silu", "silu", refuse, "lmcore's gated MLP is SiLU (--swiglu)")
@@ -140,8 +145,8 @@ def _modern_options(hf: dict[str, Any], cfg: RunConfig, where: Path) -> dict[str
     else:
         _same(hf, "pretraining_tp", 1, 1, refuse, "lmcore computes each projection whole")
         biases.append(bool(hf.get("mlp_bias", False)))
-    return {"rope": True, "rmsnorm": True, "swiglu": True, "qk_norm": kind == "qwen3", "no_bias": not any(biases),
-            "zero_biases": any(biases) and not all(biases)}
+    return {**_CLASSIC, "rope": True, "rmsnorm": True, "swiglu": True, "qk_norm": kind == "qwen3",
+            "no_bias": not any(biases), "zero_biases": any(biases) and not all(biases)}
 
 
 def _shape_config(hf: dict[str, Any], cfg: RunConfig, where: Path, options: dict[str, bool]) -> RunConfig:
@@ -187,7 +192,7 @@ def load_hf(where: Path, cfg: RunConfig) -> tuple[dict[str, np.ndarray], Tokeniz
     if kind not in _SHAPE:
         _refuser(where)(f"is a {str(kind)[:40]!r} model; lmcore imports the GPT-2, GPT-NeoX, Llama and Qwen3 "
                         "architectures (model_type gpt2, gpt_neox, llama, qwen3)")
-    options = {} if kind == "gpt2" else _modern_options(hf, cfg, where)
+    options = dict(_CLASSIC) if kind == "gpt2" else _modern_options(hf, cfg, where)
     if kind == "gpt2":
         _checked_options(hf, cfg, where)
     zero_biases = options.pop("zero_biases", False)

@@ -1,9 +1,9 @@
 //! The GPT-2 style decoder assembled from the ops: token + position embeddings, pre-norm blocks
 //! of causal self-attention and a GELU MLP with residual connections, a final layernorm and the
 //! output projection tied to the token embedding. Options of `GptConfig` swap in modern parts
-//! (rotary embeddings, RMSNorm, QK-norm, ReLU^2 or a gated SiLU MLP, an untied head,
-//! zero-initialised projections, a logit soft-cap). Parameter names follow nanoGPT's, so weights read naturally in a
-//! safetensors file.
+//! (rotary embeddings, RMSNorm, QK-norm, ReLU^2 or a gated SiLU MLP, no linear biases, an untied
+//! head, zero-initialised projections, a logit soft-cap). Parameter names follow nanoGPT's, so
+//! weights read naturally in a safetensors file.
 
 use crate::error::{Error, Result};
 use crate::graph::Graph;
