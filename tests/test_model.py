@@ -189,8 +189,8 @@ ALL_OPTIONS = dict(rope=True, rmsnorm=True, qk_norm=True, relu2=True, untied_hea
 def test_block_options_off_are_the_classic_model() -> None:
     """Every option off, spelled out, is the model of before: the same layout and initial weights."""
     from lmcore._core import param_layout
-    off = dict(rope=False, rmsnorm=False, qk_norm=False, relu2=False, swiglu=False, untied_head=False,
-               zero_init=False, logit_softcap=0.0)
+    off = dict(rope=False, rmsnorm=False, qk_norm=False, relu2=False, swiglu=False, no_bias=False,
+               untied_head=False, zero_init=False, logit_softcap=0.0)
     assert param_layout(**TINY) == param_layout(**TINY, **off)
     a, b = lmcore.Model(**TINY, seed=5), lmcore.Model(**TINY, seed=5, **off)
     assert all(np.array_equal(a.get_param(n), b.get_param(n)) for n in a.param_names())
@@ -216,6 +216,8 @@ def test_each_option_changes_the_layout_as_documented() -> None:
     assert dict(param_layout(**TINY, untied_head=True))["lm_head.weight"] == [11, 8]
     for option in (dict(relu2=True), dict(zero_init=True), dict(logit_softcap=3.0)):
         assert diff(**option) == (set(), set())
+    assert diff(no_bias=True) == (set(), {f"transformer.h.{i}.{p}.bias" for i in range(2)
+                                          for p in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")})
     swiglu = dict(param_layout(**TINY, swiglu=True))  # the same names; c_fc makes the gate and up
     assert set(swiglu) == set(classic) and swiglu["transformer.h.0.mlp.c_fc.weight"] == [64, 8]
     assert swiglu["transformer.h.0.mlp.c_fc.bias"] == [64] and swiglu["transformer.h.0.mlp.c_proj.weight"] == [8, 32]
