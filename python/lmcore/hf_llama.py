@@ -7,7 +7,7 @@ j + hs/2 at base 10000 (its ``rotate_half``, lmcore's layout), scores scaled by 
 gated SiLU MLP silu(gate) * up, 4 x d_model wide. lmcore's linear layers have biases:
 ``attention_bias`` and ``mlp_bias`` say so. Qwen3 adds an RMSNorm of each head's query and key
 (gains of the head size, shared by the heads, the same eps, before the rotation), as
-``--qk-norm`` does; its MLP has no biases, so a Qwen3 export needs them at zero (``--no-bias``).
+``--qk-norm`` does; its MLP has no biases, so a Qwen3 export needs a ``--no-bias`` model.
 The fused weights split: ``attn.c_attn`` rows are Q, K, V; ``mlp.c_fc`` rows are gate, then up.
 """
 
