@@ -45,8 +45,9 @@ from lmcore.training.metrics import read_metrics
 # 10,000 steps; it stops earlier at the target. Evaluated every 500 steps (each is a pass over the
 # whole validation split, about a second here).
 CLASSIC = ["--small", "--eval-interval", "500"]
-# The speedrun preset (python/lmcore/training/config.py) and its ablations: each takes one part away (name,
-# flags to remove, flags to add; see `ablations`), or, for QK-norm, which the preset leaves out, adds it. Without Muon, every weight goes to AdamW at the
+# The speedrun preset (python/lmcore/config.py) and its ablations: each takes one part away (name,
+# flags to remove, flags to add; see `ablations`), or, for QK-norm and the soft-cap, which the preset
+# leaves out, adds it. Without Muon, every weight goes to AdamW at the
 # classic recipe's learning rate and weight decay.
 SPEEDRUN: list[str] | None = ["--speedrun"]
 ABLATIONS: list[tuple[str, list[str], list[str]]] = [
@@ -54,10 +55,11 @@ ABLATIONS: list[tuple[str, list[str], list[str]]] = [
     ("- rope (learned pos.)", [], ["--no-rope"]),
     ("- rmsnorm (layernorm)", [], ["--no-rmsnorm"]),
     ("+ qk-norm", [], ["--qk-norm"]),
-    ("- relu2 (gelu)", [], ["--no-relu2"]),
+    ("- swiglu (gelu)", [], ["--no-swiglu"]),
+    ("relu2 for swiglu", [], ["--no-swiglu", "--relu2"]),
     ("- untied head", [], ["--no-untied-head"]),
     ("- zero init", [], ["--no-zero-init"]),
-    ("- soft-cap", [], ["--logit-softcap", "0"]),
+    ("+ soft-cap 15", [], ["--logit-softcap", "15"]),
     ("- wsd (cosine)", [], ["--schedule", "cosine", "--min-lr", "8e-4"]),
 ]
 

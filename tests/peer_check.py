@@ -1,7 +1,7 @@
 """Run by the interop tests (tests/test_export.py) in the peers' python (scripts/peers.sh), never by
 lmcore's: loads an exported model in transformers or llama.cpp, or makes a tiny random GPT-2 with
 transformers, and answers in JSON on stdout (logits as .npy files). One request per run, given as
-a JSON file: {"op": "hf" | "gguf" | "make_gpt2", ...}. No network: HF_HUB_OFFLINE is set."""
+a JSON file: {"op": "hf" | "gguf" | "make_model", ...}. No network: HF_HUB_OFFLINE is set."""
 
 from __future__ import annotations
 
@@ -54,8 +54,9 @@ def gguf(req: dict) -> dict:
     from llama_cpp import Llama
 
     # logits_all: llama-cpp-python keeps the logits (its `scores`) only then.
+    # Keys and values cached in float32 (type 0), not llama.cpp's default float16, so that logits compare.
     llm = Llama(model_path=req["file"], n_ctx=req["n_ctx"], n_batch=req["n_ctx"], n_threads=1, logits_all=True,
-                verbose=False)
+                type_k=0, type_v=0, verbose=False)
     # lmcore's token ids go in directly (no llama.cpp tokenization), greedy as lmcore's generate.
     tokens = list(req["prompt"])
     llm.eval(tokens)
@@ -64,16 +65,26 @@ def gguf(req: dict) -> dict:
         tokens.append(nxt)
         llm.eval([nxt])
     text = llm.detokenize(tokens[len(req["prompt"]):]).decode("utf-8", "replace")
+    if req.get("ids"):  # the logits of every position of one row of ids, from a fresh context
+        llm.reset()
+        llm.eval(list(req["ids"]))
+        np.save(req["logits_out"], np.asarray(llm.scores[:len(req["ids"])], dtype=np.float32))
     encoded = [llm.tokenize(t.encode("utf-8"), add_bos=False, special=False) for t in req.get("texts", [])]
     return {"generated": tokens, "generated_text": text, "n_vocab": llm.n_vocab(), "encoded": encoded}
 
 
-def make_gpt2(req: dict) -> dict:
+def make_model(req: dict) -> dict:
+    """A tiny random model of transformers' class ``model_class`` (config ``config_class``), saved."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    import transformers
 
     torch.manual_seed(req.get("seed", 0))
-    model = GPT2LMHeadModel(GPT2Config(**req["config"]))
+    config = getattr(transformers, req["config_class"])(**req["config"])
+    model = getattr(transformers, req["model_class"])(config)
+    with torch.no_grad():  # biases and norm gains start at 0 and 1: move them so they are tested
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
     model.eval()
     model.save_pretrained(req["dir"], safe_serialization=True)
     with torch.no_grad():
@@ -85,5 +96,5 @@ def make_gpt2(req: dict) -> dict:
 if __name__ == "__main__":
     with open(sys.argv[1], encoding="utf-8") as f:
         request = json.load(f)
-    result = {"hf": hf, "gguf": gguf, "make_gpt2": make_gpt2}[request["op"]](request)
+    result = {"hf": hf, "gguf": gguf, "make_model": make_model}[request["op"]](request)
     print(json.dumps(result))

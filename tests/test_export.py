@@ -228,7 +228,7 @@ def test_init_from_refuses_what_lmcore_does_not_implement(char_run: Path, tmp_pa
     export(char_run, "hf", tmp_path / "hf")
     base = ["--tiny", "--block-size", "128", "--max-iters", "2", "--sample-tokens", "0", "--threads", "1"]
     cases = [
-        (_edited(tmp_path / "hf", tmp_path / "llama", model_type="llama"), [], "'llama' model"),
+        (_edited(tmp_path / "hf", tmp_path / "bert", model_type="bert"), [], "'bert' model"),
         (_edited(tmp_path / "hf", tmp_path / "gelu", activation_function="gelu"), [], "activation_function 'gelu'"),
         (_edited(tmp_path / "hf", tmp_path / "eps", layer_norm_epsilon=1e-6), [], "layer_norm_epsilon"),
         (_edited(tmp_path / "hf", tmp_path / "wide", n_inner=7), [], "n_inner 7"),
@@ -347,7 +347,8 @@ def test_a_transformers_gpt2_is_imported_and_fine_tuned(tmp_path: Path) -> None:
     where = tmp_path / "gpt2"
     ids = np.random.default_rng(1).integers(0, tok.vocab_size, size=(2, 64))
     config = dict(vocab_size=tok.vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=2)
-    peer(tmp_path, {"op": "make_gpt2", "dir": str(where), "config": config, "ids": ids.tolist(),
+    peer(tmp_path, {"op": "make_model", "config_class": "GPT2Config", "model_class": "GPT2LMHeadModel",
+                    "dir": str(where), "config": config, "ids": ids.tolist(),
                     "logits_out": str(tmp_path / "logits.npy")})
     (where / "tokenizer.json").write_text(hf_tokenizer(tok).to_str(), encoding="utf-8")
     shape = ["--d-model", "32", "--n-head", "2", "--n-layer", "2", "--block-size", "64"]

@@ -86,10 +86,12 @@ def test_cache_gives_the_same_tokens_float64(prompt_len: int, temperature: float
 
 ALL_OPTIONS = dict(rope=True, rmsnorm=True, qk_norm=True, relu2=True, untied_head=True, zero_init=True,
                    logit_softcap=3.0)
-OPTION_SETS = [{k: v} for k, v in ALL_OPTIONS.items()] + [ALL_OPTIONS]
+# The gated SiLU MLP instead of ReLU^2 (one activation at a time): Llama's and Qwen3's block.
+LLAMA_OPTIONS = {**{k: v for k, v in ALL_OPTIONS.items() if k not in ("relu2", "logit_softcap")}, "swiglu": True}
+OPTION_SETS = [{k: v} for k, v in ALL_OPTIONS.items()] + [ALL_OPTIONS, {"swiglu": True}, LLAMA_OPTIONS]
 
 
-@pytest.mark.parametrize("options", OPTION_SETS, ids=lambda o: "+".join(o) if len(o) < 7 else "all")
+@pytest.mark.parametrize("options", OPTION_SETS, ids=lambda o: "all" if o is ALL_OPTIONS else "+".join(o))
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_cache_gives_the_same_tokens_with_block_options(options: dict, temperature: float) -> None:
     """Every block option, alone and all together: the cache (RoPE at absolute positions, across

@@ -194,8 +194,8 @@ ALL_OPTIONS = dict(rope=True, rmsnorm=True, qk_norm=True, relu2=True, untied_hea
 def test_block_options_off_are_the_classic_model() -> None:
     """Every option off, spelled out, is the model of before: the same layout and initial weights."""
     from lmcore._core import param_layout
-    off = dict(rope=False, rmsnorm=False, qk_norm=False, relu2=False, untied_head=False, zero_init=False,
-               logit_softcap=0.0)
+    off = dict(rope=False, rmsnorm=False, qk_norm=False, relu2=False, swiglu=False, no_bias=False,
+               untied_head=False, zero_init=False, logit_softcap=0.0)
     assert param_layout(**TINY) == param_layout(**TINY, **off)
     a, b = lmcore.Model(**TINY, seed=5), lmcore.Model(**TINY, seed=5, **off)
     assert all(np.array_equal(a.get_param(n), b.get_param(n)) for n in a.param_names())
@@ -221,6 +221,11 @@ def test_each_option_changes_the_layout_as_documented() -> None:
     assert dict(param_layout(**TINY, untied_head=True))["lm_head.weight"] == [11, 8]
     for option in (dict(relu2=True), dict(zero_init=True), dict(logit_softcap=3.0)):
         assert diff(**option) == (set(), set())
+    assert diff(no_bias=True) == (set(), {f"transformer.h.{i}.{p}.bias" for i in range(2)
+                                          for p in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")})
+    swiglu = dict(param_layout(**TINY, swiglu=True))  # the same names; c_fc makes the gate and up
+    assert set(swiglu) == set(classic) and swiglu["transformer.h.0.mlp.c_fc.weight"] == [64, 8]
+    assert swiglu["transformer.h.0.mlp.c_fc.bias"] == [64] and swiglu["transformer.h.0.mlp.c_proj.weight"] == [8, 32]
     names = [n for n, _ in param_layout(**TINY, **ALL_OPTIONS)]
     m = lmcore.Model(**TINY, **ALL_OPTIONS)
     assert m.param_names() == names and names[-1] == "lm_head.weight"
@@ -239,15 +244,21 @@ def test_zero_init_zeroes_the_projections_and_an_untied_head_only() -> None:
     assert not tied.get_param("transformer.h.1.mlp.c_proj.weight").any()
 
 
-def test_whole_model_gradient_with_every_option_matches_finite_differences() -> None:
+# The block that exports as Qwen3 (Llama without --qk-norm).
+LLAMA_OPTIONS = dict(rope=True, rmsnorm=True, qk_norm=True, swiglu=True, untied_head=True, zero_init=True)
+
+
+@pytest.mark.parametrize("options", [ALL_OPTIONS, LLAMA_OPTIONS], ids=["relu2-softcap", "swiglu"])
+def test_whole_model_gradient_with_every_option_matches_finite_differences(options: dict) -> None:
     rng = np.random.default_rng(1)
-    m = lmcore.Model(**TINY, **ALL_OPTIONS, seed=3, dtype="float64", weight_decay=0.0)
+    m = lmcore.Model(**TINY, **options, seed=3, dtype="float64", weight_decay=0.0)
     perturb_weights(m, rng)
     x, y = batch(rng)
     assert_model_grads_match(m, x, y)
 
 
-@pytest.mark.parametrize("options", [dict(ALL_OPTIONS), dict(rope=True, qk_norm=True), dict(relu2=True, rmsnorm=True)])
+@pytest.mark.parametrize("options", [dict(ALL_OPTIONS), dict(rope=True, qk_norm=True), dict(relu2=True, rmsnorm=True),
+                                     dict(LLAMA_OPTIONS)])
 def test_training_with_block_options_is_deterministic_and_learns(options: dict) -> None:
     rng = np.random.default_rng(0)
     x, y = batch(rng, b=4, t=6)
@@ -267,6 +278,8 @@ def test_block_option_settings_are_validated() -> None:
         check_settings(**TINY, logit_softcap=float("inf"))
     with pytest.raises(lmcore.LmcoreError, match="rope needs an even head size, but d_model 6 / n_head 2 = 3"):
         check_settings(**{**TINY, "d_model": 6}, rope=True)
+    with pytest.raises(lmcore.LmcoreError, match="swiglu and relu2 are two MLP activations"):
+        check_settings(**TINY, swiglu=True, relu2=True)
     with pytest.raises(TypeError, match="rope must be True or False"):
         check_settings(**TINY, rope=1)
     check_settings(**{**TINY, "d_model": 6}, rmsnorm=True, qk_norm=True)  # an odd head size is fine without rope

@@ -241,6 +241,22 @@ def test_relu_squared(seed, shape):
 
 
 @SETTINGS
+@given(seed=seeds, rows=small, h=st.integers(1, 6))
+def test_swiglu(seed, rows, h):
+    rng = np.random.default_rng(seed)
+    check_op(lambda g, t: g.swiglu(t["x"]), {"x": normal(rng, rows, 2 * h, scale=2.0)})
+
+
+def test_swiglu_is_silu_of_the_gate_times_up() -> None:
+    x = np.random.default_rng(0).normal(size=(3, 2, 10)) * 3
+    g = lmcore.Graph("float64")
+    gate, up = x[..., :5], x[..., 5:]
+    np.testing.assert_allclose(g.value(g.swiglu(g.tensor(x))), gate / (1 + np.exp(-gate)) * up, rtol=1e-12)
+    with pytest.raises(lmcore.LmcoreError, match="swiglu input must be a non-empty"):
+        g.swiglu(g.tensor(np.ones((2, 3))))
+
+
+@SETTINGS
 @given(seed=seeds, b=st.integers(1, 2), t=st.integers(1, 4), n_head=st.integers(1, 3), hs=st.integers(1, 4))
 def test_qk_norm(seed, b, t, n_head, hs):
     rng = np.random.default_rng(seed)

@@ -259,6 +259,23 @@ def test_block_option_flags_parse() -> None:
     assert RunConfig.from_dict(lmcore.training.run.explicit_settings(args)).rope is True
     assert not any(getattr(RunConfig(), n) for n in ("rope", "rmsnorm", "qk_norm", "relu2", "untied_head",
                                                     "zero_init", "logit_softcap"))  # presets: all off
+    args = lmcore.train.parse_args(["--swiglu", "--no-bias"])
+    assert (args.swiglu, args.no_bias) == (True, True)
+    assert lmcore.train.parse_args(["--no-bias", "--bias"]).no_bias is False
+
+
+def test_the_llama_block_trains_and_resumes_bit_for_bit_with_muon(tmp_path: Path) -> None:
+    """--swiglu and --no-bias (Qwen3's block with --qk-norm), Muon orthogonalising the fused gate and up."""
+    n = 10
+    plan = ["--rope", "--rmsnorm", "--qk-norm", "--swiglu", "--no-bias", "--untied-head", "--optimizer", "muon",
+            "--lr-decay-iters", str(2 * n)]
+    train(tmp_path / "whole", *plan, "--max-iters", str(2 * n))
+    train(tmp_path / "split", *plan, "--max-iters", str(n))
+    resume(tmp_path / "split", "--max-iters", str(2 * n))
+    assert_same_weights(tmp_path / "whole", tmp_path / "split")
+    weights = safetensors.numpy.load_file(str(tmp_path / "whole" / "model.safetensors"))
+    assert weights["transformer.h.0.mlp.c_fc.weight"].shape == (256, 32) and not any(k.endswith("c_fc.bias") for k in weights)
+    assert metrics(tmp_path / "whole")[-1]["train_loss"] < metrics(tmp_path / "whole")[0]["train_loss"]
 
 
 # --- 8. byte-level BPE on a directory of text files ---

@@ -1,7 +1,7 @@
 """``python -m lmcore.export``: a trained model for other tools.
 
-    python -m lmcore.export --out-dir out/small --to hf EXPORT_DIR    # transformers' GPT2LMHeadModel (GPT-NeoX with --rope)
-    python -m lmcore.export --out-dir out/small --to gguf model.gguf  # llama.cpp
+    python -m lmcore.export --out-dir out/small --to hf EXPORT_DIR    # transformers (GPT-2, GPT-NeoX, Llama or Qwen3)
+    python -m lmcore.export --out-dir out/small --to gguf model.gguf  # llama.cpp (the same four)
 
 ``--to hf`` writes a directory that ``transformers`` loads with no custom code and no network,
 ``--to gguf`` one GGUF file for llama.cpp (``lmcore/interop/writer.py``). A model whose options the

@@ -70,7 +70,11 @@ def parser() -> argparse.ArgumentParser:
                         "(default %(default)s; 0: never); not part of the recipe")
     for f in fields(RunConfig):
         flag, kind = f"--{f.name.replace('_', '-')}", field_kind(f.name)
-        if kind is bool:  # --eval-full / --no-eval-full; None: not given
+        if kind is bool and f.name.startswith("no_"):  # --no-bias / --bias (argparse would make --no-no-bias)
+            p.add_argument(flag, dest=f.name, action="store_const", const=True, default=None, help=FIELD_HELP[f.name])
+            p.add_argument(f"--{f.name[3:].replace('_', '-')}", dest=f.name, action="store_const", const=False,
+                           help=f"undo {flag} (the default)")
+        elif kind is bool:  # --eval-full / --no-eval-full; None: not given
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                            help=FIELD_HELP[f.name])
         else:  # (a str field's values are checked by RunConfig.validate: a one-line error)

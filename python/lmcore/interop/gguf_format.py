@@ -6,7 +6,12 @@ Q, K, V projection with biases, a tanh-GELU MLP, the head tied to the token embe
 head in NeoX's half-split pairing, sequential blocks, an ``output.weight`` always). ggml keeps a
 weight (out, in) and the fused rows as Q, K, V, as lmcore does, so nothing is transposed or
 permuted. llama.cpp's MLP there is GELU only, so ``--relu2`` is refused here on top of what the
-transformers export refuses.
+transformers export refuses. Llama's block (``--rope --rmsnorm --swiglu``) is llama.cpp's ``llama``,
+and with ``--qk-norm`` its ``qwen3``: the fused Q, K, V and gate, up weights are split as for
+transformers (``hf_llama.py``). llama.cpp's ``qwen3`` rotates in NeoX's half-split pairs, as lmcore
+does, but its ``llama`` rotates adjacent pairs (2j, 2j + 1): the query and key rows of each head
+(and their biases) are reordered so that lmcore's pair (j, j + hs/2) lands there, which changes no
+score.
 
 The tokenizer is written as llama.cpp's byte-level BPE (``tokenizer.ggml.model`` "gpt2"): each
 token spelled in GPT-2's byte symbols, a BPE's merges in order. A char vocabulary is a BPE whose
@@ -22,7 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from lmcore.config import RunConfig
-from lmcore.interop.hf_format import NORM_EPS, ExportError, check_exportable
+from lmcore.interop.hf_format import NORM_EPS, ExportError, check_exportable, with_zero_biases
+from lmcore.interop.hf_format import architecture as hf_architecture
+from lmcore.interop.hf_llama import llama_tensors
 from lmcore.interop.hf_neox import ROPE_BASE
 from lmcore.interop.hf_tokenizer import eos_token_id
 from lmcore.tokenizer import Tokenizer
@@ -44,6 +51,22 @@ _BLOCK = {
     "mlp.c_fc": "ffn_up",
     "mlp.c_proj": "ffn_down",
 }
+# Llama's names (after model.layers.N.) -> llama.cpp's (after blk.N.).
+_LLAMA_BLOCK = {
+    "input_layernorm": "attn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
+    "self_attn.o_proj": "attn_output",
+    "post_attention_layernorm": "ffn_norm",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+_LLAMA_GLOBAL = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+                 "lm_head.weight": "output.weight"}
 # llama.cpp's token types (llama_token_type): an ordinary token, a control (special) token.
 NORMAL, CONTROL = 1, 3
 
@@ -65,7 +88,36 @@ def check_gguf(cfg: RunConfig) -> None:
 
 
 def architecture(cfg: RunConfig) -> str:
-    return "gptneox" if cfg.rope else "gpt2"
+    """llama.cpp's name of the architecture transformers knows as ``hf_format.architecture``."""
+    return {"gpt_neox": "gptneox"}.get(hf_architecture(cfg), hf_architecture(cfg))
+
+
+def adjacent_pairs(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Query or key rows (or biases) of each head from lmcore's rotation pairs (j, j + hs/2) to
+    llama.cpp llama's (2j, 2j + 1)."""
+    c = w.shape[0]
+    return w.reshape(n_head, 2, c // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_tensors(cfg: RunConfig, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The tensors of the GGUF file under llama.cpp's names, in the layout's order."""
+    arch = architecture(cfg)
+    if arch not in ("llama", "qwen3"):
+        params = with_zero_biases(params, cfg)
+        if arch == "gptneox" and "lm_head.weight" not in params:  # (its loader needs an output weight)
+            params = {**params, "lm_head.weight": params["transformer.wte.weight"]}
+        return {gguf_name(k): np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
+    out = {}
+    for name, value in llama_tensors(params).items():
+        if name in _LLAMA_GLOBAL:
+            out[_LLAMA_GLOBAL[name]] = value
+            continue
+        _, _, layer, rest = name.split(".", 3)  # model.layers.N.<part>.<weight|bias>
+        part, kind = rest.rsplit(".", 1)
+        if arch == "llama" and part in ("self_attn.q_proj", "self_attn.k_proj"):
+            value = np.ascontiguousarray(adjacent_pairs(value, cfg.n_head))
+        out[f"blk.{layer}.{_LLAMA_BLOCK[part]}.{kind}"] = value
+    return out
 
 
 def gguf_vocab(tok: Tokenizer) -> tuple[list[str], list[int], list[str]]:
@@ -113,10 +165,15 @@ def write_gguf(path: Path, cfg: RunConfig, tok: Tokenizer, params: dict[str, np.
     w.add_feed_forward_length(4 * cfg.d_model)
     w.add_block_count(cfg.n_layer)
     w.add_head_count(cfg.n_head)
-    w.add_layer_norm_eps(NORM_EPS)
-    if arch == "gptneox":
+    if arch in ("llama", "qwen3"):
+        w.add_head_count_kv(cfg.n_head)
+        w.add_layer_norm_rms_eps(NORM_EPS)
+    else:
+        w.add_layer_norm_eps(NORM_EPS)
+    if cfg.rope:
         w.add_rope_dimension_count(cfg.d_model // cfg.n_head)
         w.add_rope_freq_base(ROPE_BASE)
+    if arch == "gptneox":
         w.add_parallel_residual(False)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
@@ -127,10 +184,8 @@ def write_gguf(path: Path, cfg: RunConfig, tok: Tokenizer, params: dict[str, np.
     w.add_add_bos_token(False)
     if (eos := eos_token_id(tok)) is not None:
         w.add_eos_token_id(eos)
-    if arch == "gptneox" and "lm_head.weight" not in params:  # (its loader needs an output weight)
-        params = {**params, "lm_head.weight": params["transformer.wte.weight"]}
-    for pname, value in params.items():
-        w.add_tensor(gguf_name(pname), np.ascontiguousarray(value, dtype=np.float32))
+    for gname, value in gguf_tensors(cfg, params).items():
+        w.add_tensor(gname, value)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -5,9 +5,11 @@ lmcore's classic block is GPT-2's (``GPT2LMHeadModel``): learned positions, pre-
 the token embedding. GPT-2's linear layers are ``Conv1D`` (y = x W + b with W (in, out)), so each
 lmcore weight (out, in) is stored transposed. ``--relu2`` is GPT-2's ``relu2`` activation and
 ``--untied-head`` an ``lm_head.weight`` of its own; ``--zero-init`` is only how training starts.
-``--rope`` makes it GPT-NeoX's model instead (``hf_neox.py``). RMSNorm, QK-norm and a logit
-soft-cap have no exact counterpart in a standard architecture with lmcore's plain MLP and biases
-(Llama's MLP is gated), so a model with them is refused, naming the option.
+``--rope`` makes it GPT-NeoX's model instead (``hf_neox.py``), and ``--rope --rmsnorm --swiglu``
+Llama's (``hf_llama.py``; Qwen3's with ``--qk-norm``). A ``--no-bias`` GPT-2 or GPT-NeoX model
+exports with zero biases. RMSNorm or QK-norm without the rest of Llama's block, and a logit
+soft-cap, have no exact counterpart in a standard architecture, so such a model is refused,
+naming the option.
 
 This file knows the names and layouts; ``writer.py`` writes the files and ``hf_import.py`` reads them.
 """
@@ -25,42 +27,75 @@ from lmcore.errors import Error
 NORM_EPS = 1e-5
 # The linear weights GPT-2 keeps as Conv1D (in, out): lmcore's (out, in), transposed.
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-# Why a block option has no standard architecture, for the one-line refusal.
-NOT_EXPORTABLE = {
-    "rmsnorm": "RMSNorm (GPT-2 and GPT-NeoX use LayerNorm; Llama has RMSNorm but a gated MLP)",
-    "qk_norm": "QK-norm (GPT-2 and GPT-NeoX have none)",
-    "logit_softcap": "a logit soft-cap (GPT-2 and GPT-NeoX have none)",
-}
 
 
 class ExportError(Error):
     """A model or request that an export format cannot express; the message names why."""
 
 
+_LLAMA_HINT = "Llama's block is --rope --rmsnorm --swiglu (Qwen3's adds --qk-norm, with --no-bias)"
+
+
 def refused_option(cfg: RunConfig) -> str | None:
-    """The first block option of ``cfg`` that no exported architecture holds, as a flag and a reason."""
-    for option, why in NOT_EXPORTABLE.items():
-        if getattr(cfg, option):
-            return f"--{option.replace('_', '-')}: {why}"
+    """The first block option of ``cfg`` that no exported architecture computes, as a flag and a reason."""
+    if cfg.logit_softcap:
+        return ("--logit-softcap: a logit soft-cap (of the standard architectures only Gemma 2 has one, in a block "
+                "unlike lmcore's: GeGLU, four norms per block, scaled embeddings)")
+    if cfg.rmsnorm and not cfg.swiglu:
+        return f"--rmsnorm without --swiglu: the architectures with RMSNorm have a gated SiLU MLP; {_LLAMA_HINT}"
+    if cfg.swiglu and not cfg.rmsnorm:
+        return f"--swiglu without --rmsnorm: the architectures with a gated SiLU MLP use RMSNorm; {_LLAMA_HINT}"
+    if cfg.swiglu and not cfg.rope:
+        return f"--swiglu without --rope: Llama and Qwen3 use rotary embeddings; {_LLAMA_HINT}"
+    if cfg.qk_norm and not cfg.swiglu:
+        return f"--qk-norm without --swiglu: Qwen3 has QK-norm, in Llama's block; {_LLAMA_HINT}"
+    if cfg.qk_norm and not cfg.no_bias:
+        return "--qk-norm with biases: Qwen3 has QK-norm, but no MLP biases; train with --no-bias"
     return None
 
 
 def check_exportable(cfg: RunConfig, what: str) -> None:
     """Refuse, in one line naming the option, a model no exported architecture can hold."""
     if (why := refused_option(cfg)) is not None:
-        raise ExportError(f"cannot export to {what}: the model uses {why}; lmcore exports GPT-2's block "
-                          "(with --rope as GPT-NeoX; --relu2, --untied-head and --zero-init allowed)")
+        raise ExportError(f"cannot export to {what}: the model uses {why}")
+
+
+def architecture(cfg: RunConfig) -> str:
+    """The transformers ``model_type`` that computes ``cfg``'s model exactly (after ``check_exportable``)."""
+    if cfg.swiglu:
+        return "qwen3" if cfg.qk_norm else "llama"
+    return "gpt_neox" if cfg.rope else "gpt2"
 
 
 def hf_model(cfg: RunConfig, params: dict[str, np.ndarray], vocab_size: int,
              eos_id: int | None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """``config.json`` and the tensors of the transformers model: GPT-2, or GPT-NeoX with ``--rope``."""
+    """``config.json`` and the tensors of the transformers model: GPT-2, GPT-NeoX (``--rope``),
+    Llama (``--rope --rmsnorm --swiglu``) or Qwen3 (and ``--qk-norm``)."""
     check_exportable(cfg, "Hugging Face transformers")
-    if cfg.rope:
+    arch = architecture(cfg)
+    if arch in ("llama", "qwen3"):
+        from lmcore.interop.hf_llama import llama_config, llama_tensors
+
+        return llama_config(cfg, vocab_size, eos_id, NORM_EPS), llama_tensors(params)
+    params = with_zero_biases(params, cfg)
+    if arch == "gpt_neox":
         from lmcore.interop.hf_neox import neox_config, neox_tensors
 
         return neox_config(cfg, vocab_size, eos_id, activation(cfg), NORM_EPS), neox_tensors(params, cfg)
     return gpt2_config(cfg, vocab_size, eos_id), gpt2_tensors(params, cfg)
+
+
+def with_zero_biases(params: dict[str, np.ndarray], cfg: RunConfig) -> dict[str, np.ndarray]:
+    """A ``--no-bias`` model's parameters with the zero biases of the linear layers GPT-2 and GPT-NeoX
+    always have (the same model), in the layout's order."""
+    if not cfg.no_bias:
+        return params
+    out = {}
+    for name, value in params.items():
+        out[name] = value
+        if name.startswith("transformer.h.") and name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
+            out[name[: -len("weight")] + "bias"] = np.zeros(value.shape[0], dtype=np.float32)
+    return out
 
 
 def activation(cfg: RunConfig) -> str:

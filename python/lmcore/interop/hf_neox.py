@@ -80,3 +80,33 @@ def neox_tensors(params: dict[str, np.ndarray], cfg: RunConfig) -> dict[str, np.
                 value = _by_head(value, cfg.n_head)
         out[key] = np.ascontiguousarray(value, dtype=np.float32)
     return out
+
+
+def _by_kind(x: np.ndarray, n_head: int) -> np.ndarray:
+    """The inverse of ``_by_head``: NeoX's rows (per head q, k, v) to lmcore's (all q, all k, all v)."""
+    c = x.shape[0] // 3
+    rest = x.shape[1:]
+    return x.reshape(n_head, 3, c // n_head, *rest).swapaxes(0, 1).reshape(3 * c, *rest)
+
+
+def lmcore_from_neox(tensors: dict[str, np.ndarray], n_head: int) -> dict[str, np.ndarray]:
+    """GPT-NeoX's tensors back under lmcore's names (the fused Q, K, V rows regrouped by kind);
+    the rotary buffers of old files left out, a name lmcore does not have kept as it is."""
+    names = {v: k for k, v in _NAMES.items()} | {"lm_head.weight": "lm_head.weight"}
+    blocks = {v: k for k, v in _BLOCK.items()}
+    out = {}
+    for name, value in tensors.items():
+        if name.endswith((".rotary_emb.inv_freq", ".attention.bias", ".attention.masked_bias")):
+            continue  # buffers, not parameters
+        parts = name.split(".")
+        if name in names:
+            key = names[name]
+        elif name.startswith("gpt_neox.layers.") and len(parts) >= 5 and ".".join(parts[3:-1]) in blocks:
+            part = blocks[".".join(parts[3:-1])]
+            key = f"transformer.h.{parts[2]}.{part}.{parts[-1]}"
+            if part == "attn.c_attn":
+                value = _by_kind(value, n_head)
+        else:
+            key = name
+        out[key] = np.ascontiguousarray(value, dtype=np.float32)
+    return out

@@ -1,9 +1,9 @@
 //! The GPT-2 style decoder assembled from the ops: token + position embeddings, pre-norm blocks
 //! of causal self-attention and a GELU MLP with residual connections, a final layernorm and the
 //! output projection tied to the token embedding. Options of `GptConfig` swap in modern parts
-//! (rotary embeddings, RMSNorm, QK-norm, ReLU^2, an untied head, zero-initialised projections,
-//! a logit soft-cap). Parameter names follow nanoGPT's, so weights read naturally in a
-//! safetensors file.
+//! (rotary embeddings, RMSNorm, QK-norm, ReLU^2 or a gated SiLU MLP, no linear biases, an untied
+//! head, zero-initialised projections, a logit soft-cap). Parameter names follow nanoGPT's, so
+//! weights read naturally in a safetensors file.
 
 use crate::error::{Error, Result};
 use crate::graph::Graph;
@@ -31,6 +31,11 @@ pub struct GptConfig {
     pub qk_norm: bool,
     /// relu(x)^2 instead of GELU in the MLP.
     pub relu2: bool,
+    /// A gated SiLU MLP (SwiGLU, Llama's) instead of GELU: `mlp.c_fc` (8C, C) makes the gate (its
+    /// first 4C rows) and the up projection (the next 4C), and silu(gate) * up goes to `mlp.c_proj`.
+    pub swiglu: bool,
+    /// No biases in the linear layers (Llama's and Qwen3's default); a LayerNorm keeps its own.
+    pub no_bias: bool,
     /// A separate output projection `lm_head.weight` (V, C) instead of the token embedding.
     pub untied_head: bool,
     /// The residual projections (attn.c_proj, mlp.c_proj weights) and an untied head start at
@@ -129,20 +134,23 @@ impl GptConfig {
         let (one, zero) = (Init::Const(1.0), Init::Const(0.0));
         let name = |part: &str| format!("transformer.h.{i}.{part}");
         let p = |part: &str, dims: &[usize], init| spec(name(part), dims, init);
+        // A linear layer's weight and (unless no_bias) its bias.
+        let linear = |part: &str, dims: &[usize], init, blocks| {
+            let weight = p(&format!("{part}.weight"), dims, init).muon(blocks);
+            std::iter::once(weight).chain((!self.no_bias).then(|| p(&format!("{part}.bias"), &dims[..1], zero)))
+        };
         let mut specs = self.norm_specs(&name("ln_1"));
         // The fused weight's rows are Q, K and V: Muon orthogonalises each block alone.
-        specs.extend([p("attn.c_attn.weight", &[3 * c, c], std).muon(3), p("attn.c_attn.bias", &[3 * c], zero)]);
+        specs.extend(linear("attn.c_attn", &[3 * c, c], std, 3));
         if self.qk_norm {
             specs.extend([p("attn.q_norm.weight", &[hs], one), p("attn.k_norm.weight", &[hs], one)]);
         }
-        specs.extend([p("attn.c_proj.weight", &[c, c], proj_std).muon(1), p("attn.c_proj.bias", &[c], zero)]);
+        specs.extend(linear("attn.c_proj", &[c, c], proj_std, 1));
         specs.extend(self.norm_specs(&name("ln_2")));
-        specs.extend([
-            p("mlp.c_fc.weight", &[4 * c, c], std).muon(1),
-            p("mlp.c_fc.bias", &[4 * c], zero),
-            p("mlp.c_proj.weight", &[c, 4 * c], proj_std).muon(1),
-            p("mlp.c_proj.bias", &[c], zero),
-        ]);
+        // SwiGLU's fused gate and up weight: Muon orthogonalises each of the two blocks alone.
+        let (fc, fc_blocks) = if self.swiglu { (8 * c, 2) } else { (4 * c, 1) };
+        specs.extend(linear("mlp.c_fc", &[fc, c], std, fc_blocks));
+        specs.extend(linear("mlp.c_proj", &[c, 4 * c], proj_std, 1));
         specs
     }
 
@@ -184,6 +192,9 @@ impl GptConfig {
         if !(self.logit_softcap.is_finite() && self.logit_softcap >= 0.0) {
             return fail(format!("logit_softcap must be a finite number >= 0 (0: off), got {}", self.logit_softcap));
         }
+        if self.swiglu && self.relu2 {
+            return fail("swiglu and relu2 are two MLP activations: choose one".into());
+        }
         if self.rope && !(self.d_model / self.n_head).is_multiple_of(2) {
             return fail(format!(
                 "rope needs an even head size, but d_model {} / n_head {} = {}",
@@ -204,13 +215,14 @@ pub(crate) struct Norm {
 /// Handles of one transformer block's parameters.
 pub(crate) struct Block {
     pub ln1: Norm,
-    pub attn: (Var, Var),
+    /// Each linear layer's weight and bias (none with `no_bias`).
+    pub attn: (Var, Option<Var>),
     /// QK-norm's gains (queries, keys).
     pub qk_norm: Option<(Var, Var)>,
-    pub attn_proj: (Var, Var),
+    pub attn_proj: (Var, Option<Var>),
     pub ln2: Norm,
-    pub fc: (Var, Var),
-    pub fc_proj: (Var, Var),
+    pub fc: (Var, Option<Var>),
+    pub fc_proj: (Var, Option<Var>),
 }
 
 pub struct Gpt {
@@ -236,8 +248,8 @@ impl Named<'_> {
     fn norm(&self, prefix: &str) -> Norm {
         Norm { weight: self.must(&format!("{prefix}.weight")), bias: self.get(&format!("{prefix}.bias")) }
     }
-    fn pair(&self, prefix: &str) -> (Var, Var) {
-        (self.must(&format!("{prefix}.weight")), self.must(&format!("{prefix}.bias")))
+    fn pair(&self, prefix: &str) -> (Var, Option<Var>) {
+        (self.must(&format!("{prefix}.weight")), self.get(&format!("{prefix}.bias")))
     }
 }
 
@@ -315,7 +327,7 @@ impl Gpt {
         let mut x = g.dropout(x, p_drop)?;
         for blk in &self.blocks {
             let h = norm(g, x, blk.ln1)?;
-            let mut qkv = g.linear(h, blk.attn.0, Some(blk.attn.1))?;
+            let mut qkv = g.linear(h, blk.attn.0, blk.attn.1)?;
             if let Some((qg, kg)) = blk.qk_norm {
                 qkv = g.qk_norm(qkv, qg, kg, cfg.n_head)?;
             }
@@ -323,13 +335,19 @@ impl Gpt {
                 qkv = g.rope(qkv, cfg.n_head)?;
             }
             let a = g.attention(qkv, cfg.n_head)?;
-            let a = g.linear(a, blk.attn_proj.0, Some(blk.attn_proj.1))?;
+            let a = g.linear(a, blk.attn_proj.0, blk.attn_proj.1)?;
             let a = g.dropout(a, p_drop)?;
             x = g.add(x, a)?;
             let h = norm(g, x, blk.ln2)?;
-            let f = g.linear(h, blk.fc.0, Some(blk.fc.1))?;
-            let f = if cfg.relu2 { g.relu_squared(f)? } else { g.gelu(f)? };
-            let f = g.linear(f, blk.fc_proj.0, Some(blk.fc_proj.1))?;
+            let f = g.linear(h, blk.fc.0, blk.fc.1)?;
+            let f = if cfg.swiglu {
+                g.swiglu(f)?
+            } else if cfg.relu2 {
+                g.relu_squared(f)?
+            } else {
+                g.gelu(f)?
+            };
+            let f = g.linear(f, blk.fc_proj.0, blk.fc_proj.1)?;
             let f = g.dropout(f, p_drop)?;
             x = g.add(x, f)?;
         }

@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::op::Op;
 use crate::profile::{self, Section};
-use crate::ops::{attention, cross_entropy, dropout, embedding, gelu, layernorm, linear, qk_norm, relu_squared, residual, rmsnorm, rope, softcap};
+use crate::ops::{attention, cross_entropy, dropout, embedding, gelu, layernorm, linear, qk_norm, relu_squared, residual, rmsnorm, rope, softcap, swiglu};
 use crate::real::Real;
 use crate::rng::Rng;
 use crate::grad_plan::GradPlan;
@@ -149,6 +149,11 @@ impl<F: Real> Graph<F> {
         let recorded = profile::timed(Section::ReluSquared, false, || relu_squared::record(&mut self.store, x));
         record(&mut self.tape, recorded)
     }
+    /// silu(gate) * up of x (..., 2H) holding the gate, then up: (..., H).
+    pub fn swiglu(&mut self, x: Var) -> Result<Var> {
+        let recorded = profile::timed(Section::SwiGlu, false, || swiglu::record(&mut self.store, x));
+        record(&mut self.tape, recorded)
+    }
     /// qkv (..., 3C) with each query and key head RMS-normalised (gains (hs) each); values unchanged.
     pub fn qk_norm(&mut self, qkv: Var, q_gain: Var, k_gain: Var, n_head: usize) -> Result<Var> {
         let recorded = profile::timed(Section::QkNorm, false, || qk_norm::record(&mut self.store, qkv, q_gain, k_gain, n_head));
@@ -245,6 +250,7 @@ impl<F: Real> Graph<F> {
                 Op::Rope { qkv, n_head, out, table } => rope::backward(s, qkv, n_head, out, table),
                 Op::ReluSquared { x, out } => relu_squared::backward(s, x, out),
                 Op::Softcap { x, cap, out } => softcap::backward(s, x, cap, out),
+                Op::SwiGlu { x, out } => swiglu::backward(s, x, out),
             });
         }
         Ok(())

@@ -9,9 +9,9 @@
 
 use crate::blas::{gemm, Gemm};
 use crate::error::{Error, Result};
-use crate::gpt::{Gpt, Norm};
+use crate::gpt::{Gpt, GptConfig, Norm};
 use crate::memory;
-use crate::ops::{attention, embedding, gelu, layernorm, linear, qk_norm, relu_squared, rmsnorm, rope, softcap};
+use crate::ops::{attention, embedding, gelu, layernorm, linear, qk_norm, relu_squared, rmsnorm, rope, softcap, swiglu};
 use crate::real::Real;
 use crate::store::Store;
 
@@ -25,7 +25,7 @@ pub struct KvCache<F: Real> {
     h: Vec<F>,
     qkv: Vec<F>,    // (B * P, 3C)
     att: Vec<F>,    // (B * P, C)
-    fc: Vec<F>,     // (B * P, 4C)
+    fc: Vec<F>,     // (B * P, 4C), or (8C) with swiglu: its gate and up
     fc_act: Vec<F>, // (B * P, 4C)
     proj: Vec<F>,   // (B * P, C)
     scores: Vec<F>, // (P, block)
@@ -47,13 +47,14 @@ impl<F: Real> KvCache<F> {
         let c = gpt.config;
         let (d, l, t) = (c.d_model, c.n_layer, c.block_size);
         let hs = d / c.n_head;
-        let qk = if c.qk_norm { 3 * d + 2 * c.n_head } else { 0 }; // QK-norm's scratch per position
-        // Keys and values (2L floats per position and channel) and the scratch (15, and QK-norm's)
-        // for B * block positions, checked against the memory this process can still use before
-        // any of it is made.
+        // QK-norm's and SwiGLU's scratch per position
+        let extra = if c.qk_norm { 3 * d + 2 * c.n_head } else { 0 } + fc_width(&c) - 4 * d;
+        // Keys and values (2L floats per position and channel) and the scratch (15, and the
+        // options') for B * block positions, checked against the memory this process can still
+        // use before any of it is made.
         let floats = (t * d)
             .checked_mul(2 * l + 15)
-            .and_then(|n| n.checked_add(qk))
+            .and_then(|n| n.checked_add(t * extra))
             .and_then(|n| n.checked_mul(batch))
             .and_then(|n| n.checked_add(t * t + t * hs * c.rope as usize + batch * c.vocab_size));
         let bytes = floats.and_then(|n| n.checked_mul(size_of::<F>())).unwrap_or(usize::MAX);
@@ -81,7 +82,7 @@ impl<F: Real> KvCache<F> {
             h: z(rows * d)?,
             qkv: z(rows * 3 * d)?,
             att: z(rows * d)?,
-            fc: z(rows * 4 * d)?,
+            fc: z(rows * fc_width(&c))?,
             fc_act: z(rows * 4 * d)?,
             proj: z(rows * d)?,
             scores: z(t * t)?,
@@ -140,7 +141,8 @@ impl<F: Real> KvCache<F> {
         let (x, h, stats) = (&mut self.x[..n * c], &mut self.h[..n * c], &mut self.stats[..]);
         let (qkv_raw, att, proj) = (&mut self.qkv[..n * 3 * c], &mut self.att[..n * c], &mut self.proj[..n * c]);
         let (qk_out, qk_stats) = (&mut self.qk_out[..], &mut self.qk_stats[..]);
-        let (fc, fc_act) = (&mut self.fc[..n * 4 * c], &mut self.fc_act[..n * 4 * c]);
+        let fc_width = fc_width(&cfg);
+        let (fc, fc_act) = (&mut self.fc[..n * fc_width], &mut self.fc_act[..n * 4 * c]);
         let hs = c / cfg.n_head;
         // x = wte[token] (+ wpe[position])
         embedding::forward(&self.ids[..n], p(gpt.wte), x, c);
@@ -157,7 +159,7 @@ impl<F: Real> KvCache<F> {
         let keys = pos + steps; // every query sees the cache and the new positions up to itself
         for (layer, blk) in gpt.blocks.iter().enumerate() {
             norm(x, blk.ln1, p, h, stats, c);
-            linear::forward(h, p(blk.attn.0), Some(p(blk.attn.1)), qkv_raw, n, 3 * c, c);
+            linear::forward(h, p(blk.attn.0), blk.attn.1.map(p), qkv_raw, n, 3 * c, c);
             let qkv: &mut [F] = match blk.qk_norm {
                 Some((qg, kg)) => {
                     let out = &mut qk_out[..n * 3 * c];
@@ -191,16 +193,18 @@ impl<F: Real> KvCache<F> {
                     gemm(&Gemm::nn(steps, hs, keys, s, block, vh, c), out, c);
                 }
             }
-            linear::forward(att, p(blk.attn_proj.0), Some(p(blk.attn_proj.1)), proj, n, c, c);
+            linear::forward(att, p(blk.attn_proj.0), blk.attn_proj.1.map(p), proj, n, c, c);
             x.iter_mut().zip(&*proj).for_each(|(x, &d)| *x += d);
             norm(x, blk.ln2, p, h, stats, c);
-            linear::forward(h, p(blk.fc.0), Some(p(blk.fc.1)), fc, n, 4 * c, c);
-            if cfg.relu2 {
+            linear::forward(h, p(blk.fc.0), blk.fc.1.map(p), fc, n, fc_width, c);
+            if cfg.swiglu {
+                swiglu::forward(fc, fc_act, 4 * c);
+            } else if cfg.relu2 {
                 relu_squared::forward(fc, fc_act);
             } else {
                 gelu::forward(fc, fc_act);
             }
-            linear::forward(fc_act, p(blk.fc_proj.0), Some(p(blk.fc_proj.1)), proj, n, c, 4 * c);
+            linear::forward(fc_act, p(blk.fc_proj.0), blk.fc_proj.1.map(p), proj, n, c, 4 * c);
             x.iter_mut().zip(&*proj).for_each(|(x, &d)| *x += d);
         }
         // Only each row's newest position needs logits.
@@ -216,6 +220,11 @@ impl<F: Real> KvCache<F> {
         self.len += steps;
         Ok(&self.logits)
     }
+}
+
+/// The width of the MLP's first linear layer: 4C, or 8C for SwiGLU's gate and up.
+fn fc_width(c: &GptConfig) -> usize {
+    if c.swiglu { 8 * c.d_model } else { 4 * c.d_model }
 }
 
 /// LayerNorm, or RMSNorm for a norm without a bias, of the rows of `x` into `out`; `stats` is

@@ -21,6 +21,7 @@ pub enum Op {
     Rope { qkv: Var, n_head: usize, out: Var, table: Var },
     ReluSquared { x: Var, out: Var },
     Softcap { x: Var, cap: f64, out: Var },
+    SwiGlu { x: Var, out: Var },
 }
 
 impl Op {
@@ -31,7 +32,7 @@ impl Op {
             Op::Add { a, b, .. } => [Some(a), Some(b), None],
             Op::Linear { x, w, b, .. } => [Some(x), Some(w), b],
             Op::LayerNorm { x, gamma, beta, .. } => [Some(x), Some(gamma), Some(beta)],
-            Op::Gelu { x, .. } | Op::Dropout { x, .. } | Op::ReluSquared { x, .. } | Op::Softcap { x, .. } => [Some(x), None, None],
+            Op::Gelu { x, .. } | Op::Dropout { x, .. } | Op::ReluSquared { x, .. } | Op::Softcap { x, .. } | Op::SwiGlu { x, .. } => [Some(x), None, None],
             Op::RmsNorm { x, gain, .. } => [Some(x), Some(gain), None],
             Op::QkNorm { qkv, q_gain, k_gain, .. } => [Some(qkv), Some(q_gain), Some(k_gain)],
             Op::Rope { qkv, .. } => [Some(qkv), None, None],
@@ -56,6 +57,7 @@ impl Op {
             Op::Rope { .. } => Section::Rope,
             Op::ReluSquared { .. } => Section::ReluSquared,
             Op::Softcap { .. } => Section::Softcap,
+            Op::SwiGlu { .. } => Section::SwiGlu,
         }
     }
 
@@ -74,7 +76,8 @@ impl Op {
             | Op::Dropout { out, .. }
             | Op::Rope { out, .. }
             | Op::ReluSquared { out, .. }
-            | Op::Softcap { out, .. } => [Some(out), None],
+            | Op::Softcap { out, .. }
+            | Op::SwiGlu { out, .. } => [Some(out), None],
         }
     }
 }

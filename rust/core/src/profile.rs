@@ -22,13 +22,14 @@ pub enum Section {
     Rope,
     ReluSquared,
     Softcap,
+    SwiGlu,
     /// Zeroing activation and parameter gradient slots before backward writes them.
     ZeroGrads,
     GradNorm,
     Optimizer,
 }
 
-const SECTIONS: [(Section, &str); 16] = [
+const SECTIONS: [(Section, &str); 17] = [
     (Section::Embedding, "embedding"),
     (Section::Residual, "residual add"),
     (Section::Linear, "linear (GEMM)"),
@@ -42,6 +43,7 @@ const SECTIONS: [(Section, &str); 16] = [
     (Section::Rope, "rotary embeddings"),
     (Section::ReluSquared, "relu^2"),
     (Section::Softcap, "logit soft-cap"),
+    (Section::SwiGlu, "swiglu"),
     (Section::ZeroGrads, "zero gradient slots"),
     (Section::GradNorm, "gradient norm"),
     (Section::Optimizer, "optimizer"),

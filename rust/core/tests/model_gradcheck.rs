@@ -23,6 +23,8 @@ const CLASSIC: GptConfig = GptConfig {
     rmsnorm: false,
     qk_norm: false,
     relu2: false,
+    swiglu: false,
+    no_bias: false,
     untied_head: false,
     zero_init: false,
     logit_softcap: 0.0,
@@ -38,6 +40,13 @@ fn tiny_gpt_with_every_block_option_gradients_match_finite_differences() {
     // (zero_init only changes the start; the perturbation below moves the weights off zero.)
     let all = GptConfig { rope: true, rmsnorm: true, qk_norm: true, relu2: true, untied_head: true, zero_init: true, logit_softcap: 2.0, ..CLASSIC };
     check_gradients(all);
+}
+
+#[test]
+fn tiny_gpt_with_a_llama_block_gradients_match_finite_differences() {
+    // rope, RMSNorm, QK-norm (Qwen3's), the gated SiLU MLP and an untied head.
+    let llama = GptConfig { rope: true, rmsnorm: true, qk_norm: true, swiglu: true, untied_head: true, no_bias: true, ..CLASSIC };
+    check_gradients(llama);
 }
 
 fn check_gradients(config: GptConfig) {

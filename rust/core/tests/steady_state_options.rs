@@ -20,6 +20,8 @@ fn main() {
         rmsnorm: true,
         qk_norm: true,
         relu2: true,
+        swiglu: false,
+        no_bias: false,
         untied_head: true,
         zero_init: true,
         logit_softcap: 15.0,

@@ -158,6 +158,11 @@ impl Graph {
         with_graph!(self, py, g, F => tensor(g.rope(qkv.var, n_head)))
     }
 
+    /// silu(gate) * up of x (..., 2H) holding the gate, then up: (..., H).
+    fn swiglu(&self, py: Python<'_>, x: Tensor) -> PyResult<Tensor> {
+        with_graph!(self, py, g, F => tensor(g.swiglu(x.var)))
+    }
+
     /// cap * tanh(x / cap).
     fn softcap(&self, py: Python<'_>, x: Tensor, cap: f64) -> PyResult<Tensor> {
         with_graph!(self, py, g, F => tensor(g.softcap(x.var, cap)))

@@ -352,6 +352,8 @@ impl Model {
         d.set_item("rmsnorm", c.rmsnorm)?;
         d.set_item("qk_norm", c.qk_norm)?;
         d.set_item("relu2", c.relu2)?;
+        d.set_item("swiglu", c.swiglu)?;
+        d.set_item("no_bias", c.no_bias)?;
         d.set_item("untied_head", c.untied_head)?;
         d.set_item("zero_init", c.zero_init)?;
         d.set_item("logit_softcap", c.logit_softcap)?;

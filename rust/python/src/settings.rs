@@ -11,7 +11,7 @@ use pyo3::types::PyDict;
 
 /// Every setting `Model` takes, and its default (None: required; the block options are booleans,
 /// default off, but `logit_softcap`, a number).
-const KNOWN: [(&str, Option<f64>); 23] = [
+const KNOWN: [(&str, Option<f64>); 25] = [
     ("vocab_size", None),
     ("d_model", None),
     ("n_head", None),
@@ -32,6 +32,8 @@ const KNOWN: [(&str, Option<f64>); 23] = [
     ("rmsnorm", Some(0.0)),
     ("qk_norm", Some(0.0)),
     ("relu2", Some(0.0)),
+    ("swiglu", Some(0.0)),
+    ("no_bias", Some(0.0)),
     ("untied_head", Some(0.0)),
     ("zero_init", Some(0.0)),
     ("logit_softcap", Some(0.0)),
@@ -96,6 +98,8 @@ impl Settings {
             rmsnorm: flag(d, "rmsnorm")?,
             qk_norm: flag(d, "qk_norm")?,
             relu2: flag(d, "relu2")?,
+            swiglu: flag(d, "swiglu")?,
+            no_bias: flag(d, "no_bias")?,
             untied_head: flag(d, "untied_head")?,
             zero_init: flag(d, "zero_init")?,
             logit_softcap: number(d, "logit_softcap")?,

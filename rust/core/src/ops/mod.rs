@@ -14,3 +14,4 @@ pub mod residual;
 pub mod rmsnorm;
 pub mod rope;
 pub mod softcap;
+pub mod swiglu;
