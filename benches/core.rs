@@ -20,31 +20,17 @@
 //! Run: `cargo bench -p lmcore-core --bench core`   (threads: `LMCORE_THREADS=1 cargo bench ...`,
 //! default 2). `cargo bench -p lmcore-core --bench core -- --quick` takes fewer repetitions.
 
-use lmcore_core::blas::{gemm, Gemm};
+use lmcore_core::blas::{self, gemm, Gemm};
 use lmcore_core::matmul::gemm_rows;
 use lmcore_core::parallel::{num_threads, set_num_threads};
 use lmcore_core::profile;
 use lmcore_core::{AdamWConfig, GptConfig, MuonConfig, OptimizerConfig, Rng, Trainer};
 use std::hint::black_box;
-use std::os::raw::{c_char, c_int};
 use std::time::{Duration, Instant};
-
-extern "C" {
-    fn openblas_set_num_threads(n: c_int);
-    fn openblas_get_num_threads() -> c_int;
-    fn openblas_get_corename() -> *const c_char;
-    fn openblas_get_config() -> *const c_char;
-}
-
-fn c_str(p: *const c_char) -> String {
-    // SAFETY: OpenBLAS returns a pointer to a static NUL-terminated string.
-    unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().trim().to_string()
-}
 
 /// Set OpenBLAS's threads per call, then pause so idle OpenBLAS threads stop spinning.
 fn blas_threads(n: usize) {
-    // SAFETY: a plain OpenBLAS setter; it takes effect for the next call.
-    unsafe { openblas_set_num_threads(n as c_int) };
+    blas::set_blas_threads(n);
     std::thread::sleep(Duration::from_millis(150));
 }
 
@@ -108,8 +94,7 @@ fn main() {
     set_num_threads(threads); // the engine's pool; it also sets OpenBLAS to one thread per call
     let (b, t, c, h, l, v) = (16usize, 128usize, 128usize, 4usize, 2usize, 65usize);
     let n = b * t;
-    // SAFETY: plain OpenBLAS getters (static strings, an int).
-    let (core, config, per_call) = unsafe { (c_str(openblas_get_corename()), c_str(openblas_get_config()), openblas_get_num_threads()) };
+    let (core, config, per_call) = (blas::core_name(), blas::config(), blas::blas_threads());
     println!("lmcore core bench: engine threads {} (LMCORE_THREADS={threads}), BLAS threads per call {per_call}, OpenBLAS core {core}", num_threads());
     println!("OpenBLAS config: {config}");
     println!("engine elementwise loops: {:?}", lmcore_core::simd::level());

@@ -171,6 +171,8 @@ extern "C" {
     fn cblas_dgemv(layout: c_int, trans: c_int, m: c_int, n: c_int, alpha: f64, a: *const f64, lda: c_int, x: *const f64, incx: c_int, beta: f64, y: *mut f64, incy: c_int);
     #[link_name = "scipy_openblas_set_num_threads"]
     fn openblas_set_num_threads(num_threads: c_int);
+    #[link_name = "scipy_openblas_get_num_threads"]
+    fn openblas_get_num_threads() -> c_int;
     #[link_name = "scipy_openblas_get_corename"]
     fn openblas_get_corename() -> *const c_char;
     #[link_name = "scipy_openblas_get_config"]
@@ -187,12 +189,18 @@ pub fn core_name() -> String {
 /// OpenBLAS's description of its build: version, DYNAMIC_ARCH, the kernel family, MAX_THREADS.
 pub fn config() -> String {
     // SAFETY: as above, a static NUL-terminated string.
-    unsafe { CStr::from_ptr(openblas_get_config()) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(openblas_get_config()) }.to_string_lossy().trim().to_string()
 }
 
 /// Threads OpenBLAS uses inside one call. `parallel` keeps this at 1: the engine splits work
-/// itself, so BLAS threads never nest inside its threads.
-pub(crate) fn set_blas_threads(n: usize) {
+/// itself, so BLAS threads never nest inside its threads (the core bench lifts it to compare).
+pub fn set_blas_threads(n: usize) {
     // SAFETY: a plain setter in OpenBLAS; it takes effect for the next call.
     unsafe { openblas_set_num_threads(n.clamp(1, 1024) as c_int) }
+}
+
+/// Threads OpenBLAS uses inside one call now.
+pub fn blas_threads() -> usize {
+    // SAFETY: a plain getter in OpenBLAS.
+    unsafe { openblas_get_num_threads() }.max(1) as usize
 }
