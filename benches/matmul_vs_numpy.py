@@ -145,7 +145,10 @@ def main():
         ctl = ThreadpoolController()
         # Cap numpy's own BLAS only: lmcore sets the one it links itself.
         np_dir = os.path.dirname(np.__file__)
-        ctl.select(prefix=[c.prefix for c in ctl.lib_controllers if c.filepath.startswith(np_dir)]).limit(limits=args.threads)
+        # (by file: lmcore's scipy-openblas32 has the same prefix as numpy's copy, and must stay at 1)
+        for lib in ctl.lib_controllers:
+            if lib.filepath.startswith(np_dir):
+                lib.set_num_threads(args.threads)
         for lib in ctl.info():
             blas.append({key: lib.get(key) for key in ("prefix", "version", "architecture", "num_threads")})
             print(f"BLAS {lib['prefix']} {lib.get('version')}: kernel {lib.get('architecture')}, "
