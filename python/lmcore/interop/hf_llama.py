@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 
 from lmcore.config import RunConfig
-
-ROPE_BASE = 10_000.0  # rust/core/src/ops/rope.rs
+from lmcore.interop.hf_neox import ROPE_BASE
 # lmcore's name (after transformer.h.N.) -> Llama's (after model.layers.N.), for the unsplit parts.
 _BLOCK = {
     "ln_1.weight": "input_layernorm.weight",
