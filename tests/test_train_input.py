@@ -228,16 +228,21 @@ def test_init_from_fine_tunes_from_step_zero(tmp_path: Path, finished_run: Path)
                         base_tensors["param"])
 
 
-def test_block_option_flags_train_and_resume_bit_for_bit(tmp_path: Path) -> None:
-    """The block options as flags: stored in the checkpoint, kept by --resume (which stays bit-exact),
-    and the final weights have the options' layout (an untied head, no wpe, no norm biases)."""
-    n = 10
-    plan = ["--rope", "--rmsnorm", "--qk-norm", "--relu2", "--untied-head", "--zero-init", "--logit-softcap", "15",
-            "--lr-decay-iters", str(2 * n)]
+def whole_and_resumed(tmp_path: Path, plan: list[str], n: int = 10) -> None:
+    """`plan` trained for 2n steps in one run ("whole") and in two ("split": n, then --resume to 2n):
+    the same weights."""
+    plan = [*plan, "--lr-decay-iters", str(2 * n)]
     train(tmp_path / "whole", *plan, "--max-iters", str(2 * n))
     train(tmp_path / "split", *plan, "--max-iters", str(n))
     resume(tmp_path / "split", "--max-iters", str(2 * n))
     assert_same_weights(tmp_path / "whole", tmp_path / "split")
+
+
+def test_block_option_flags_train_and_resume_bit_for_bit(tmp_path: Path) -> None:
+    """The block options as flags: stored in the checkpoint, kept by --resume (which stays bit-exact),
+    and the final weights have the options' layout (an untied head, no wpe, no norm biases)."""
+    whole_and_resumed(tmp_path, ["--rope", "--rmsnorm", "--qk-norm", "--relu2", "--untied-head", "--zero-init",
+                                 "--logit-softcap", "15"])
     assert_same_checkpoint(tmp_path / "whole", tmp_path / "split")
     _, meta = load_run(tmp_path / "whole" / "ckpt.safetensors")
     cfg = RunConfig.from_dict(meta["config"])
@@ -266,13 +271,8 @@ def test_block_option_flags_parse() -> None:
 
 def test_the_llama_block_trains_and_resumes_bit_for_bit_with_muon(tmp_path: Path) -> None:
     """--swiglu and --no-bias (Qwen3's block with --qk-norm), Muon orthogonalising the fused gate and up."""
-    n = 10
-    plan = ["--rope", "--rmsnorm", "--qk-norm", "--swiglu", "--no-bias", "--untied-head", "--optimizer", "muon",
-            "--lr-decay-iters", str(2 * n)]
-    train(tmp_path / "whole", *plan, "--max-iters", str(2 * n))
-    train(tmp_path / "split", *plan, "--max-iters", str(n))
-    resume(tmp_path / "split", "--max-iters", str(2 * n))
-    assert_same_weights(tmp_path / "whole", tmp_path / "split")
+    whole_and_resumed(tmp_path, ["--rope", "--rmsnorm", "--qk-norm", "--swiglu", "--no-bias", "--untied-head",
+                                 "--optimizer", "muon"])
     weights = safetensors.numpy.load_file(str(tmp_path / "whole" / "model.safetensors"))
     assert weights["transformer.h.0.mlp.c_fc.weight"].shape == (256, 32) and not any(k.endswith("c_fc.bias") for k in weights)
     assert metrics(tmp_path / "whole")[-1]["train_loss"] < metrics(tmp_path / "whole")[0]["train_loss"]
